@@ -1,0 +1,5 @@
+"""`python -m hfdistill` runs the command-line interface."""
+
+from hfdistill.cli import main
+
+raise SystemExit(main())

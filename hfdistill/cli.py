@@ -1,0 +1,226 @@
+"""The command line: parse, build the config, call the library, print one-line errors.
+
+The only module that reads argv and environment variables. Every flag and variable of the
+original `generate_search_data.py` keeps its name, meaning and default; flags win over variables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shlex
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from hfdistill.config import TOOL_CALL_MODES, DistillConfig, RetryPolicy
+from hfdistill.errors import ConfigError, HfdistillError
+from hfdistill.templates import OBSERVATION_FORMATS
+
+__all__ = ["main"]
+
+log = logging.getLogger("hfdistill")
+
+# The original tool's interface: (env var, flag, type, default). Dash spellings are accepted too.
+SEED_OPTIONS: list[tuple[str, str, Callable[[str], Any], Any]] = [
+    ("VLLM_URL", "vllm_url", str, "http://localhost:8000/v1"),
+    ("RETRIEVAL_URL", "retrieval_url", str, "http://127.0.0.1:8000/retrieve"),
+    ("MAX_ASSISTANT_TURNS", "max_assistant_turns", int, 3),
+    ("MAX_SAMPLES", "max_samples", int, -1),
+    ("INPUT_FILE", "input_file", str, "data/hotpotqa_hard_train/train.parquet"),
+    ("OUTPUT_FILE", "output_file", str, None),  # None: <input name>_distilled.parquet here
+    ("BATCH_SIZE", "batch_size", int, 16),
+    ("TEMPERATURE", "temperature", float, 0.7),
+    ("MAX_TOKENS", "max_tokens", int, 2048),
+]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose - args.quiet)
+    try:
+        return int(args.func(args) or 0)
+    except HfdistillError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("\nerror: stopped at once; finished rollouts are recorded, rerun the same command to resume",
+              file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hfdistill", description=__doc__.splitlines()[0] if __doc__ else None)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_generate(sub)
+    _add_inspect(sub)
+    return parser
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (repeatable)")
+    p.add_argument("-q", "--quiet", action="count", default=0, help="less log output")
+
+
+def _flag(p: argparse.ArgumentParser | argparse._ArgumentGroup, name: str, **kwargs: Any) -> None:
+    """Accept both `--snake_case` and `--dash-case` spellings."""
+    spellings = dict.fromkeys([f"--{name}", f"--{name.replace('_', '-')}"])
+    p.add_argument(*spellings, dest=name, **kwargs)
+
+
+def _add_generate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("generate", help="distil conversations from a teacher into a parquet file",
+                       description="Distil multi-turn search-tool conversations. Every option of the "
+                                   "original script works, as a flag or as its environment variable.")
+    _common(p)
+    seed = p.add_argument_group("options of the original script (flag or environment variable)")
+    for env, name, _type, default in SEED_OPTIONS:
+        shown = default if default is not None else "<input name>_distilled.parquet"
+        _flag(seed, name, default=None, metavar=env, help=f"env {env}; default {shown}")
+    t = p.add_argument_group("teacher")
+    _flag(t, "model", help="served model id (default: the one listed at /v1/models)")
+    _flag(t, "api_key", help="API key for the teacher (default: env OPENAI_API_KEY, else 'EMPTY')")
+    _flag(t, "top_p", type=float, help="nucleus sampling (Tongyi's authors use 0.95; default: server's)")
+    _flag(t, "presence_penalty", type=float, help="(Tongyi's authors use 1.1; default: server's)")
+    _flag(t, "seed", type=int, help="sampling seed sent with every request")
+    _flag(t, "tool_call_mode", choices=TOOL_CALL_MODES, default="auto",
+          help="native: tools= and server-side parsing; text: tools in the system prompt, <tool_call> parsed "
+               "here; auto (default): native unless the server refuses tools=")
+    _flag(t, "concurrency", type=int, help="rollouts in flight (default: 512 per teacher endpoint)")
+    _flag(t, "request_timeout", type=float, default=1800.0, help="seconds per HTTP request (default 1800)")
+    _flag(t, "max_retries", type=int, default=4, help="retries of a transient HTTP failure (default 4)")
+    r = p.add_argument_group("retrieval")
+    _flag(r, "topk", type=int, default=3, help="documents per query (default 3)")
+    _flag(r, "query_arg", choices=("query_list", "query"), default="query_list",
+          help="argument name of the search tool's query array (default query_list, as verl)")
+    _flag(r, "observation_format", choices=tuple(OBSERVATION_FORMATS), default="seed",
+          help="tool message format: seed ('Query: ...' + '[i] title: text') or verl ({\"result\": ...})")
+    d = p.add_argument_group("data")
+    _flag(d, "num_rollouts", type=int, default=1, help="independent rollouts per question (default 1)")
+    _flag(d, "question_field", help="dotted path of the question, e.g. extra_info.question (default: found)")
+    _flag(d, "answer_field", help="dotted path of the golden answers (default: found)")
+    _flag(d, "template_dir", help="directory whose templates override the built-ins by file name")
+    _flag(d, "keep", choices=("all", "answered", "correct"), default="all",
+          help="rows to write: all, those ending in <answer>, or exact matches (default all)")
+    _flag(d, "overwrite", action="store_true", help="discard an existing output and its run, start over")
+    p.set_defaults(func=_cmd_generate)
+
+
+def _env_or(args: argparse.Namespace, env: str, name: str, conv: Callable[[str], Any], default: Any) -> Any:
+    raw = getattr(args, name)
+    source = f"--{name}"
+    if raw is None and os.environ.get(env, "").strip():
+        raw, source = os.environ[env].strip(), env
+    if raw is None:
+        return default
+    try:
+        return conv(raw)
+    except ValueError:
+        kind = {int: "an integer", float: "a number"}.get(conv, "valid")
+        raise ConfigError(f"{source} must be {kind}, got {raw!r}") from None
+
+
+def _seed_values(args: argparse.Namespace) -> dict[str, Any]:
+    values = {name: _env_or(args, env, name, conv, default) for env, name, conv, default in SEED_OPTIONS}
+    if values["output_file"] is None:
+        values["output_file"] = default_output(values["input_file"])
+    return values
+
+
+def default_output(input_file: str) -> str:
+    """`data/train.parquet` -> `train_distilled.parquet`; `org/name:split` -> `name_split_distilled.parquet`."""
+    base = input_file.rstrip("/").replace(":", "_")
+    name = Path(base).name
+    for suffix in (".parquet", ".jsonl", ".json", ".csv", ".arrow"):
+        name = name.removesuffix(suffix)
+    return f"{name.replace('*', '') or 'output'}_distilled.parquet"
+
+
+def _config(args: argparse.Namespace, seed: dict[str, Any]) -> DistillConfig:
+    if args.max_retries is not None and args.max_retries < 0:
+        raise ConfigError(f"--max-retries must be >= 0, got {args.max_retries}")
+    return DistillConfig(
+        vllm_url=seed["vllm_url"], retrieval_url=seed["retrieval_url"], model=args.model,
+        api_key=args.api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY",
+        max_assistant_turns=seed["max_assistant_turns"], temperature=seed["temperature"],
+        max_tokens=seed["max_tokens"], top_p=args.top_p, presence_penalty=args.presence_penalty, seed=args.seed,
+        topk=args.topk, tool_call_mode=args.tool_call_mode, query_arg=args.query_arg,
+        observation_format=args.observation_format, template_dir=args.template_dir,
+        num_rollouts=args.num_rollouts, concurrency=args.concurrency, question_field=args.question_field,
+        answer_field=args.answer_field,
+        retry=RetryPolicy(attempts=args.max_retries + 1, timeout=args.request_timeout),
+    )
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from hfdistill.generate import GenerateOptions, generate
+
+    seed = _seed_values(args)
+    config = _config(args, seed)
+    options = GenerateOptions(input_file=seed["input_file"], output_file=seed["output_file"],
+                              max_samples=seed["max_samples"], batch_size=seed["batch_size"], keep=args.keep,
+                              overwrite=args.overwrite, command=_command_line())
+    result = generate(config, options)
+    if not result.skipped_as_done:
+        _print_summary(result)
+    return result.exit_code
+
+
+def _command_line() -> str:
+    seed_env = [f"{env}={shlex.quote(os.environ[env])}" for env, *_ in SEED_OPTIONS if os.environ.get(env)]
+    return " ".join([*seed_env, "hfdistill", *map(shlex.quote, sys.argv[1:])])
+
+
+def _print_summary(result: Any) -> None:
+    s = result.stats
+    out = sys.stderr
+    reasons = ", ".join(f"{k} {v}" for k, v in s.stop_reasons.most_common()) or "none"
+    print(f"[hfdistill] done in {_duration(s.wall_seconds)}: {s.rows} rollouts finished, "
+          f"{result.kept_rows} rows written to {result.output}", file=out)
+    print(f"  generated {s.rollouts_done}, resumed from the journal {s.rollouts_reused}, "
+          f"skipped questions {s.questions_skipped}", file=out)
+    print(f"  stop reasons: {reasons}", file=out)
+    print(f"  mean assistant turns {s.mean(s.turns):.2f}, mean searches {s.mean(s.searches):.2f}, "
+          f"tool-call errors seen by the model {s.tool_errors}", file=out)
+    print(f"  tokens: prompt {s.prompt_tokens:,}, completion {s.completion_tokens:,}", file=out)
+    if s.accuracy is not None:
+        print(f"  answered {s.answered}, exact match {s.correct}/{s.scored} = {s.accuracy:.3f}", file=out)
+    if s.rollouts_failed or s.questions_skipped:
+        causes = ", ".join(f"{k} {v}" for k, v in s.failures.most_common())
+        print(f"  failed {s.rollouts_failed} ({causes or 'none'}) -> {result.failures}", file=out)
+    if not result.complete:
+        print("  the run is incomplete: rerun the same command to retry the failed rollouts", file=out)
+
+
+def _duration(seconds: float) -> str:
+    from hfdistill.progress import format_duration
+
+    return format_duration(seconds)
+
+
+def _add_inspect(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("inspect", help="print conversations of an output file readably")
+    _common(p)
+    p.add_argument("path", help="an output parquet file")
+    p.add_argument("--row", type=int, default=0, help="first row to show (default 0)")
+    p.add_argument("-n", type=int, default=1, help="how many rows (default 1)")
+    p.set_defaults(func=_cmd_inspect)
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from hfdistill.render import load_rows, render_conversation
+
+    for row in load_rows(args.path, args.row, args.n):
+        print(render_conversation(row))
+    return 0
+
+
+def _setup_logging(level: int) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("[hfdistill] %(message)s"))
+    log.handlers[:] = [handler]
+    log.propagate = False
+    log.setLevel(logging.INFO if level == 0 else logging.DEBUG if level > 0 else logging.WARNING)

@@ -1,0 +1,125 @@
+"""`DistillConfig`: every option of a run, validated where it enters."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from hfdistill.errors import ConfigError
+from hfdistill.templates import OBSERVATION_FORMATS
+
+__all__ = ["DEFAULT_CONCURRENCY_PER_ENDPOINT", "TOOL_CALL_MODES", "DistillConfig", "RetryPolicy"]
+
+TOOL_CALL_MODES = ("auto", "native", "text")
+# vLLM queues what exceeds its sequence slots at no cost, while rollouts spend part of their
+# life in retrieval; 512 per endpoint keeps a 256-slot server full (see benchmarks/).
+DEFAULT_CONCURRENCY_PER_ENDPOINT = 512
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How transient HTTP failures are retried: bounded attempts, exponential backoff, full jitter."""
+
+    attempts: int = 5
+    backoff: float = 1.0  # seconds before the first retry; doubles each time
+    max_backoff: float = 30.0
+    timeout: float = 1800.0  # per request; vLLM may queue a request behind hundreds of others
+
+    def delay(self, attempt: int, rand: float, retry_after: float | None = None) -> float:
+        """Seconds to wait before attempt `attempt + 1`; `rand` is uniform in [0, 1)."""
+        if retry_after is not None:
+            return min(max(retry_after, 0.0), self.max_backoff * 4)
+        return min(self.max_backoff, self.backoff * 2 ** (attempt - 1)) * (0.5 + rand / 2)
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Options of a distillation run. Defaults are the original tool's where it had one."""
+
+    vllm_url: str = "http://localhost:8000/v1"  # comma-separated for several endpoints
+    retrieval_url: str = "http://127.0.0.1:8000/retrieve"
+    corpus: str | None = None  # embedded BM25 over this JSONL instead of retrieval_url
+    index_dir: str | None = None
+    model: str | None = None  # None: the id served at /v1/models
+    api_key: str = dataclasses.field(default="EMPTY", repr=False, compare=False)
+    max_assistant_turns: int = 3
+    temperature: float = 0.7
+    top_p: float | None = None
+    presence_penalty: float | None = None
+    max_tokens: int = 2048
+    seed: int | None = None
+    topk: int = 3
+    tool_call_mode: str = "auto"
+    query_arg: str = "query_list"
+    observation_format: str = "seed"
+    template_dir: str | None = None
+    num_rollouts: int = 1
+    concurrency: int | None = None  # None: DEFAULT_CONCURRENCY_PER_ENDPOINT per teacher endpoint
+    question_field: str | None = None
+    answer_field: str | None = None
+    retry: RetryPolicy = dataclasses.field(default_factory=RetryPolicy)
+
+    def __post_init__(self) -> None:
+        self._check_urls()
+        _positive("max_assistant_turns", self.max_assistant_turns)
+        _positive("max_tokens", self.max_tokens)
+        _positive("topk", self.topk)
+        _positive("num_rollouts", self.num_rollouts)
+        if self.concurrency is not None:
+            _positive("concurrency", self.concurrency)
+        if not 0 <= self.temperature <= 2:
+            raise ConfigError(f"--temperature must be between 0 and 2, got {self.temperature}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise ConfigError(f"--top_p must be in (0, 1], got {self.top_p}")
+        if self.presence_penalty is not None and not -2 <= self.presence_penalty <= 2:
+            raise ConfigError(f"--presence_penalty must be between -2 and 2, got {self.presence_penalty}")
+        if self.tool_call_mode not in TOOL_CALL_MODES:
+            raise ConfigError(f"--tool-call-mode must be one of {', '.join(TOOL_CALL_MODES)}, "
+                              f"got {self.tool_call_mode!r}")
+        if self.query_arg not in ("query_list", "query"):
+            raise ConfigError(f"--query-arg must be query_list or query, got {self.query_arg!r}")
+        if self.observation_format not in OBSERVATION_FORMATS:
+            raise ConfigError(f"--observation-format must be one of {', '.join(OBSERVATION_FORMATS)}, "
+                              f"got {self.observation_format!r}")
+        _positive("retry attempts", self.retry.attempts)
+        if self.retry.timeout <= 0:
+            raise ConfigError(f"--request-timeout must be > 0 seconds, got {self.retry.timeout}")
+
+    def _check_urls(self) -> None:
+        if not self.endpoints:
+            raise ConfigError("VLLM_URL / --vllm_url is empty; set it to the server's /v1 URL, "
+                              "e.g. http://localhost:8000/v1")
+        for url in self.endpoints:
+            _check_url("VLLM_URL / --vllm_url", url)
+        if self.corpus is None:
+            _check_url("RETRIEVAL_URL / --retrieval_url", self.retrieval_url)
+
+    @property
+    def endpoints(self) -> tuple[str, ...]:
+        """Teacher base URLs, without trailing slashes."""
+        return tuple(u.strip().rstrip("/") for u in self.vllm_url.split(",") if u.strip())
+
+    @property
+    def window(self) -> int:
+        """Rollouts in flight at once across all map batches."""
+        return self.concurrency or DEFAULT_CONCURRENCY_PER_ENDPOINT * len(self.endpoints)
+
+    def replace(self, **changes: Any) -> DistillConfig:
+        return dataclasses.replace(self, **changes)
+
+
+def _positive(name: str, value: int) -> None:
+    if not isinstance(value, int) or value < 1:
+        raise ConfigError(f"--{name.replace(' ', '_')} must be >= 1, got {value}")
+
+
+def _check_url(what: str, url: str) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{what} {url!r} is not an http(s) URL; use e.g. http://localhost:8000/v1")
+    try:
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise ConfigError(f"{what} {url!r} has an invalid port") from None

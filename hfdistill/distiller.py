@@ -1,0 +1,274 @@
+"""`Distiller`: the rollout loop as an async batch function for `Dataset.map`.
+
+`datasets` runs async map functions with up to a thousand batches in flight and writes results in
+input order; one semaphore here (the window) bounds the rollouts in flight across all of them,
+so there is no barrier between batches. The object pickles as its configuration only, so `map`
+fingerprints it deterministically; clients are created lazily inside the event loop `map` runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import traceback
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import datasets
+import pyarrow as pa
+
+from hfdistill.config import DistillConfig
+from hfdistill.errors import HfdistillError, RolloutError
+from hfdistill.inputs import FieldPlan, plan_fields
+from hfdistill.journal import Journal
+from hfdistill.progress import Monitor
+from hfdistill.prompts import Prompts
+from hfdistill.retrieval import HttpRetriever, Retriever
+from hfdistill.rollout import RolloutSpec, rollout
+from hfdistill.rows import build_table, output_features, result_of, shape_row
+from hfdistill.scoring import score
+from hfdistill.teacher import Route, Teacher
+from hfdistill.templates import Templates
+
+__all__ = ["Distiller"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Runtime:
+    """Clients and the window of one event loop (each `Dataset.map` call runs its own loop)."""
+
+    loop: asyncio.AbstractEventLoop
+    teacher: Teacher
+    retriever: Retriever
+    window: asyncio.Semaphore
+    lock: asyncio.Lock
+
+    async def aclose(self) -> None:
+        await self.teacher.aclose()
+        await self.retriever.aclose()
+
+
+@dataclass(frozen=True)
+class _Job:
+    input_index: int | None
+    rollout_index: int
+    question: str
+    golden: list[str]
+    extra_info: Any
+
+
+class Distiller:
+    """Turns batches of questions into batches of distilled conversations (one row per rollout)."""
+
+    def __init__(self, config: DistillConfig) -> None:
+        self.config = config
+        templates = Templates(config.template_dir, observation=config.observation_format)
+        self.prompts = Prompts.build(templates, config.query_arg)
+        self.plan: FieldPlan | None = None
+        self.schema: pa.Schema | None = None
+        self.journal: Journal | None = None
+        self.monitor = Monitor(0, interval=float("inf"))
+        self.failures: list[dict[str, Any]] = []
+        self.model: str | None = config.model
+        self.mode: str | None = None if config.tool_call_mode == "auto" else config.tool_call_mode
+        self._runtimes: list[_Runtime] = []
+        self._embedded: Retriever | None = None
+        self._stopping = False
+
+    # Pickled state is the configuration only: `map`'s fingerprint stays deterministic and no
+    # client or loop is ever pickled.
+    def __getstate__(self) -> dict[str, Any]:
+        return {"config": self.config}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["config"])  # type: ignore[misc]
+
+    def __enter__(self) -> Distiller:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def tools(self) -> list[dict[str, Any]]:
+        return self.prompts.tools
+
+    # ------------------------------------------------------------ set-up
+
+    def bind_input(self, features: Mapping[str, Any]) -> None:
+        """Resolve question/answer fields and the output schema from the input's features."""
+        self.plan = plan_fields(features, self.config.question_field, self.config.answer_field)
+        features = datasets.Features(features) if not isinstance(features, datasets.Features) else features
+        self.schema = output_features(self.tools, features).arrow_schema
+
+    def output_features(self, input_features: datasets.Features) -> datasets.Features:
+        """Features to pass to `Dataset.map(..., features=...)` for this input."""
+        return output_features(self.tools, input_features)
+
+    def prepare(self) -> None:
+        """Probe the teacher (model id, protocol) and the retriever now, outside any `map`."""
+        async def probe() -> None:
+            runtime = await self._runtime()
+            try:
+                if isinstance(runtime.retriever, HttpRetriever):
+                    await runtime.retriever.probe()
+            finally:
+                self._runtimes.remove(runtime)
+                await runtime.aclose()
+
+        asyncio.run(probe())
+
+    def gauges(self) -> dict[str, float]:
+        """Live teacher numbers for the progress line: calls, completion tokens, open requests."""
+        teachers = [r.teacher for r in self._runtimes]
+        return {"calls": sum(t.stats.calls for t in teachers),
+                "tokens": sum(t.stats.completion_tokens for t in teachers),
+                "requests": sum(t.in_flight for t in teachers)}
+
+    def stop(self) -> None:
+        """Start no new rollouts; those in flight finish and are recorded."""
+        self._stopping = True
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    def map(self, ds: datasets.Dataset, *, batch_size: int = 16, **map_kwargs: Any) -> datasets.Dataset:
+        """`ds.map` with everything set right: batched, indexed, typed, input columns removed."""
+        self.bind_input(ds.features)
+        try:
+            return ds.map(self.map_batch, batched=True, batch_size=batch_size, with_indices=True,
+                          remove_columns=ds.column_names, features=self.output_features(ds.features),
+                          **map_kwargs)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Close the clients of every loop this distiller ran in (idempotent)."""
+        while self._runtimes:
+            runtime = self._runtimes.pop()
+            if runtime.loop.is_closed():
+                continue
+            if runtime.loop.is_running():
+                runtime.loop.create_task(runtime.aclose())
+            else:
+                runtime.loop.run_until_complete(runtime.aclose())
+
+    async def _runtime(self) -> _Runtime:
+        loop = asyncio.get_running_loop()
+        runtime = next((r for r in self._runtimes if r.loop is loop), None)
+        if runtime is None:
+            teacher = Teacher(self.config.replace(model=self.model), self.tools)
+            teacher.mode = self.mode
+            runtime = _Runtime(loop, teacher, self._retriever(), asyncio.Semaphore(self.config.window),
+                               asyncio.Lock())
+            self._runtimes.append(runtime)
+        if self.model is None or self.mode is None:
+            async with runtime.lock:
+                if self.model is None or self.mode is None:
+                    await runtime.teacher.prepare()
+                    self.model, self.mode = runtime.teacher.model, runtime.teacher.mode
+        runtime.teacher.model, runtime.teacher.mode = self.model, self.mode
+        return runtime
+
+    def _retriever(self) -> Retriever:
+        if self.config.corpus is None:
+            return HttpRetriever(self.config.retrieval_url, self.config.retry)
+        if self._embedded is None:
+            from hfdistill.bm25 import BM25Retriever
+
+            self._embedded = BM25Retriever.load(self.config.corpus, self.config.index_dir)
+        return self._embedded
+
+    # ------------------------------------------------------------ the map function
+
+    async def map_batch(self, batch: dict[str, list[Any]], indices: list[int] | None = None) -> pa.Table:
+        """`Dataset.map(batched=True)` function: input rows in, one output row per finished rollout."""
+        n = len(next(iter(batch.values()))) if batch else 0
+        rows = [{k: batch[k][i] for k in batch} for i in range(n)]
+        if self.plan is None and rows:
+            self.plan = plan_fields(rows[0], self.config.question_field, self.config.answer_field)
+        jobs = self._jobs(rows, indices)
+        runtime = await self._runtime() if jobs else None
+        results = await asyncio.gather(*(self._run(runtime, job) for job in jobs)) if runtime else []
+        return build_table([r for r in results if r is not None], self.schema, self.tools)
+
+    def _jobs(self, rows: Sequence[Mapping[str, Any]], indices: list[int] | None) -> list[_Job]:
+        assert self.plan is not None
+        jobs = []
+        for i, row in enumerate(rows):
+            index = indices[i] if indices is not None else None
+            question = self.plan.question_of(row)
+            if not question:
+                self.monitor.skipped(self.config.num_rollouts)
+                self.failures.append({"input_index": index, "rollout_index": None, "question": "",
+                                      "cause": "empty_question", "turn": 0,
+                                      "error": "the row has no question; it was not sent to the teacher"})
+                continue
+            golden = self.plan.answers_of(row)
+            for r in range(self.config.num_rollouts):
+                jobs.append(_Job(index, r, question, golden, row.get("extra_info")))
+        return jobs
+
+    async def _run(self, runtime: _Runtime, job: _Job) -> dict[str, Any] | None:
+        result = self._recorded(job)
+        if result is not None:
+            self.monitor.finished(result, score(result["prediction"], job.golden).exact_match, reused=True)
+            return self._row(job, result)
+        if self._stopping:
+            return None
+        async with runtime.window:
+            if self._stopping:
+                return None
+            result = await self._generate(runtime, job)
+        return self._row(job, result) if result is not None else None
+
+    def _recorded(self, job: _Job) -> dict[str, Any] | None:
+        if self.journal is None or job.input_index is None:
+            return None
+        key = (job.input_index, job.rollout_index)
+        if key not in self.journal:
+            return None
+        question, result = self.journal.get(key)
+        if question != job.question:
+            log.warning("journal entry %s is for another question; generating it again", key)
+            return None
+        return result
+
+    async def _generate(self, runtime: _Runtime, job: _Job) -> dict[str, Any] | None:
+        self.monitor.started()
+        spec = RolloutSpec(self.prompts, self.config.max_assistant_turns, runtime.teacher.mode == "text")
+        topk = self.config.topk
+        try:
+            traj = await rollout(job.question, job.golden, spec=spec,
+                                 chat=functools.partial(runtime.teacher.chat, route=Route()),
+                                 search=lambda queries: runtime.retriever.search(queries, topk))
+        except RolloutError as e:
+            self._fail(job, e.cause, e.turn, str(e))
+            return None
+        except HfdistillError as e:
+            self._fail(job, type(e).__name__, 0, str(e))
+            return None
+        except Exception as e:  # noqa: BLE001 - a bug must not discard the whole map shard's work
+            log.error("internal error in a rollout (please report):\n%s", traceback.format_exc())
+            self._fail(job, "internal_error", 0, f"{type(e).__name__}: {e}")
+            return None
+        result = result_of(traj)
+        if self.journal is not None and job.input_index is not None:
+            self.journal.append((job.input_index, job.rollout_index), job.question, result)
+        self.monitor.finished(result, score(result["prediction"], job.golden).exact_match)
+        return result
+
+    def _fail(self, job: _Job, cause: str, turn: int, error: str) -> None:
+        self.monitor.failed(cause)
+        self.failures.append({"input_index": job.input_index, "rollout_index": job.rollout_index,
+                              "question": job.question, "cause": cause, "turn": turn, "error": error})
+
+    def _row(self, job: _Job, result: dict[str, Any]) -> dict[str, Any]:
+        return shape_row(result, question=job.question, golden_answers=job.golden, tools=self.tools,
+                         extra_info=job.extra_info, input_index=job.input_index,
+                         rollout_index=job.rollout_index)

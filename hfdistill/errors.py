@@ -1,0 +1,126 @@
+"""The one exception tree of hfdistill.
+
+    HfdistillError              anything the user can act on; the CLI prints it as one line
+    ├── ConfigError             a bad option or environment variable (CLI exit 2)
+    ├── InputError              the input dataset cannot be read or lacks a field (exit 2)
+    ├── TemplateError           a template is missing, unreadable or uses an unknown variable (exit 2)
+    ├── TeacherError            the teacher server failed or refused a request
+    │   └── ContextLengthError  the conversation no longer fits the model's context
+    ├── RetrievalError          the retrieval server or embedded retriever failed
+    ├── RolloutError            a rollout stopped on one of the two above; its row is a failure
+    ├── CorpusError             a retrieval corpus line cannot be read (exit 2)
+    ├── JournalError            the run directory cannot be used
+    ├── HubError                pushing to or reading from the Hugging Face Hub failed
+    └── Interrupted             the run was stopped by a signal; finished work is kept
+
+Messages name the bad value and the fix. Foreign exceptions (openai, aiohttp, OSError)
+are translated into these at the module that talks to the outside world.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigError",
+    "ContextLengthError",
+    "CorpusError",
+    "HfdistillError",
+    "HubError",
+    "InputError",
+    "Interrupted",
+    "JournalError",
+    "RetrievalError",
+    "RolloutError",
+    "TeacherError",
+    "TemplateError",
+]
+
+
+class HfdistillError(Exception):
+    """Base class: an expected problem with a message that tells the user what to do."""
+
+    exit_code = 1
+
+
+class ConfigError(HfdistillError):
+    """An option or environment variable has a value hfdistill cannot use."""
+
+    exit_code = 2
+
+
+class InputError(HfdistillError):
+    """The input dataset cannot be loaded or lacks what a rollout needs."""
+
+    exit_code = 2
+
+
+class TemplateError(HfdistillError):
+    """A Jinja template is missing, unreadable, invalid or uses an unknown variable."""
+
+    exit_code = 2
+
+
+class CorpusError(HfdistillError):
+    """A retrieval corpus file cannot be read; the message names the file and line."""
+
+    exit_code = 2
+
+
+class TeacherError(HfdistillError):
+    """The teacher server failed, refused a request, or answered something unusable.
+
+    `transient` tells the retry policy whether trying again may help; `cause` is a short
+    machine-readable label used to count failures by kind in the summary; `retry_after` is the
+    server's Retry-After in seconds, when it sent one.
+    """
+
+    def __init__(self, message: str, *, transient: bool = False, cause: str = "teacher",
+                 retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.transient = transient
+        self.cause = cause
+        self.retry_after = retry_after
+
+
+class ContextLengthError(TeacherError):
+    """The conversation exceeds the model's context window (vLLM answers HTTP 400)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, transient=False, cause="context")
+
+
+class RetrievalError(HfdistillError):
+    """The retrieval server failed or answered something that is not the Search-R1 shape."""
+
+    def __init__(self, message: str, *, transient: bool = False, cause: str = "retrieval",
+                 retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.transient = transient
+        self.cause = cause
+        self.retry_after = retry_after
+
+
+class RolloutError(HfdistillError):
+    """A rollout could not finish because the teacher or the retriever failed for good.
+
+    It is recorded in the failures file (with `cause` and the assistant `turn` it reached) and
+    retried by the next run; it never stops the run.
+    """
+
+    def __init__(self, message: str, *, cause: str, turn: int) -> None:
+        super().__init__(message)
+        self.cause = cause
+        self.turn = turn
+
+
+class JournalError(HfdistillError):
+    """The run directory or its journal cannot be created, read or written."""
+
+
+class HubError(HfdistillError):
+    """A Hugging Face Hub operation failed."""
+
+
+class Interrupted(HfdistillError):
+    """The run was stopped by SIGINT/SIGTERM after recording what had finished."""
+
+    exit_code = 130

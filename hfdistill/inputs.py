@@ -1,0 +1,218 @@
+"""Loading the input as a `datasets.Dataset` and finding each row's question and golden answers.
+
+Field resolution follows SPEC §2: the real HotpotQA "hard" layout (verl RL rows) has no top-level
+`question`; the question lives in `extra_info.question` and answers in
+`reward_model.ground_truth.target`. Fallbacks cover Search-R1 / FlashRAG and plain layouts.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import datasets
+
+from hfdistill.errors import InputError
+
+__all__ = ["FieldPlan", "describe_fields", "load_input", "plan_fields"]
+
+QUESTION_FIELDS = ("extra_info.question", "question", "prompt")
+ANSWER_FIELDS = ("reward_model.ground_truth.target", "golden_answers", "answer", "extra_info.answer")
+_BUILDERS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv", ".arrow": "arrow"}
+
+
+def load_input(source: str, *, max_samples: int = -1) -> datasets.Dataset:
+    """Load a file, glob, directory, `save_to_disk` folder or Hub id (`name` / `name:split`)."""
+    ds = _load(source)
+    if len(ds) == 0:
+        raise InputError(f"input {source} has no rows; point INPUT_FILE / --input_file at a non-empty dataset")
+    if max_samples > 0 and max_samples < len(ds):
+        ds = ds.select(range(max_samples))
+    return ds
+
+
+def _load(source: str) -> datasets.Dataset:
+    path = Path(source).expanduser()
+    if path.is_dir():
+        if (path / "state.json").exists() or (path / "dataset_dict.json").exists():
+            return _from_disk(path)
+        return _from_files(_data_files_in(path), source)
+    if path.is_file():
+        return _from_files([str(path)], source)
+    if any(ch in source for ch in "*?["):
+        files = sorted(f for f in glob.glob(os.path.expanduser(source)) if Path(f).is_file())
+        if not files:
+            raise InputError(f"no files match {source}; check the pattern in INPUT_FILE / --input_file")
+        return _from_files(files, source)
+    if _looks_like_path(source):
+        raise InputError(f"input file not found: {source}; set INPUT_FILE or --input_file to an existing "
+                         "parquet/jsonl/json/csv file, a directory of them, or a Hub dataset id")
+    return _from_hub(source)
+
+
+def _looks_like_path(source: str) -> bool:
+    suffix = Path(source.split(":")[0]).suffix.lower()
+    return suffix in _BUILDERS or source.startswith((".", "/", "~")) or source.count("/") > 1
+
+
+def _data_files_in(path: Path) -> list[str]:
+    files = sorted(str(p) for p in path.rglob("*") if p.is_file() and p.suffix.lower() in _BUILDERS)
+    if not files:
+        raise InputError(f"directory {path} holds no parquet/jsonl/json/csv files; "
+                         "point INPUT_FILE / --input_file at the data files")
+    return files
+
+
+def _from_files(files: Sequence[str], source: str) -> datasets.Dataset:
+    kinds = {_BUILDERS.get(Path(f).suffix.lower()) for f in files}
+    if None in kinds or len(kinds) != 1:
+        raise InputError(f"cannot read {source}: expected files ending in one of "
+                         f"{', '.join(sorted(_BUILDERS))} (all of one kind)")
+    builder = kinds.pop()
+    try:
+        return datasets.load_dataset(builder, data_files=list(files), split="train")
+    except (OSError, ValueError, TypeError, datasets.exceptions.DatasetGenerationError) as e:
+        raise InputError(f"cannot read {source} as {builder}: {_first_line(e)}; check the file is valid "
+                         f"{builder}") from None
+
+
+def _from_disk(path: Path) -> datasets.Dataset:
+    try:
+        loaded = datasets.load_from_disk(str(path))
+    except (OSError, ValueError, FileNotFoundError) as e:
+        raise InputError(f"cannot load the saved dataset at {path}: {_first_line(e)}") from None
+    if isinstance(loaded, datasets.DatasetDict):
+        split = "train" if "train" in loaded else next(iter(loaded))
+        return loaded[split]
+    return loaded
+
+
+def _from_hub(source: str) -> datasets.Dataset:
+    name, _, split = source.partition(":")
+    try:
+        return datasets.load_dataset(name, split=split or "train")
+    except Exception as e:  # noqa: BLE001 - the Hub raises many types; all mean "could not load"
+        raise InputError(f"cannot load {source!r} from the Hugging Face Hub ({_first_line(e)}); check the "
+                         "dataset id and split, your network and HF_TOKEN, or pass a local file") from None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
+# ---------------------------------------------------------------- fields
+
+
+def describe_fields(features: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """Dotted paths of every field, nested structs included (for error messages)."""
+    out = []
+    for key, feature in features.items():
+        path = f"{prefix}{key}"
+        out.append(path)
+        if isinstance(feature, dict):
+            out.extend(describe_fields(feature, f"{path}."))
+    return out
+
+
+def _has_field(features: Mapping[str, Any], dotted: str) -> bool:
+    node: Any = features
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+@dataclass(frozen=True)
+class FieldPlan:
+    """Which fields, in order of preference, hold the question and the golden answers."""
+
+    question: tuple[str, ...]
+    answers: tuple[str, ...]
+
+    def question_of(self, row: Mapping[str, Any]) -> str:
+        for field in self.question:
+            value = _get(row, field)
+            text = _prompt_question(value) if field == "prompt" else _as_text(value)
+            if text:
+                return text
+        return ""
+
+    def answers_of(self, row: Mapping[str, Any]) -> list[str]:
+        for field in self.answers:
+            found = _as_text_list(_get(row, field))
+            if found:
+                return found
+        return []
+
+
+def plan_fields(features: Mapping[str, Any], question_field: str | None = None,
+                answer_field: str | None = None) -> FieldPlan:
+    """Pick question/answer fields present in `features`; fail naming what exists if none is."""
+    available = describe_fields(features)
+    if question_field:
+        if not _has_field(features, question_field):
+            raise InputError(f"--question-field {question_field!r} is not in the input; fields: "
+                             f"{', '.join(available)}")
+        questions: tuple[str, ...] = (question_field,)
+    else:
+        questions = tuple(f for f in QUESTION_FIELDS if _has_field(features, f))
+        if not questions:
+            raise InputError(f"cannot find the question: none of {', '.join(QUESTION_FIELDS)} is in the input; "
+                             f"fields: {', '.join(available)}; pass --question-field")
+    if answer_field:
+        if not _has_field(features, answer_field):
+            raise InputError(f"--answer-field {answer_field!r} is not in the input; fields: "
+                             f"{', '.join(available)}")
+        answers: tuple[str, ...] = (answer_field,)
+    else:
+        answers = tuple(f for f in ANSWER_FIELDS if _has_field(features, f))
+    return FieldPlan(question=questions, answers=answers)
+
+
+def _get(row: Mapping[str, Any], dotted: str) -> Any:
+    node: Any = row
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping):
+            return None
+        node = node.get(part)
+    return node
+
+
+def _as_text(value: Any) -> str:
+    return value.strip() if isinstance(value, str) else ""
+
+
+def _as_text_list(value: Any) -> list[str]:
+    # Lists may arrive as numpy arrays (pandas-written parquet) or a single string.
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value.strip()] if value.strip() else []
+    if hasattr(value, "tolist"):
+        value = value.tolist()
+    if isinstance(value, (list, tuple)):
+        return [str(v).strip() for v in value if v is not None and str(v).strip()]
+    return [str(value)]
+
+
+def _prompt_question(prompt: Any) -> str:
+    """The last user message of a chat `prompt`, with a leading `Question:` stripped."""
+    if hasattr(prompt, "tolist"):
+        prompt = prompt.tolist()
+    if isinstance(prompt, str):
+        text = prompt
+    elif isinstance(prompt, (list, tuple)):
+        users = [m.get("content") for m in prompt if isinstance(m, Mapping) and m.get("role") == "user"]
+        text = users[-1] if users and isinstance(users[-1], str) else ""
+    else:
+        return ""
+    text = text.strip()
+    if text.lower().startswith("question:"):
+        text = text[len("question:"):].strip()
+    return text

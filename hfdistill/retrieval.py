@@ -1,0 +1,125 @@
+"""Retrievers: the Search-R1 HTTP API over aiohttp, behind the one `Retriever` protocol.
+
+The embedded BM25 retriever (`hfdistill.bm25`) implements the same protocol, so the rollout loop
+and the observation templates see identical documents whichever is used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import aiohttp
+
+from hfdistill.config import RetryPolicy
+from hfdistill.errors import RetrievalError
+from hfdistill.retry import parse_retry_after, with_retries
+from hfdistill.types import Document
+
+__all__ = ["HttpRetriever", "Retriever", "document_from_json", "parse_search_response"]
+
+
+class Retriever(Protocol):
+    """What the rollout loop needs: one list of documents per query, in order."""
+
+    async def search(self, queries: Sequence[str], topk: int) -> list[list[Document]]: ...
+
+    async def aclose(self) -> None: ...
+
+
+def document_from_json(doc: dict[str, Any], score: float | None = None) -> Document:
+    """A Search-R1 document (`{"id", "contents"}` or `{"title", "text"[, "contents"]}`) as a Document."""
+    contents = doc.get("contents")
+    if not isinstance(contents, str) or not contents:
+        title, text = str(doc.get("title") or ""), str(doc.get("text") or "")
+        contents = f'"{title}"\n{text}' if title else text
+    first, _, rest = contents.partition("\n")
+    title = doc.get("title") if isinstance(doc.get("title"), str) else first.strip().strip('"')
+    text = doc.get("text") if isinstance(doc.get("text"), str) else rest.strip()
+    return Document(id=str(doc.get("id", "")), title=title, text=text, contents=contents,
+                    score=float(score) if isinstance(score, (int, float)) else None)
+
+
+def parse_search_response(payload: Any, n_queries: int) -> list[list[Document]]:
+    """`{"result": [[{"document": {...}, "score": s} | {...doc...}, ...], ...]}` -> documents per query."""
+    result = payload.get("result") if isinstance(payload, dict) else None
+    if not isinstance(result, list) or len(result) != n_queries:
+        raise ValueError(f"expected {{\"result\": [...]}} with {n_queries} lists, got {str(payload)[:200]}")
+    out = []
+    for hits in result:
+        docs = []
+        for hit in hits or ():
+            if isinstance(hit, dict) and isinstance(hit.get("document"), dict):
+                docs.append(document_from_json(hit["document"], hit.get("score")))
+            elif isinstance(hit, dict):
+                docs.append(document_from_json(hit))
+            else:
+                raise ValueError(f"a search hit is not an object: {str(hit)[:100]}")
+        out.append(docs)
+    return out
+
+
+class HttpRetriever:
+    """A client of a Search-R1-style `POST /retrieve` server (one request per tool call)."""
+
+    def __init__(self, url: str, policy: RetryPolicy) -> None:
+        self.url = url
+        self.policy = policy
+        self._session: aiohttp.ClientSession | None = None
+        self.requests = 0
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(limit=0)  # the rollout window is the limit
+            timeout = aiohttp.ClientTimeout(total=min(self.policy.timeout, 300))
+            self._session = aiohttp.ClientSession(connector=connector, timeout=timeout)
+        return self._session
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def search(self, queries: Sequence[str], topk: int) -> list[list[Document]]:
+        body = {"queries": list(queries), "topk": topk, "return_scores": True}
+        return await with_retries(lambda _n: self._post_once(body), self.policy, what="retrieval call")
+
+    async def probe(self) -> None:
+        """Fail fast, with the URL and what to check, when the server is down or speaks another API."""
+        await self._post_once({"queries": ["test"], "topk": 1, "return_scores": True})
+
+    async def _post_once(self, body: dict[str, Any]) -> list[list[Document]]:
+        try:
+            async with self._get_session().post(self.url, json=body) as resp:
+                if resp.status != 200:
+                    raise _status_error(resp.status, await resp.text(), self.url,
+                                        resp.headers.get("Retry-After"))
+                payload = await resp.json(content_type=None)
+        except (aiohttp.ClientConnectionError, aiohttp.ServerTimeoutError) as e:
+            raise RetrievalError(f"cannot reach the retrieval server at {self.url} ({e or type(e).__name__}); "
+                                 "start it or fix RETRIEVAL_URL / --retrieval_url", transient=True,
+                                 cause="retrieval_connection") from None
+        except asyncio.TimeoutError:
+            raise RetrievalError(f"retrieval server {self.url} timed out", transient=True,
+                                 cause="retrieval_timeout") from None
+        except (aiohttp.ContentTypeError, ValueError) as e:
+            raise RetrievalError(f"retrieval server {self.url} answered invalid JSON ({e})",
+                                 cause="retrieval_bad_response") from None
+        self.requests += 1
+        try:
+            return parse_search_response(payload, len(body["queries"]))
+        except ValueError as e:
+            raise RetrievalError(f"retrieval server {self.url} is not a Search-R1 /retrieve endpoint: {e}",
+                                 cause="retrieval_bad_response") from None
+
+
+def _status_error(status: int, text: str, url: str, retry_after: str | None) -> RetrievalError:
+    transient = status in (408, 425, 429) or status >= 500
+    hint = ""
+    if status == 404:
+        hint = "; check RETRIEVAL_URL points at the /retrieve endpoint"
+    elif status == 422:
+        hint = "; the server does not accept Search-R1 requests ({\"queries\": [...], \"topk\": k})"
+    return RetrievalError(f"retrieval server {url} answered HTTP {status}: {text.strip()[:200]}{hint}",
+                          transient=transient, cause=f"retrieval_http_{status}",
+                          retry_after=parse_retry_after(retry_after) if transient else None)

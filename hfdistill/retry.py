@@ -1,0 +1,53 @@
+"""One retry ladder for every HTTP call: transient failures back off and try again, the rest raise."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from hfdistill.config import RetryPolicy
+from hfdistill.errors import RetrievalError, TeacherError
+
+__all__ = ["parse_retry_after", "with_retries"]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+async def with_retries(op: Callable[[int], Awaitable[T]], policy: RetryPolicy, *, what: str) -> T:
+    """Await `op(attempt)` until it succeeds, fails for good, or `policy.attempts` are spent."""
+    attempt = 1
+    while True:
+        try:
+            return await op(attempt)
+        except (TeacherError, RetrievalError) as e:
+            if not e.transient:
+                raise
+            if attempt >= policy.attempts:
+                e.args = (f"{e} (gave up after {attempt} attempts)",)
+                raise
+            delay = policy.delay(attempt, random.random(), e.retry_after)
+            log.debug("%s failed (attempt %d/%d): %s; retrying in %.1fs", what, attempt, policy.attempts,
+                      e, delay)
+            await asyncio.sleep(delay)
+            attempt += 1
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or an HTTP date); None if absent or bad."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())

@@ -1,0 +1,130 @@
+"""Jinja templates for every text the teacher sees: strict, overridable by file name, checked up front."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from hfdistill.errors import TemplateError
+
+__all__ = ["OBSERVATION_FORMATS", "Templates", "card_template_path", "template_dir"]
+
+# --observation-format value -> template file; the default is the original tool's format.
+OBSERVATION_FORMATS = {"seed": "tool_observation.j2", "verl": "tool_observation_verl.j2"}
+
+_PACKAGE = Path(__file__).resolve().parent
+
+# A representative context per template, rendered once at start so an unknown variable fails
+# before any teacher call rather than in the middle of a run.
+_SAMPLE_DOC = {"id": "1", "title": "Paris", "text": "Paris is the capital of France.",
+               "contents": '"Paris"\nParis is the capital of France.', "score": 1.0}
+_SAMPLE_CONTEXT: dict[str, dict[str, Any]] = {
+    "system_prompt.j2": {},
+    "user_prompt.j2": {"question": "What is the capital of France?", "golden_answers": ["Paris"]},
+    "tools_section.j2": {},
+    "tool_observation.j2": {"results": [{"query": "capital of France", "documents": [_SAMPLE_DOC]}]},
+    "tool_observation_verl.j2": {"results": [{"query": "capital of France", "documents": [_SAMPLE_DOC]}]},
+    "tool_error.j2": {"error": "unknown tool 'browse'", "tool_name": "search", "query_arg": "query_list"},
+}
+
+
+def _data_path(name: str) -> Path:
+    """A shipped data file: inside the wheel (`_data/`) or at the top of a source checkout."""
+    for candidate in (_PACKAGE / "_data" / name, _PACKAGE.parent / name):
+        if candidate.exists():
+            return candidate
+    raise TemplateError(f"hfdistill's built-in {name} is missing from {_PACKAGE}; reinstall hfdistill")
+
+
+def template_dir() -> Path:
+    """Directory of the built-in templates."""
+    return _data_path("templates")
+
+
+def card_template_path() -> Path:
+    """The built-in dataset card template (`dataset_card.md`)."""
+    return _data_path("dataset_card.md")
+
+
+def _tojson(value: Any, indent: int | None = None) -> str:
+    # Hugging Face chat templates' `tojson`: no key sorting and no HTML escaping (unlike Jinja's),
+    # so a text-protocol prompt matches what the server renders from `tools=` byte for byte.
+    return json.dumps(value, ensure_ascii=False, indent=indent)
+
+
+class Templates:
+    """The template set of one run: built-ins, overridden by file name from `override_dir`."""
+
+    def __init__(self, override_dir: str | Path | None = None, *, observation: str = "seed") -> None:
+        if observation not in OBSERVATION_FORMATS:
+            raise TemplateError(f"unknown observation format {observation!r}; "
+                                f"choose one of {', '.join(OBSERVATION_FORMATS)}")
+        self.observation = OBSERVATION_FORMATS[observation]
+        search_path = [str(template_dir())]
+        if override_dir is not None:
+            path = Path(override_dir)
+            if not path.is_dir():
+                raise TemplateError(f"--template-dir {override_dir} is not a directory; "
+                                    "create it or drop the option")
+            search_path.insert(0, str(path))
+        self._env = jinja2.Environment(
+            loader=jinja2.FileSystemLoader(search_path),
+            undefined=jinja2.StrictUndefined,
+            autoescape=False,
+            keep_trailing_newline=False,
+        )
+        self._env.filters["tojson"] = _tojson
+        self._cache: dict[str, jinja2.Template] = {}
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Templates a run uses, in a stable order."""
+        return ("system_prompt.j2", "user_prompt.j2", "tools_section.j2", self.observation, "tool_error.j2")
+
+    def _get(self, name: str) -> jinja2.Template:
+        if name not in self._cache:
+            try:
+                self._cache[name] = self._env.get_template(name)
+            except jinja2.TemplateNotFound:
+                raise TemplateError(f"template {name} not found in {self._env.loader.searchpath}; "  # type: ignore[union-attr]
+                                    "restore it or remove the override") from None
+            except jinja2.TemplateSyntaxError as e:
+                raise TemplateError(f"template {e.filename or name} line {e.lineno}: {e.message}; "
+                                    "fix the template") from None
+            except (OSError, UnicodeDecodeError) as e:
+                raise TemplateError(f"template {name} cannot be read ({e}); check its permissions "
+                                    "and encoding (UTF-8)") from None
+        return self._cache[name]
+
+    def render(self, name: str, **context: Any) -> str:
+        """Render a template; an unknown variable is a TemplateError naming template and variable."""
+        try:
+            return self._get(name).render(**context).strip()
+        except jinja2.UndefinedError as e:
+            raise TemplateError(f"template {self._source_path(name)} uses an unknown variable: {e.message}; "
+                                f"available: {', '.join(sorted(context)) or 'none'}") from None
+
+    def _source_path(self, name: str) -> str:
+        template = self._get(name)
+        return template.filename or name
+
+    def check(self, tools: list[dict[str, Any]]) -> None:
+        """Render every template once with sample values, so mistakes surface before any work."""
+        for name in self.names:
+            self.render(name, tools=tools, **_SAMPLE_CONTEXT[name])
+
+    def digest(self) -> dict[str, str]:
+        """Template file -> sha256 of its source, for provenance and the run fingerprint."""
+        out = {}
+        for name in self.names:
+            source = Path(self._source_path(name)).read_bytes()
+            out[name] = hashlib.sha256(source).hexdigest()[:16]
+        return out
+
+    def sources(self) -> dict[str, str]:
+        """Template file -> the path it was loaded from (built-in or override)."""
+        return {name: self._source_path(name) for name in self.names}

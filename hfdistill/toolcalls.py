@@ -1,0 +1,181 @@
+"""Pure parsing of what the teacher wrote: thinking, `<tool_call>` blocks, answers, search arguments.
+
+Lenient on purpose: Tongyi-style models emit JSON with trailing commas, single quotes or a
+missing closing tag at the end of output, and vLLM's hermes parser leaves such calls in `content`.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from hfdistill.types import ToolCall
+
+__all__ = [
+    "CallError",
+    "ParsedTurn",
+    "SearchCall",
+    "extract_answer",
+    "interpret_turn",
+    "parse_tool_call_blocks",
+    "search_queries",
+    "split_thinking",
+]
+
+_THINK_RE = re.compile(r"<think>(.*?)</think>", re.DOTALL)
+_TOOL_CALL_RE = re.compile(r"<tool_call>(.*?)(?:</tool_call>|\Z)", re.DOTALL)
+_ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+_TRAILING_COMMA_RE = re.compile(r",\s*([}\]])")
+_QUERY_KEYS = ("query_list", "query", "queries")
+
+
+@dataclass(frozen=True, slots=True)
+class SearchCall:
+    """A usable call of the search tool: its id and the non-empty queries it asks for."""
+
+    id: str
+    queries: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class CallError:
+    """A call the model got wrong; `message` becomes the observation it sees next."""
+
+    id: str
+    name: str
+    arguments: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedTurn:
+    """An assistant turn split into what is stored and what is executed."""
+
+    content: str  # visible text with thinking and tool-call blocks removed
+    text: str  # visible text with tool-call blocks kept: what is stored when a call is malformed
+    reasoning: str | None
+    answer: str | None  # text of the last <answer>…</answer>, or None
+    calls: tuple[SearchCall | CallError, ...]
+
+
+def split_thinking(content: str, reasoning: str | None) -> tuple[str, str | None]:
+    """Separate `<think>` text from visible content; server-side reasoning wins when present.
+
+    A bare `</think>` with no opening tag means the chat template opened the block in the prompt.
+    """
+    thoughts = []
+    if "</think>" in content and "<think>" not in content.split("</think>", 1)[0]:
+        head, content = content.split("</think>", 1)
+        thoughts.append(head)
+    thoughts.extend(_THINK_RE.findall(content))
+    content = _THINK_RE.sub("", content)
+    inline = "\n\n".join(t.strip() for t in thoughts if t.strip()) or None
+    if reasoning is not None and reasoning.strip():
+        return content.strip(), reasoning.strip()
+    return content.strip(), inline
+
+
+def extract_answer(text: str) -> str | None:
+    """The last `<answer>…</answer>` in `text`, stripped; None when there is none."""
+    found = _ANSWER_RE.findall(text)
+    return found[-1].strip() if found else None
+
+
+def parse_tool_call_blocks(content: str) -> tuple[str, list[tuple[str, dict[str, Any] | str]]]:
+    """Find `<tool_call>` blocks; return the content without them and, per block, name+args or an error."""
+    blocks = _TOOL_CALL_RE.findall(content)
+    remaining = _TOOL_CALL_RE.sub("", content).strip()
+    parsed: list[tuple[str, dict[str, Any] | str]] = []
+    for block in blocks:
+        obj = _lenient_json(block.strip())
+        if not isinstance(obj, dict):
+            parsed.append(("", f"could not parse the tool call as JSON: {block.strip()[:200]!r}"))
+            continue
+        name = obj.get("name")
+        args = obj.get("arguments", obj.get("parameters", {}))
+        if isinstance(args, str):
+            args = _lenient_json(args)
+        if not isinstance(name, str) or not isinstance(args, dict):
+            parsed.append((name if isinstance(name, str) else "", "a tool call needs a string \"name\" "
+                           "and an object \"arguments\""))
+            continue
+        parsed.append((name, args))
+    return remaining, parsed
+
+
+def _lenient_json(text: str) -> Any:
+    """json.loads, then with trailing commas removed, then as a Python literal (single quotes)."""
+    for candidate in (text, _TRAILING_COMMA_RE.sub(r"\1", text)):
+        try:
+            return json.loads(candidate)
+        except ValueError:
+            continue
+    try:
+        return ast.literal_eval(_TRAILING_COMMA_RE.sub(r"\1", text))
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return None
+
+
+def search_queries(args: dict[str, Any]) -> list[str]:
+    """Queries from `query_list`, `query` or `queries`, each a string or a list of strings."""
+    for key in _QUERY_KEYS:
+        if key in args:
+            value = args[key]
+            items = [value] if isinstance(value, str) else value if isinstance(value, list) else []
+            return [q.strip() for q in items if isinstance(q, str) and q.strip()]
+    return []
+
+
+def interpret_turn(
+    content: str,
+    reasoning: str | None,
+    native_calls: Sequence[ToolCall],
+    *,
+    tool_name: str,
+    call_id: str,
+) -> ParsedTurn:
+    """Turn one teacher reply into stored content plus at most one executable search call.
+
+    Several search calls in one turn are folded into one (their queries concatenated), so every
+    stored assistant turn has one call and one tool message, as verl's per-message rendering needs.
+    """
+    text, thinking = split_thinking(content, reasoning)
+    visible, text_calls = parse_tool_call_blocks(text)
+    candidates: list[tuple[str, dict[str, Any] | str]] = []
+    for call in native_calls:
+        args = _lenient_json(call.arguments) if call.arguments.strip() else {}
+        candidates.append((call.name, args if isinstance(args, dict) else
+                           f"the arguments are not a JSON object: {call.arguments[:200]!r}"))
+    if not native_calls:
+        candidates = text_calls
+    first_id = native_calls[0].id if native_calls and native_calls[0].id else call_id
+    calls = _fold_calls(candidates, tool_name=tool_name, call_id=first_id)
+    return ParsedTurn(content=visible, text=text, reasoning=thinking, answer=extract_answer(visible),
+                      calls=calls)
+
+
+def _fold_calls(candidates: list[tuple[str, dict[str, Any] | str]], *, tool_name: str,
+                call_id: str) -> tuple[SearchCall | CallError, ...]:
+    if not candidates:
+        return ()
+    queries: list[str] = []
+    errors: list[str] = []
+    for name, args in candidates:
+        if isinstance(args, str):
+            errors.append(args)
+        elif name != tool_name:
+            errors.append(f"unknown tool {name!r}; the only tool is {tool_name!r}")
+        else:
+            found = search_queries(args)
+            queries.extend(found)
+            if not found:
+                errors.append(f"{tool_name} needs a non-empty \"query_list\" of strings, got {json.dumps(args)}")
+    if queries:
+        return (SearchCall(id=call_id, queries=tuple(dict.fromkeys(queries))),)
+    name, args = candidates[0]
+    arguments = json.dumps(args, ensure_ascii=False) if isinstance(args, dict) else ""
+    return (CallError(id=call_id, name=name, arguments=arguments, message="; ".join(errors)),)

@@ -1,0 +1,128 @@
+"""Plain values shared by every layer: messages, tool calls, documents, teacher replies, trajectories."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "STOP_REASONS",
+    "Document",
+    "Message",
+    "TeacherReply",
+    "ToolCall",
+    "Trajectory",
+    "Usage",
+]
+
+# Every trajectory ends with exactly one of these.
+STOP_REASONS = ("answer", "max_turns", "length", "context", "no_tool_call")
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """One function call of an assistant turn; `arguments` is a JSON string (verl and the Hub need that)."""
+
+    id: str
+    name: str
+    arguments: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "type": "function", "function": {"name": self.name, "arguments": self.arguments}}
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A chat message in the stored (verl / OpenAI) shape."""
+
+    role: str
+    content: str
+    reasoning_content: str | None = None
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None
+    name: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every key on every message, so parquet infers one struct type for the column."""
+        return {
+            "role": self.role,
+            "content": self.content,
+            "reasoning_content": self.reasoning_content,
+            "tool_calls": [c.to_dict() for c in self.tool_calls] if self.tool_calls else None,
+            "tool_call_id": self.tool_call_id,
+            "name": self.name,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Message:
+        calls = tuple(
+            ToolCall(id=c["id"], name=c["function"]["name"], arguments=c["function"]["arguments"])
+            for c in (d.get("tool_calls") or ())
+        )
+        return cls(
+            role=d["role"],
+            content=d.get("content") or "",
+            reasoning_content=d.get("reasoning_content"),
+            tool_calls=calls,
+            tool_call_id=d.get("tool_call_id"),
+            name=d.get("name"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Document:
+    """A retrieved passage in the Search-R1 shape; `contents` is `"Title"\\ntext` as the corpus stores it."""
+
+    id: str
+    title: str
+    text: str
+    contents: str
+    score: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "title": self.title, "text": self.text, "contents": self.contents,
+                "score": self.score}
+
+
+@dataclass(slots=True)
+class Usage:
+    """Token counts summed over the teacher calls of a rollout."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def add(self, other: Usage) -> None:
+        self.prompt_tokens += other.prompt_tokens
+        self.completion_tokens += other.completion_tokens
+
+    def to_dict(self) -> dict[str, int]:
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens}
+
+
+@dataclass(frozen=True, slots=True)
+class TeacherReply:
+    """One chat completion, reduced to what the rollout loop needs.
+
+    `tool_calls` are the server-parsed calls (native protocol); `content` is the raw text, which
+    may still hold `<think>` and `<tool_call>` blocks when the server did not parse them.
+    """
+
+    content: str
+    reasoning: str | None
+    tool_calls: tuple[ToolCall, ...]
+    finish_reason: str
+    usage: Usage
+
+
+@dataclass(slots=True)
+class Trajectory:
+    """A finished rollout: the stored conversation plus why and how it ended."""
+
+    messages: list[Message]
+    stop_reason: str
+    assistant_turns: int = 0
+    num_tool_calls: int = 0
+    num_tool_errors: int = 0
+    num_queries: int = 0
+    usage: Usage = field(default_factory=Usage)
+    prediction: str = ""

@@ -1,0 +1,309 @@
+"""Scripted servers on loopback for tests: an OpenAI-compatible teacher and a Search-R1 retriever.
+
+They speak real HTTP from a background thread, so the code under test runs exactly as against
+vLLM (its own event loops, its own clients). The teacher's behaviour per question is a script:
+a list of steps, one per assistant turn; the turn is the number of tool results already sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+MODEL = "Alibaba-NLP/Tongyi-DeepResearch-30B-A3B"
+TOOLS_REFUSED = '"auto" tool choice requires --enable-auto-tool-choice and --tool-call-parser to be set'
+
+
+# ---------------------------------------------------------------- script steps
+
+
+@dataclass
+class Search:
+    """Call the search tool with these queries (under `key`, default query_list)."""
+
+    queries: list[str]
+    key: str = "query_list"
+    think: str = "I should look this up."
+    say: str = ""
+
+
+@dataclass
+class Answer:
+    text: str
+    think: str = "I know enough now."
+
+
+@dataclass
+class Say:
+    """Plain text: neither a tool call nor an answer."""
+
+    text: str
+
+
+@dataclass
+class Raw:
+    """Exactly this content (e.g. a malformed <tool_call>), never a native tool call."""
+
+    content: str
+
+
+@dataclass
+class CallTool:
+    """A call of another tool or with other arguments, as the model might get it wrong."""
+
+    name: str
+    arguments: dict[str, Any]
+
+
+@dataclass
+class Cut:
+    """A reply cut off by max_tokens (finish_reason length)."""
+
+    text: str = "Let me think about this at great length"
+
+
+@dataclass
+class Overflow:
+    """vLLM's 400 for a conversation longer than the context window."""
+
+
+Step = Search | Answer | Say | Raw | CallTool | Cut | Overflow
+
+
+@dataclass
+class Fault:
+    """An injected failure for the next matching request."""
+
+    status: int = 500
+    body: str = "internal error"
+    retry_after: str | None = None
+    drop: bool = False  # close the connection without answering
+    delay: float = 0.0  # sleep before answering (to trip client timeouts)
+
+
+# ---------------------------------------------------------------- the teacher
+
+
+@dataclass
+class TeacherBehaviour:
+    native: bool = True  # False: a plain `vllm serve` that refuses tools=
+    reasoning: str | None = "reasoning"  # "reasoning", "reasoning_content", or None: inline <think>
+    hermes_fails: bool = False  # native server leaves <tool_call> text in content, no tool_calls
+    default_script: list[Step] = field(default_factory=lambda: [Search(["capital of France"]), Answer("Paris")])
+    delay: float = 0.0  # seconds per completion
+
+
+class FakeTeacher:
+    """An OpenAI-compatible chat server driven by per-question scripts."""
+
+    def __init__(self, behaviour: TeacherBehaviour | None = None, model: str = MODEL) -> None:
+        self.behaviour = behaviour or TeacherBehaviour()
+        self.model = model
+        self.scripts: dict[str, list[Step]] = {}
+        self.faults: list[Fault] = []
+        self.requests: list[dict[str, Any]] = []
+        self.chat_calls = 0
+        self.on_request: Callable[[dict[str, Any]], None] | None = None
+        self._lock = threading.Lock()
+
+    def script(self, question: str, *steps: Step) -> None:
+        self.scripts[question] = list(steps)
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_post("/v1/chat/completions", self._chat)
+        return app
+
+    async def _models(self, request: web.Request) -> web.Response:
+        fault = self._take_fault()
+        if fault is not None:
+            return await _apply_fault(fault, request)
+        return web.json_response({"object": "list", "data": [{"id": self.model, "object": "model"}]})
+
+    def _take_fault(self) -> Fault | None:
+        with self._lock:
+            return self.faults.pop(0) if self.faults else None
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        with self._lock:
+            self.requests.append(body)
+        if self.on_request is not None:
+            self.on_request(body)
+        fault = self._take_fault()
+        if fault is not None:
+            return await _apply_fault(fault, request)
+        if "tools" in body and not self.behaviour.native:
+            return web.json_response({"object": "error", "message": TOOLS_REFUSED, "type": "BadRequestError",
+                                      "code": 400}, status=400)
+        if self.behaviour.delay:
+            await asyncio.sleep(self.behaviour.delay)
+        question = _question_of(body["messages"])
+        script = self.scripts.get(question, self.behaviour.default_script)
+        turn = _tool_results(body["messages"])
+        step = script[min(turn, len(script) - 1)]
+        if isinstance(step, Overflow):
+            return web.json_response({"object": "error", "type": "BadRequestError", "code": 400,
+                                      "message": "This model's maximum context length is 32768 tokens. However, "
+                                                 "you requested 33000 tokens."}, status=400)
+        with self._lock:
+            self.chat_calls += 1
+        return web.json_response(self._completion(step, native="tools" in body, max_tokens=body.get("max_tokens")))
+
+    def _completion(self, step: Step, *, native: bool, max_tokens: int | None) -> dict[str, Any]:
+        think, content, calls, finish = "", "", [], "stop"
+        if isinstance(step, Search):
+            think, content = step.think, step.say
+            calls = [("search", {step.key: step.queries})]
+        elif isinstance(step, CallTool):
+            calls = [(step.name, step.arguments)]
+        elif isinstance(step, Answer):
+            think, content = step.think, f"<answer>{step.text}</answer>"
+        elif isinstance(step, Say):
+            content = step.text
+        elif isinstance(step, Raw):
+            content = step.content
+        elif isinstance(step, Cut):
+            content, finish = step.text, "length"
+        message: dict[str, Any] = {"role": "assistant", "content": content}
+        if calls and native and not self.behaviour.hermes_fails:
+            message["tool_calls"] = [
+                {"id": f"chatcmpl-tool-{i}{len(self.requests)}", "type": "function",
+                 "function": {"name": n, "arguments": json.dumps(a)}} for i, (n, a) in enumerate(calls)]
+            finish = "tool_calls"
+        elif calls:
+            blocks = "".join(f"<tool_call>\n{json.dumps({'name': n, 'arguments': a})}\n</tool_call>" for n, a in calls)
+            message["content"] = f"{content}\n{blocks}".strip()
+        if think and self.behaviour.reasoning:
+            message[self.behaviour.reasoning] = think
+        elif think:
+            message["content"] = f"<think>\n{think}\n</think>\n\n{message['content']}"
+        prompt_tokens = 100 + 50 * len(self.requests)
+        completion_tokens = max_tokens if finish == "length" and max_tokens else 20 + len(message["content"]) // 4
+        return {
+            "id": f"chatcmpl-{len(self.requests)}", "object": "chat.completion", "created": int(time.time()),
+            "model": self.model,
+            "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": None}],
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                      "total_tokens": prompt_tokens + completion_tokens},
+        }
+
+
+def _question_of(messages: list[dict[str, Any]]) -> str:
+    for m in messages:
+        if m.get("role") == "user" and isinstance(m.get("content"), str) and m["content"].startswith("Question:"):
+            return m["content"][len("Question:"):].strip()
+    return ""
+
+
+def _tool_results(messages: list[dict[str, Any]]) -> int:
+    return sum(1 for m in messages if m.get("role") == "tool"
+               or (m.get("role") == "user" and str(m.get("content", "")).startswith("<tool_response>")))
+
+
+async def _apply_fault(fault: Fault, request: web.Request) -> web.StreamResponse:
+    if fault.delay:
+        await asyncio.sleep(fault.delay)
+    if fault.drop:
+        assert request.transport is not None
+        request.transport.close()
+        return web.Response(status=500)
+    headers = {"Retry-After": fault.retry_after} if fault.retry_after else None
+    return web.json_response({"object": "error", "message": fault.body, "code": fault.status},
+                             status=fault.status, headers=headers)
+
+
+# ---------------------------------------------------------------- the retriever
+
+
+class FakeRetriever:
+    """A Search-R1 `/retrieve` server over a tiny in-memory corpus (substring scoring)."""
+
+    def __init__(self, corpus: list[dict[str, str]] | None = None) -> None:
+        self.corpus = corpus or [
+            {"id": "0", "contents": '"Paris"\nParis is the capital and largest city of France.'},
+            {"id": "1", "contents": '"France"\nFrance is a country in Western Europe. Its capital is Paris.'},
+            {"id": "2", "contents": '"Berlin"\nBerlin is the capital of Germany.'},
+            {"id": "3", "contents": '"Haya bint Hussein"\nPrincess Haya bint Hussein founded the Dubai '
+                                    'English Speaking College.'},
+        ]
+        self.requests: list[dict[str, Any]] = []
+        self.faults: list[Fault] = []
+        self._lock = threading.Lock()
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/retrieve", self._retrieve)
+        return app
+
+    async def _retrieve(self, request: web.Request) -> web.StreamResponse:
+        try:
+            body = await request.json()
+        except ValueError:
+            return web.json_response({"detail": "invalid JSON"}, status=422)
+        with self._lock:
+            self.requests.append(body)
+            fault = self.faults.pop(0) if self.faults else None
+        if fault is not None:
+            return await _apply_fault(fault, request)
+        if not isinstance(body, dict) or not isinstance(body.get("queries"), list):
+            return web.json_response({"detail": [{"loc": ["body", "queries"], "msg": "field required"}]},
+                                     status=422)
+        topk = int(body.get("topk", 3))
+        result = [self._search(q, topk, bool(body.get("return_scores"))) for q in body["queries"]]
+        return web.json_response({"result": result})
+
+    def _search(self, query: str, topk: int, scores: bool) -> list[dict[str, Any]]:
+        words = set(re.findall(r"\w+", query.lower()))
+        ranked = sorted(((len(words & set(re.findall(r"\w+", d["contents"].lower()))), d) for d in self.corpus),
+                        key=lambda x: -x[0])[:topk]
+        return [{"document": d, "score": float(s)} if scores else d for s, d in ranked]
+
+
+# ---------------------------------------------------------------- serving
+
+
+class Served:
+    """An aiohttp app running on 127.0.0.1:<free port> in a background thread."""
+
+    def __init__(self, app: web.Application) -> None:
+        self._app = app
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.port = 0
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("test server did not start")
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._runner = web.AppRunner(self._app, handle_signals=False, access_log=None)
+        self._loop.run_until_complete(self._runner.setup())
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        self._loop.run_until_complete(site.start())
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self._ready.set()
+        self._loop.run_forever()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        async def stop() -> None:
+            await self._runner.cleanup()
+
+        fut = asyncio.run_coroutine_threadsafe(stop(), self._loop)
+        fut.result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
