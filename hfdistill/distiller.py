@@ -29,7 +29,7 @@ from hfdistill.retrieval import HttpRetriever, Retriever
 from hfdistill.rollout import RolloutSpec, rollout
 from hfdistill.rows import build_table, output_features, result_of, shape_row
 from hfdistill.scoring import score
-from hfdistill.teacher import Route, Teacher
+from hfdistill.teacher import Route, Teacher, TeacherStats
 from hfdistill.templates import Templates
 
 __all__ = ["Distiller"]
@@ -75,6 +75,7 @@ class Distiller:
         self.failures: list[dict[str, Any]] = []
         self.model: str | None = config.model
         self.mode: str | None = None if config.tool_call_mode == "auto" else config.tool_call_mode
+        self.teacher_stats = TeacherStats()  # shared by the teachers of every loop this distiller runs in
         self._runtimes: list[_Runtime] = []
         self._embedded: Retriever | None = None
         self._stopping = False
@@ -124,10 +125,8 @@ class Distiller:
 
     def gauges(self) -> dict[str, float]:
         """Live teacher numbers for the progress line: calls, completion tokens, open requests."""
-        teachers = [r.teacher for r in self._runtimes]
-        return {"calls": sum(t.stats.calls for t in teachers),
-                "tokens": sum(t.stats.completion_tokens for t in teachers),
-                "requests": sum(t.in_flight for t in teachers)}
+        return {"calls": self.teacher_stats.calls, "tokens": self.teacher_stats.completion_tokens,
+                "requests": sum(r.teacher.in_flight for r in self._runtimes)}
 
     def stop(self) -> None:
         """Start no new rollouts; those in flight finish and are recorded."""
@@ -162,7 +161,7 @@ class Distiller:
         loop = asyncio.get_running_loop()
         runtime = next((r for r in self._runtimes if r.loop is loop), None)
         if runtime is None:
-            teacher = Teacher(self.config.replace(model=self.model), self.tools)
+            teacher = Teacher(self.config.replace(model=self.model), self.tools, self.teacher_stats)
             teacher.mode = self.mode
             runtime = _Runtime(loop, teacher, self._retriever(), asyncio.Semaphore(self.config.window),
                                asyncio.Lock())

@@ -76,6 +76,11 @@ class GenerateResult:
 
 def generate(config: DistillConfig, options: GenerateOptions) -> GenerateResult:
     """Run (or resume) a distillation and write the output; see the module docstring."""
+    with _quiet_datasets():
+        return _generate(config, options)
+
+
+def _generate(config: DistillConfig, options: GenerateOptions) -> GenerateResult:
     output = check_output_path(options.output_file)
     distiller = Distiller(config)  # renders every template once: template errors surface here
     ds = load_input(options.input_file, max_samples=options.max_samples)
@@ -100,7 +105,7 @@ def generate(config: DistillConfig, options: GenerateOptions) -> GenerateResult:
     log.info("distilling %d questions x %d rollouts with %s (%s protocol), window %d",
              len(ds), config.num_rollouts, distiller.model, distiller.mode, config.window)
     try:
-        with _signals(distiller), _quiet_datasets():
+        with _signals(distiller):
             mapped = distiller.map(ds, batch_size=options.batch_size, load_from_cache_file=False,
                                    cache_file_name=str(run_dir / "map.arrow"), desc="hfdistill")
     finally:

@@ -93,12 +93,13 @@ class TeacherStats:
 class Teacher:
     """Chat completions for the rollout loop, in the native or the text tool-call protocol."""
 
-    def __init__(self, config: DistillConfig, tools: list[dict[str, Any]]) -> None:
+    def __init__(self, config: DistillConfig, tools: list[dict[str, Any]],
+                 stats: TeacherStats | None = None) -> None:
         self.config = config
         self.tools = tools
         self.model: str | None = config.model
         self.mode: str | None = None if config.tool_call_mode == "auto" else config.tool_call_mode
-        self.stats = TeacherStats()
+        self.stats = stats if stats is not None else TeacherStats()
         self.pool = EndpointPool([Endpoint(url, self._client(url)) for url in config.endpoints])
 
     def _client(self, url: str) -> openai.AsyncOpenAI:
