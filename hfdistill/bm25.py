@@ -262,7 +262,9 @@ def _build_model(scan: _Scan) -> bm25s.BM25:
     model = bm25s.BM25(**BM25_PARAMS)
     docs = _TokenIdDocs(scan.token_ids, scan.token_indptr)
     vocab = scan.vocab or {"": 0}  # bm25s needs one column even when every passage is stopwords
-    model.scores = model.build_index_from_ids(list(vocab.values()), docs, show_progress=False)
+    # Passages with no terms have length 0 (0/0 when all are empty); they get no scores, so no warning.
+    with np.errstate(divide="ignore", invalid="ignore"):
+        model.scores = model.build_index_from_ids(list(vocab.values()), docs, show_progress=False)
     model.vocab_dict = vocab
     model.unique_token_ids_set = set(vocab.values())
     return model
@@ -283,8 +285,10 @@ def _build_index(corpus: Path, index_dir: Path) -> None:
         model.save(str(tmp), show_progress=False)
         np.save(tmp / "spans.npy", scan.spans)
         manifest = _manifest(corpus, before, scan, analyzer, time.monotonic() - t0)
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))  # last: marks the index complete
         _swap_in(tmp, index_dir)
+    except OSError as e:
+        raise ConfigError(f"cannot write the BM25 index {index_dir}: {e}; free space or pass --index-dir") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # only left when something failed before the swap
     logger.info("indexed %s: %d passages in %.1fs -> %s", corpus.name, len(scan.spans),

@@ -113,13 +113,15 @@ class Distiller:
     def prepare(self) -> None:
         """Probe the teacher (model id, protocol) and the retriever now, outside any `map`."""
         async def probe() -> None:
-            runtime = await self._runtime()
             try:
+                runtime = await self._runtime()
                 if isinstance(runtime.retriever, HttpRetriever):
                     await runtime.retriever.probe()
             finally:
-                self._runtimes.remove(runtime)
-                await runtime.aclose()
+                loop = asyncio.get_running_loop()
+                for runtime in [r for r in self._runtimes if r.loop is loop]:
+                    self._runtimes.remove(runtime)
+                    await runtime.aclose()
 
         asyncio.run(probe())
 

@@ -37,8 +37,12 @@ def check_output_path(path: str | Path) -> Path:
     if not parent.is_dir():
         raise ConfigError(f"the directory of OUTPUT_FILE {out} does not exist; create it "
                           f"(mkdir -p {parent}) or choose another --output_file")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ConfigError(f"cannot write to {parent} (permission denied); choose another --output_file")
+    try:  # a real probe: access() says yes to root even where nothing can be created
+        fd, probe = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".probe", dir=parent)
+    except OSError as e:
+        raise ConfigError(f"cannot write to {parent} ({e.strerror or e}); choose another --output_file") from None
+    os.close(fd)
+    os.unlink(probe)
     return out
 
 

@@ -112,6 +112,10 @@ class FakeTeacher:
         self.requests: list[dict[str, Any]] = []
         self.chat_calls = 0
         self.on_request: Callable[[dict[str, Any]], None] | None = None
+        self.question_delay: dict[str, float] = {}  # extra seconds for one question's completions
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.events: list[tuple[float, str, str]] = []  # (time, "start"/"end", question)
         self._lock = threading.Lock()
 
     def script(self, question: str, *steps: Step) -> None:
@@ -145,9 +149,17 @@ class FakeTeacher:
         if "tools" in body and not self.behaviour.native:
             return web.json_response({"object": "error", "message": TOOLS_REFUSED, "type": "BadRequestError",
                                       "code": 400}, status=400)
-        if self.behaviour.delay:
-            await asyncio.sleep(self.behaviour.delay)
         question = _question_of(body["messages"])
+        with self._lock:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            self.events.append((time.monotonic(), "start", question))
+        try:
+            await asyncio.sleep(self.behaviour.delay + self.question_delay.get(question, 0.0))
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+                self.events.append((time.monotonic(), "end", question))
         script = self.scripts.get(question, self.behaviour.default_script)
         turn = _tool_results(body["messages"])
         step = script[min(turn, len(script) - 1)]

@@ -1,0 +1,155 @@
+"""The rollout loop's behaviours, driven through Distiller over real HTTP by a scripted teacher."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import datasets
+import pytest
+
+from hfdistill import DistillConfig, Distiller
+from tests.fakes import (
+    Answer,
+    CallTool,
+    Cut,
+    FakeRetriever,
+    FakeTeacher,
+    Overflow,
+    Raw,
+    Say,
+    Search,
+    Served,
+    TeacherBehaviour,
+)
+from tests.verl_rules import check_messages
+
+Q = "What is the capital of France?"
+
+
+def distill(teacher: Served, retriever: Served, questions: list[str] | None = None, **options: Any
+            ) -> list[dict[str, Any]]:
+    ds = datasets.Dataset.from_list([{"question": q, "golden_answers": ["Paris"]} for q in questions or [Q]])
+    config = DistillConfig(vllm_url=f"{teacher.url}/v1", retrieval_url=f"{retriever.url}/retrieve", **options)
+    with Distiller(config) as distiller:
+        rows = distiller.map(ds, batch_size=2).to_list()
+    for row in rows:
+        check_messages(row["messages"])
+    return rows
+
+
+@pytest.mark.parametrize(
+    ("steps", "stop_reason", "turns", "calls"),
+    [
+        pytest.param([Search(["capital of France"]), Answer("Paris")], "answer", 2, 1, id="answer"),
+        pytest.param([Answer("Paris")], "answer", 1, 0, id="answer-without-search"),
+        pytest.param([Search(["a"]), Search(["b"]), Search(["c"]), Answer("x")], "max_turns", 3, 3, id="max-turns"),
+        pytest.param([Search(["a"]), Cut()], "length", 2, 1, id="length"),
+        pytest.param([Search(["a"]), Overflow()], "context", 1, 1, id="context-400"),
+        pytest.param([Say("I think it is Paris.")], "no_tool_call", 1, 0, id="no-tool-call"),
+    ],
+)
+def test_stop_reasons(teacher: tuple[FakeTeacher, Served], retriever: tuple[FakeRetriever, Served],
+                      steps: list[Any], stop_reason: str, turns: int, calls: int) -> None:
+    teacher[0].script(Q, *steps)
+    row = distill(teacher[1], retriever[1])[0]
+    assert row["stop_reason"] == stop_reason
+    assert row["assistant_turns"] == turns
+    assert row["num_tool_calls"] == calls
+    assert row["prediction"] == ("Paris" if stop_reason == "answer" else "")
+    if stop_reason == "length":
+        assert row["messages"][-1]["content"].startswith("Let me think")
+        assert row["usage"]["completion_tokens"] >= 2048
+
+
+def _observations(row: dict[str, Any]) -> list[str]:
+    return [m["content"] for m in row["messages"] if m["role"] == "tool"]
+
+
+@pytest.mark.parametrize(
+    ("bad", "error"),
+    [
+        pytest.param(Raw('<tool_call>{"name": "search", "arguments": {"query_list": ["a"</tool_call>'),
+                     "could not parse the tool call", id="malformed-json"),
+        pytest.param(CallTool("browse", {"url": "http://x"}), "unknown tool 'browse'", id="unknown-tool"),
+        pytest.param(CallTool("search", {"query_list": []}), "non-empty", id="empty-query-list"),
+        pytest.param(CallTool("search", {"topic": "France"}), "non-empty", id="missing-query"),
+    ],
+)
+def test_model_mistakes_are_observations_and_the_run_goes_on(teacher: tuple[FakeTeacher, Served],
+                                                             retriever: tuple[FakeRetriever, Served],
+                                                             bad: Any, error: str) -> None:
+    teacher[0].script(Q, bad, Search(["capital of France"]), Answer("Paris"))
+    row = distill(teacher[1], retriever[1], max_assistant_turns=5)[0]
+    assert row["stop_reason"] == "answer"
+    assert row["num_tool_errors"] == 1
+    assert row["num_tool_calls"] == 1
+    first = _observations(row)[0]
+    assert first.startswith("Error: ") and error in first
+    assert "Query: capital of France" in _observations(row)[1]
+    # the model saw the error as a tool result before its next turn
+    seen = teacher[0].requests[2]["messages"]
+    assert seen[-1]["role"] == "tool" and error in seen[-1]["content"]
+    assert len(retriever[0].requests) == 1  # only the good search; errors never reach the server
+
+
+def test_several_calls_in_one_turn_are_folded_into_one(teacher: tuple[FakeTeacher, Served],
+                                                       retriever: tuple[FakeRetriever, Served]) -> None:
+    both = ('<tool_call>{"name": "search", "arguments": {"query_list": ["capital of France"]}}</tool_call>\n'
+            '<tool_call>{"name": "search", "arguments": {"query": "Paris"}}</tool_call>')
+    teacher[0].script(Q, Raw(both), Answer("Paris"))
+    row = distill(teacher[1], retriever[1])[0]
+    call = row["messages"][2]["tool_calls"]
+    assert len(call) == 1
+    assert json.loads(call[0]["function"]["arguments"]) == {"query_list": ["capital of France", "Paris"]}
+    assert retriever[0].requests[-1]["queries"] == ["capital of France", "Paris"]
+    assert "Query: capital of France" in _observations(row)[0] and "\n\nQuery: Paris\n" in _observations(row)[0]
+
+
+@pytest.mark.parametrize("field", ["reasoning", "reasoning_content", None])
+def test_reasoning_is_captured_from_every_place_vllm_puts_it(retriever: tuple[FakeRetriever, Served],
+                                                            field: str | None) -> None:
+    fake = FakeTeacher(TeacherBehaviour(reasoning=field))
+    served = Served(fake.app())
+    try:
+        row = distill(served, retriever[1])[0]
+    finally:
+        served.close()
+    assistants = [m for m in row["messages"] if m["role"] == "assistant"]
+    assert [m["reasoning_content"] for m in assistants] == ["I should look this up.", "I know enough now."]
+    assert all("<think>" not in m["content"] for m in assistants)
+
+
+def test_hermes_parser_failure_is_parsed_client_side(retriever: tuple[FakeRetriever, Served]) -> None:
+    fake = FakeTeacher(TeacherBehaviour(hermes_fails=True))
+    served = Served(fake.app())
+    try:
+        row = distill(served, retriever[1], tool_call_mode="native")[0]
+    finally:
+        served.close()
+    assert row["stop_reason"] == "answer" and row["num_tool_calls"] == 1
+    assert row["messages"][2]["content"] == ""
+    assert row["messages"][2]["tool_calls"][0]["id"] == "call_1"
+
+
+def test_verl_observation_format(teacher: tuple[FakeTeacher, Served], retriever: tuple[FakeRetriever, Served]
+                                 ) -> None:
+    row = distill(teacher[1], retriever[1], observation_format="verl", topk=2)[0]
+    observation = json.loads(_observations(row)[0])
+    assert observation == {"result": 'Doc 1 (Title: "Paris")\nParis is the capital and largest city of France.\n\n'
+                                     'Doc 2 (Title: "France")\nFrance is a country in Western Europe. Its capital '
+                                     'is Paris.'}
+
+
+def test_num_rollouts_and_empty_questions(teacher: tuple[FakeTeacher, Served],
+                                          retriever: tuple[FakeRetriever, Served]) -> None:
+    ds = datasets.Dataset.from_list([{"question": Q, "golden_answers": ["Paris"]},
+                                     {"question": "   ", "golden_answers": ["x"]}])
+    config = DistillConfig(vllm_url=f"{teacher[1].url}/v1", retrieval_url=f"{retriever[1].url}/retrieve",
+                           num_rollouts=3)
+    with Distiller(config) as distiller:
+        rows = distiller.map(ds).to_list()
+    assert [(r["input_index"], r["rollout_index"]) for r in rows] == [(0, 0), (0, 1), (0, 2)]
+    assert distiller.monitor.stats.questions_skipped == 1
+    assert distiller.failures[0]["cause"] == "empty_question"
+    assert not any(m["content"].strip() == "Question:" for r in teacher[0].requests for m in r["messages"])
