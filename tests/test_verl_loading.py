@@ -1,0 +1,413 @@
+"""verl 0.9.1 must load our output parquet as is (SPEC §5).
+
+The slow tests build (once, cached) a separate CPU-only verl venv and run `verl_load.py` in it. They never
+skip: when the venv cannot be built, the fixture raises with pip's error, because CI must notice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from tests import verl_env, verl_load
+
+HERE = Path(__file__).resolve().parent
+VERL_TIMEOUT = 1800  # a cold venv build downloads ~1.7 GB; pyproject's 300 s default is for normal tests
+
+SYSTEM_PROMPT = (
+    "You are a research assistant. Use the search tool to look things up, think step by step, and give "
+    "the final answer inside <answer></answer> tags."
+)
+SEARCH_TOOL: dict[str, Any] = {
+    "type": "function",
+    "function": {
+        "name": "search",
+        "description": "Searches the web for relevant information based on the given query.",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "query_list": {
+                    "type": "array",
+                    "items": {"type": "string"},
+                    "description": "A list of fully-formed semantic queries. "
+                    "The tool will return search results for each query.",
+                }
+            },
+            "required": ["query_list"],
+        },
+    },
+}
+
+# The output schema, spelled out so the fixture does not depend on type inference.
+TOOL_CALL_TYPE = pa.struct(
+    [
+        ("id", pa.string()),
+        ("type", pa.string()),
+        ("function", pa.struct([("name", pa.string()), ("arguments", pa.string())])),
+    ]
+)
+MESSAGE_TYPE = pa.struct(
+    [
+        ("role", pa.string()),
+        ("content", pa.string()),
+        ("reasoning_content", pa.string()),
+        ("tool_calls", pa.list_(TOOL_CALL_TYPE)),
+        ("tool_call_id", pa.string()),
+        ("name", pa.string()),
+    ]
+)
+TOOL_TYPE = pa.struct(
+    [
+        ("type", pa.string()),
+        (
+            "function",
+            pa.struct(
+                [
+                    ("name", pa.string()),
+                    ("description", pa.string()),
+                    (
+                        "parameters",
+                        pa.struct(
+                            [
+                                ("type", pa.string()),
+                                (
+                                    "properties",
+                                    pa.struct(
+                                        [
+                                            (
+                                                "query_list",
+                                                pa.struct(
+                                                    [
+                                                        ("type", pa.string()),
+                                                        ("items", pa.struct([("type", pa.string())])),
+                                                        ("description", pa.string()),
+                                                    ]
+                                                ),
+                                            )
+                                        ]
+                                    ),
+                                ),
+                                ("required", pa.list_(pa.string())),
+                            ]
+                        ),
+                    ),
+                ]
+            ),
+        ),
+    ]
+)
+OUTPUT_SCHEMA = pa.schema(
+    [
+        ("messages", pa.list_(MESSAGE_TYPE)),
+        ("tools", pa.list_(TOOL_TYPE)),
+        ("question", pa.string()),
+        ("stop_reason", pa.string()),
+        ("assistant_turns", pa.int64()),
+    ]
+)
+
+
+# ------------------------------------------------------------------------------------------------------
+# Fixture data: replace `build_fixture_parquet` with a file the generator produced when it exists.
+# ------------------------------------------------------------------------------------------------------
+
+
+def _message(role: str, content: str, **extra: Any) -> dict[str, Any]:
+    # Every key on every message: one struct type for the column, nulls where not applicable.
+    base = {"role": role, "content": content, "reasoning_content": None, "tool_calls": None}
+    return {**base, "tool_call_id": None, "name": None, **extra}
+
+
+def _search_turn(n: int, query: str, observation: str, thought: str, text: str) -> list[dict[str, Any]]:
+    call_id = f"call_{n}"
+    call = {
+        "id": call_id,
+        "type": "function",
+        "function": {"name": "search", "arguments": json.dumps({"query_list": [query]})},
+    }
+    return [
+        _message("assistant", text, reasoning_content=thought, tool_calls=[call]),
+        _message("tool", f"Query: {query}\n{observation}", tool_call_id=call_id, name="search"),
+    ]
+
+
+def _row(question: str, turns: list[tuple[str, str, str, str]], final_thought: str) -> dict[str, Any]:
+    messages = [_message("system", SYSTEM_PROMPT), _message("user", f"Question: {question}")]
+    for n, (query, observation, thought, text) in enumerate(turns):
+        messages += _search_turn(n, query, observation, thought, text)
+    messages.append(_message("assistant", "<answer>Paris</answer>", reasoning_content=final_thought))
+    return {
+        "messages": messages,
+        "tools": [SEARCH_TOOL],
+        "question": question,
+        "stop_reason": "answer",
+        "assistant_turns": len(turns) + 1,
+    }
+
+
+def fixture_rows() -> list[dict[str, Any]]:
+    paris = "[1] Paris: Paris is the capital and largest city of France.\n[2] France: Its capital is Paris."
+    return [
+        _row("What is the capital of France?", [], "I know this: the capital of France is Paris."),
+        _row(
+            "Which city is the capital of France?",
+            [("capital of France", paris, "I should verify with a search.", "Let me search for that.")],
+            "The results say Paris.",
+        ),
+        _row(
+            "In which city does the French president have his official residence?",
+            [
+                (
+                    "French president official residence",
+                    "[1] Élysée Palace: the official residence of the President of France, in Paris.",
+                    "Where does the president live?",
+                    "Searching.",
+                ),
+                # A legitimate "None" in the data: the null check must not count it as a leak.
+                (
+                    "Élysée Palace city",
+                    "[1] None of the sources disagree: the Élysée is in Paris.",
+                    "Which city is the Élysée in?",
+                    "One more search.",
+                ),
+                (
+                    "Paris arrondissement Élysée",
+                    "[1] 8th arrondissement: home of the Élysée Palace.",
+                    "Double-check the district.",
+                    "Checking the district.",
+                ),
+            ],
+            "All three searches point to Paris.",
+        ),
+        _row(  # tool turns with empty content: the call is the whole visible turn
+            "What is the largest city of France?",
+            [
+                ("largest city of France", paris, "Search first.", ""),
+                ("population of Paris", "[1] Paris: about 2.1 million inhabitants.", "Confirm size.", ""),
+            ],
+            "Paris is the largest city.",
+        ),
+    ]
+
+
+def build_fixture_parquet(path: Path) -> Path:
+    """Write the fixture rows in the generator's exact output schema."""
+    pq.write_table(pa.Table.from_pylist(fixture_rows(), schema=OUTPUT_SCHEMA), path)
+    return path
+
+
+# ------------------------------------------------------------------------------------------------------
+# Running verl
+# ------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def verl_python() -> Path:
+    # Raises (test error, not skip) with pip's output when the venv cannot be built.
+    return verl_env.ensure_verl_venv()
+
+
+def run_verl_load(python: Path, parquet: Path, *args: str) -> dict[str, Any]:
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+    proc = subprocess.run(
+        [str(python), str(HERE / "verl_load.py"), str(parquet), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=VERL_TIMEOUT,
+        check=False,
+    )
+    sys.stderr.write(proc.stderr[-20000:])  # shown by pytest on failure
+    assert proc.returncode == 0, f"verl_load.py exited {proc.returncode}:\n{proc.stderr[-5000:]}"
+    return json.loads(proc.stdout)
+
+
+def failures(config: dict[str, Any]) -> list[str]:
+    out = [config["error"]] if config.get("error") else []
+    for r in config.get("row_reports", []):
+        out += [f"row {r['row']}: {r['error']}"] if r["error"] else []
+        out += [f"row {r['row']}: {p}" for p in r["problems"]]
+    return out
+
+
+@pytest.fixture(scope="module")
+def fixture_report(verl_python: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    parquet = build_fixture_parquet(tmp_path_factory.mktemp("verl") / "fixture.parquet")
+    configs = [arg for name in ("toy", "qwen", "qwen_custom") for arg in ("--config", name)]
+    return run_verl_load(verl_python, parquet, *configs)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(VERL_TIMEOUT)
+def test_strict_toy_template_loads_every_row(fixture_report: dict[str, Any]) -> None:
+    toy = fixture_report["configs"]["toy"]
+    assert "data.ignore_input_ids_mismatch=true" not in toy["overrides"]
+    assert failures(toy) == []
+    assert toy["loaded"] == toy["rows"] == len(fixture_rows())
+    reports = toy["row_reports"]
+    assert all(r["strict_match"] for r in reports)
+    assert [r["tool_calls"] for r in reports] == [0, 1, 3, 2]
+    # A template that renders <think> per message trains the reasoning of every turn.
+    assert all(state == "trained" for r in reports for state in r["reasoning"])
+    assert reports[2]["legit_null_literals"] == reports[2]["null_literals"] == 1
+    assert toy["ok"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(VERL_TIMEOUT)
+def test_real_qwen3_template_loads_every_row(fixture_report: dict[str, Any]) -> None:
+    qwen = fixture_report["configs"]["qwen"]
+    assert "data.ignore_input_ids_mismatch=true" in qwen["overrides"]
+    assert failures(qwen) == []
+    assert qwen["loaded"] == qwen["rows"] == len(fixture_rows())
+    reports = qwen["row_reports"]
+    assert [r["tool_calls"] for r in reports] == [0, 1, 3, 2]
+    # Why the override is needed: Qwen3 renders <think> by position, so per-message != whole for rows
+    # with reasoning, and verl keeps the per-message ids, in which no reasoning survives.
+    assert not any(r["strict_match"] for r in reports)
+    assert all(state == "absent" for r in reports for state in r["reasoning"])
+    assert qwen["ok"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(VERL_TIMEOUT)
+def test_qwen3_tokenizer_with_per_message_template_is_strict(fixture_report: dict[str, Any]) -> None:
+    # The README's fix for lost thinking: model.custom_chat_template with a per-message-stable template.
+    custom = fixture_report["configs"]["qwen_custom"]
+    assert "data.ignore_input_ids_mismatch=true" not in custom["overrides"]
+    assert failures(custom) == []
+    assert custom["loaded"] == custom["rows"] == len(fixture_rows())
+    assert all(r["strict_match"] for r in custom["row_reports"])
+    assert all(state == "trained" for r in custom["row_reports"] for state in r["reasoning"])
+    assert custom["ok"]
+
+
+def _bad_rows() -> list[dict[str, Any]]:
+    """Rows breaking SPEC §5 the way a naive writer would: the harness must flag each one."""
+    rows = [fixture_rows()[1] for _ in range(4)]
+    # Row 0 has an extra schema key; parquet unions the structs, so row 1 gains `"strict": null`.
+    rows[0]["tools"] = [{**SEARCH_TOOL, "function": {**SEARCH_TOOL["function"], "strict": True}}]
+    # Row 2: two tool messages after one call (Qwen-style templates merge them: per-message != whole).
+    msgs = rows[2]["messages"]
+    rows[2]["messages"] = [*msgs[:4], msgs[3], *msgs[4:]]
+    # Row 3: null assistant content on the tool turn.
+    rows[3]["messages"] = [{**m, "content": None} if m["tool_calls"] else m for m in rows[3]["messages"]]
+    return rows
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(VERL_TIMEOUT)
+def test_harness_flags_null_leaks_and_merged_tool_turns(verl_python: Path, tmp_path: Path) -> None:
+    parquet = tmp_path / "bad.parquet"
+    pq.write_table(pa.Table.from_pylist(_bad_rows()), parquet)  # inferred schema, as a naive writer gets
+    report = run_verl_load(verl_python, parquet, "--config", "toy")
+    assert not report["ok"]
+    rows = report["configs"]["toy"]["row_reports"]
+    assert rows[0]["problems"] == []
+    assert rows[0]["error"] is None
+    assert any("null/None literals" in p for p in rows[1]["problems"])  # `"strict": null` in its tools
+    assert "AssertionError" in (rows[2]["error"] or "")  # verl's strict sanity check
+    assert any("null/None literals" in p for p in rows[3]["problems"])  # content None rendered
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(VERL_TIMEOUT)
+def test_legacy_multiturn_keys_are_rejected(verl_python: Path, tmp_path: Path) -> None:
+    # verl 0.9.1 reads data.messages_key / data.tools_key; the older data.multiturn.* keys do not exist.
+    parquet = build_fixture_parquet(tmp_path / "fixture.parquet")
+    report = run_verl_load(verl_python, parquet, "--config", "toy", "--override", "data.multiturn.enable=true")
+    toy = report["configs"]["toy"]
+    assert not toy["ok"]
+    assert "multiturn" in toy["error"]
+
+
+# ------------------------------------------------------------------------------------------------------
+# Fast tests of the pure pieces
+# ------------------------------------------------------------------------------------------------------
+
+
+def test_fixture_has_the_output_schema(tmp_path: Path) -> None:
+    table = pq.read_table(build_fixture_parquet(tmp_path / "f.parquet"))
+    assert table.schema.equals(OUTPUT_SCHEMA)
+    rows = table.to_pylist()
+    assert all(r["tools"] == [SEARCH_TOOL] for r in rows)
+    for row in rows:
+        msgs = row["messages"]
+        assert [m["role"] for m in msgs[:2]] == ["system", "user"]
+        assert msgs[-1]["content"] == "<answer>Paris</answer>"
+        assert msgs[-1]["tool_calls"] is None
+        for call_msg, tool_msg in zip(msgs[2:-1:2], msgs[3:-1:2], strict=True):
+            assert call_msg["content"] is not None
+            assert len(call_msg["tool_calls"]) == 1
+            assert tool_msg["tool_call_id"] == call_msg["tool_calls"][0]["id"]
+            assert json.loads(call_msg["tool_calls"][0]["function"]["arguments"])["query_list"]
+
+
+def test_null_literals_are_counted_against_the_data() -> None:
+    row = {"messages": [{"content": "None of them", "tool_calls": None}], "tools": [{"strict": None}]}
+    assert verl_load.legit_null_literals(row, ["messages", "tools"]) == 1
+    assert verl_load.count_null_literals('None of them {"strict": null} nullable Nonesuch') == 2
+
+
+def test_mask_helpers_locate_trained_tool_calls() -> None:
+    args = '{"query_list": ["capital of France"]}'
+    segments = [
+        ("<|im_start|>assistant\n", False),
+        (f'<tool_call>\n{{"name": "search", "arguments": {args}}}\n</tool_call><|im_end|>\n', True),
+        ("<|im_start|>user\n<tool_response>\nQuery: capital of France\n</tool_response>", False),
+    ]
+    text, mask = verl_load.char_mask(segments)
+    assert len(mask) == len(text)
+    assert verl_load.tool_call_trained(text, mask, args)
+    assert verl_load.needle_states(text, mask, "Query: capital of France") == ["untrained"]
+    assert verl_load.needle_states(text, mask, "assistant\n<tool_call>") == ["partial"]
+    assert not verl_load.tool_call_trained(text, [False] * len(text), args)
+
+
+def test_check_row_reports_untrained_call_and_trained_tool_response() -> None:
+    args = '{"query_list": ["q"]}'
+    raw = {
+        "messages": [
+            {
+                "role": "assistant",
+                "content": "",
+                "tool_calls": [{"function": {"name": "search", "arguments": args}}],
+            },
+            {"role": "tool", "content": "Query: q"},
+        ],
+        "tools": [],
+    }
+    text = f"<tool_call>{args}</tool_call>Query: q"
+    report = verl_load.RowReport(row=0)
+    verl_load.check_row(raw, text, [True] * len(text), report, ["messages", "tools"])
+    assert report.tool_calls == 1
+    assert report.problems == ["tool content 'Query: q' is inside the loss mask"]
+
+
+def test_verl_env_reuses_only_a_complete_matching_venv(tmp_path: Path) -> None:
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").touch()
+    assert not verl_env._is_complete(venv)  # no marker: a killed build
+    marker = venv / verl_env.MARKER_NAME
+    marker.write_text(json.dumps(verl_env.marker_payload()))
+    assert verl_env._is_complete(venv)
+    marker.write_text(json.dumps({**verl_env.marker_payload(), "steps": []}))
+    assert not verl_env._is_complete(venv)  # another package set
+
+
+def test_verl_env_build_failure_is_loud_and_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Offline (--no-index): a package pip cannot find must surface pip's own error, and no venv must remain.
+    monkeypatch.setattr(verl_env, "INSTALL_STEPS", ((("--no-index",), ("hfdistill-no-such-package==1",)),))
+    venv = tmp_path / "verl-venv"
+    with pytest.raises(RuntimeError, match="No matching distribution found for hfdistill-no-such-package"):
+        verl_env.ensure_verl_venv(venv)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".verl-venv.lock"]
