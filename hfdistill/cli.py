@@ -92,6 +92,8 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     _flag(t, "concurrency", type=int, help="rollouts in flight (default: 512 per teacher endpoint)")
     _flag(t, "request_timeout", type=float, default=1800.0, help="seconds per HTTP request (default 1800)")
     _flag(t, "max_retries", type=int, default=4, help="retries of a transient HTTP failure (default 4)")
+    _flag(t, "retry_backoff", type=float, default=1.0,
+          help="seconds before the first retry, doubling each time, with jitter (default 1)")
     r = p.add_argument_group("retrieval")
     _flag(r, "topk", type=int, default=3, help="documents per query (default 3)")
     _flag(r, "query_arg", choices=("query_list", "query"), default="query_list",
@@ -140,8 +142,10 @@ def default_output(input_file: str) -> str:
 
 
 def _config(args: argparse.Namespace, seed: dict[str, Any]) -> DistillConfig:
-    if args.max_retries is not None and args.max_retries < 0:
+    if args.max_retries < 0:
         raise ConfigError(f"--max-retries must be >= 0, got {args.max_retries}")
+    if args.retry_backoff < 0:
+        raise ConfigError(f"--retry-backoff must be >= 0 seconds, got {args.retry_backoff}")
     return DistillConfig(
         vllm_url=seed["vllm_url"], retrieval_url=seed["retrieval_url"], model=args.model,
         api_key=args.api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY",
@@ -151,7 +155,7 @@ def _config(args: argparse.Namespace, seed: dict[str, Any]) -> DistillConfig:
         observation_format=args.observation_format, template_dir=args.template_dir,
         num_rollouts=args.num_rollouts, concurrency=args.concurrency, question_field=args.question_field,
         answer_field=args.answer_field,
-        retry=RetryPolicy(attempts=args.max_retries + 1, timeout=args.request_timeout),
+        retry=RetryPolicy(attempts=args.max_retries + 1, timeout=args.request_timeout, backoff=args.retry_backoff),
     )
 
 

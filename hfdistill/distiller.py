@@ -234,11 +234,11 @@ class Distiller:
         key = (job.input_index, job.rollout_index)
         if key not in self.journal:
             return None
-        question, result = self.journal.get(key)
-        if question != job.question:
-            log.warning("journal entry %s is for another question; generating it again", key)
+        record = self.journal.get(key)
+        if record["q"] != job.question or record.get("m") != self.model:
+            log.warning("journal entry %s was made for another question or model; generating it again", key)
             return None
-        return result
+        return record["result"]
 
     async def _generate(self, runtime: _Runtime, job: _Job) -> dict[str, Any] | None:
         self.monitor.started()
@@ -260,7 +260,7 @@ class Distiller:
             return None
         result = result_of(traj)
         if self.journal is not None and job.input_index is not None:
-            self.journal.append((job.input_index, job.rollout_index), job.question, result)
+            self.journal.append((job.input_index, job.rollout_index), job.question, self.model, result)
         self.monitor.finished(result, score(result["prediction"], job.golden).exact_match)
         return result
 

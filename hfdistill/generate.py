@@ -85,14 +85,14 @@ def _generate(config: DistillConfig, options: GenerateOptions) -> GenerateResult
     distiller = Distiller(config)  # renders every template once: template errors surface here
     ds = load_input(options.input_file, max_samples=options.max_samples)
     distiller.bind_input(ds.features)
-    distiller.prepare()  # teacher and retriever answer, model id and protocol known
     gen_options = generation_options(distiller)
     fingerprint = _fingerprint(ds, gen_options, distiller)
     view = {"keep": options.keep, "num_rollouts": config.num_rollouts, "max_samples": options.max_samples}
     run_dir = output.parent / ".hfdistill" / f"{output.name}-{fingerprint[:12]}"
     done = _check_existing(output, run_dir, fingerprint, gen_options, view, options.overwrite)
     if done is not None:
-        return done
+        return done  # before any server is contacted: a finished command needs no GPU
+    distiller.prepare()  # teacher and retriever answer, model id and protocol known
     _note_other_runs(output, run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "run.json").write_text(json.dumps({"fingerprint": fingerprint, "options": gen_options,
@@ -126,14 +126,18 @@ def _generate(config: DistillConfig, options: GenerateOptions) -> GenerateResult
 
 
 def generation_options(distiller: Distiller) -> dict[str, Any]:
-    """Every option that changes what one rollout produces (URLs excluded: a moved server is the same)."""
+    """Every option that changes what one rollout produces.
+
+    URLs are left out (a server that moved is the same server), and so is the model id the server
+    reports when --model is not given: each journal line records the model that made it instead.
+    """
     c = distiller.config
     corpus = None
     if c.corpus:
         st = os.stat(c.corpus)
         corpus = {"path": os.path.abspath(c.corpus), "size": st.st_size, "mtime": int(st.st_mtime)}
     return {
-        "model": distiller.model, "tool_call_mode": c.tool_call_mode, "temperature": c.temperature,
+        "model": distiller.config.model, "tool_call_mode": c.tool_call_mode, "temperature": c.temperature,
         "top_p": c.top_p, "presence_penalty": c.presence_penalty, "max_tokens": c.max_tokens, "seed": c.seed,
         "max_assistant_turns": c.max_assistant_turns, "topk": c.topk, "query_arg": c.query_arg,
         "observation_format": c.observation_format, "question_field": c.question_field,

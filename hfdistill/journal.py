@@ -68,14 +68,13 @@ class Journal:
     def keys(self) -> list[Key]:
         return list(self._index)
 
-    def get(self, key: Key) -> tuple[str, dict[str, Any]]:
-        """The question and result recorded for `key`."""
+    def get(self, key: Key) -> dict[str, Any]:
+        """The record for `key`: `q` (question), `m` (teacher model) and `result`."""
         self._reader.seek(self._index[key])
-        record = json.loads(self._reader.readline())
-        return record["q"], record["result"]
+        return json.loads(self._reader.readline())
 
-    def append(self, key: Key, question: str, result: dict[str, Any]) -> None:
-        line = json.dumps({"i": key[0], "r": key[1], "q": question, "result": result},
+    def append(self, key: Key, question: str, model: str | None, result: dict[str, Any]) -> None:
+        line = json.dumps({"i": key[0], "r": key[1], "q": question, "m": model, "result": result},
                           ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
         try:
             offset = self._writer.tell()

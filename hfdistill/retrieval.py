@@ -7,6 +7,7 @@ and the observation templates see identical documents whichever is used.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -85,8 +86,10 @@ class HttpRetriever:
         return await with_retries(lambda _n: self._post_once(body), self.policy, what="retrieval call")
 
     async def probe(self) -> None:
-        """Fail fast, with the URL and what to check, when the server is down or speaks another API."""
-        await self._post_once({"queries": ["test"], "topk": 1, "return_scores": True})
+        """Fail early, with the URL and what to check, when the server is down or speaks another API."""
+        body = {"queries": ["test"], "topk": 1, "return_scores": True}
+        policy = dataclasses.replace(self.policy, attempts=min(self.policy.attempts, 3))
+        await with_retries(lambda _n: self._post_once(body), policy, what="retrieval probe")
 
     async def _post_once(self, body: dict[str, Any]) -> list[list[Document]]:
         try:

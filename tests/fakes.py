@@ -108,7 +108,7 @@ class FakeTeacher:
         self.behaviour = behaviour or TeacherBehaviour()
         self.model = model
         self.scripts: dict[str, list[Step]] = {}
-        self.faults: list[Fault] = []
+        self.faults: list[Fault] = []  # consumed one per chat request, in order
         self.requests: list[dict[str, Any]] = []
         self.chat_calls = 0
         self.on_request: Callable[[dict[str, Any]], None] | None = None
@@ -128,9 +128,6 @@ class FakeTeacher:
         return app
 
     async def _models(self, request: web.Request) -> web.Response:
-        fault = self._take_fault()
-        if fault is not None:
-            return await _apply_fault(fault, request)
         return web.json_response({"object": "list", "data": [{"id": self.model, "object": "model"}]})
 
     def _take_fault(self) -> Fault | None:
@@ -250,6 +247,9 @@ class FakeRetriever:
         ]
         self.requests: list[dict[str, Any]] = []
         self.faults: list[Fault] = []
+        self.fail_queries: set[str] = set()  # a request with one of these queries answers 500
+        self.flaky_queries: dict[str, int] = {}  # query -> how many more requests with it answer 502
+        self.delay = 0.0
         self._lock = threading.Lock()
 
     def app(self) -> web.Application:
@@ -267,6 +267,15 @@ class FakeRetriever:
             fault = self.faults.pop(0) if self.faults else None
         if fault is not None:
             return await _apply_fault(fault, request)
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        queries = set(body.get("queries") or ()) if isinstance(body, dict) else set()
+        if self.fail_queries & queries:
+            return web.json_response({"detail": "index shard unavailable"}, status=500)
+        for q in queries & set(self.flaky_queries):
+            if self.flaky_queries[q] > 0:
+                self.flaky_queries[q] -= 1
+                return web.json_response({"detail": "overloaded"}, status=502)
         if not isinstance(body, dict) or not isinstance(body.get("queries"), list):
             return web.json_response({"detail": [{"loc": ["body", "queries"], "msg": "field required"}]},
                                      status=422)
@@ -299,7 +308,7 @@ class Served:
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
-        self._runner = web.AppRunner(self._app, handle_signals=False, access_log=None)
+        self._runner = web.AppRunner(self._app, handle_signals=False, access_log=None, shutdown_timeout=0.5)
         self._loop.run_until_complete(self._runner.setup())
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         self._loop.run_until_complete(site.start())

@@ -1,0 +1,237 @@
+"""Nothing finished is lost: retries, failures file, resume after SIGKILL, SIGINT, reruns."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from hfdistill.cli import main
+from tests.conftest import write_jsonl
+from tests.fakes import Answer, FakeRetriever, FakeTeacher, Fault, Say, Search, Served
+
+QS = [f"Question number {i} about France?" for i in range(3)]
+FAST = ["--tool-call-mode", "native", "--retry-backoff", "0.05", "--max-retries", "3"]
+
+
+def _input(tmp_path: Path, n: int = 3) -> Path:
+    questions = QS if n == 3 else [f"Question number {i} about France?" for i in range(n)]
+    return write_jsonl(tmp_path / "in.jsonl", [{"question": q, "golden_answers": ["Paris"]} for q in questions])
+
+
+def _generate(inp: Path, out: Path, *extra: str) -> int:
+    return main(["generate", "--input_file", str(inp), "--output_file", str(out), *FAST, *extra])
+
+
+def _failures(out: Path) -> list[dict]:
+    path = out.with_name(out.name.replace(".parquet", ".failures.jsonl"))
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def _keys(out: Path) -> list[tuple[int, int]]:
+    table = pq.read_table(out, columns=["input_index", "rollout_index"])
+    return list(zip(table["input_index"].to_pylist(), table["rollout_index"].to_pylist(), strict=True))
+
+
+def test_transient_teacher_failures_are_retried(env: dict[str, str], tmp_path: Path,
+                                                teacher: tuple[FakeTeacher, Served]) -> None:
+    fake, _ = teacher
+    fake.faults += [Fault(500), Fault(429, retry_after="1"), Fault(drop=True), Fault(503, delay=3.0)]
+    out = tmp_path / "o.parquet"
+    started = time.monotonic()
+    assert _generate(_input(tmp_path, 1), out, "--request-timeout", "1", "--max-retries", "5") == 0
+    assert time.monotonic() - started >= 1.0  # Retry-After was honoured
+    assert len(fake.requests) == 4 + 2  # four failed attempts, then the two turns
+    assert _keys(out) == [(0, 0)]
+    assert _failures(out) == []
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "cause"),
+    [
+        pytest.param(400, "invalid request: bad value", "http_400", id="400"),
+        pytest.param(401, "invalid api key", "http_401", id="401"),
+        pytest.param(404, "The model `x` does not exist.", "http_404", id="404"),
+    ],
+)
+def test_non_transient_errors_are_not_retried(env: dict[str, str], tmp_path: Path,
+                                              teacher: tuple[FakeTeacher, Served], status: int, body: str,
+                                              cause: str) -> None:
+    fake, _ = teacher
+    fake.faults.append(Fault(status, body=body))
+    out = tmp_path / "o.parquet"
+    assert _generate(_input(tmp_path, 1), out) == 3  # incomplete
+    assert len(fake.requests) == 1
+    [failure] = _failures(out)
+    assert failure["cause"] == cause and failure["input_index"] == 0 and failure["turn"] == 1
+    assert body in failure["error"]
+
+
+def test_retrieval_failures_retry_then_fail_into_the_failures_file_and_the_rerun_retries_them(
+        env: dict[str, str], tmp_path: Path, teacher: tuple[FakeTeacher, Served],
+        retriever: tuple[FakeRetriever, Served], capsys: pytest.CaptureFixture[str]) -> None:
+    fake, _ = teacher
+    for i, q in enumerate(QS):
+        fake.script(q, Search([f"query {i}"]), Answer("Paris"))
+    retriever[0].flaky_queries = {"query 0": 2}  # transient: retried away
+    retriever[0].fail_queries = {"query 1"}  # a shard that stays down for question 1
+    inp, out = _input(tmp_path), tmp_path / "o.parquet"
+
+    assert _generate(inp, out) == 3
+    assert _keys(out) == [(0, 0), (2, 0)]
+    [failure] = _failures(out)
+    assert (failure["input_index"], failure["rollout_index"], failure["cause"]) == (1, 0, "retrieval_http_500")
+    assert failure["question"] == QS[1] and "gave up after 4 attempts" in failure["error"]
+    err = capsys.readouterr().err
+    assert "failed 1 (retrieval_http_500 1)" in err and "rerun the same command" in err
+    assert json.loads(pq.read_schema(out).metadata[b"hfdistill"])["complete"] is False
+
+    retriever[0].fail_queries = set()
+    calls_before = len(fake.requests)
+    assert _generate(inp, out) == 0
+    assert _keys(out) == [(0, 0), (1, 0), (2, 0)]  # every row exactly once
+    assert _failures(out) == []  # and the failures file is gone
+    assert len(fake.requests) - calls_before == 2  # only question 1's two turns were generated again
+
+
+def test_finished_command_is_a_fast_no_op_even_with_servers_down(env: dict[str, str], tmp_path: Path,
+                                                                 teacher: tuple[FakeTeacher, Served],
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    inp, out = _input(tmp_path), tmp_path / "o.parquet"
+    assert _generate(inp, out) == 0
+    before = out.stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(["generate", "--input_file", str(inp), "--output_file", str(out), *FAST,
+                 "--vllm_url", "http://127.0.0.1:9/v1"]) == 0
+    assert "already complete (3 rows, same input and options); nothing to do" in capsys.readouterr().err
+    assert out.stat().st_mtime_ns == before
+
+
+def test_changed_options_never_mix(env: dict[str, str], tmp_path: Path, teacher: tuple[FakeTeacher, Served],
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    inp, out = _input(tmp_path), tmp_path / "o.parquet"
+    assert _generate(inp, out) == 0
+    capsys.readouterr()
+    assert _generate(inp, out, "--temperature", "0.9") == 2
+    err = capsys.readouterr().err
+    assert "already exists and was made from other options: temperature 0.7 (now 0.9)" in err
+    assert "pass --overwrite" in err
+    calls = len(teacher[0].requests)
+    assert _generate(inp, out, "--temperature", "0.9", "--overwrite") == 0
+    assert len(teacher[0].requests) - calls == 6  # everything generated again
+    assert {r["temperature"] for r in teacher[0].requests[calls:]} == {0.9}
+    runs = sorted(p.name for p in (tmp_path / ".hfdistill").iterdir())
+    assert len(runs) == 2  # one run directory per set of options
+
+
+def test_a_run_keeps_its_journal_so_another_keep_filter_costs_nothing(
+        env: dict[str, str], tmp_path: Path, teacher: tuple[FakeTeacher, Served]) -> None:
+    inp, out = _input(tmp_path), tmp_path / "o.parquet"
+    teacher[0].script(QS[0], Search(["x"]), Say("no idea"))
+    assert _generate(inp, out) == 0
+    calls = len(teacher[0].requests)
+    assert _generate(inp, out, "--keep", "answered") == 0
+    assert len(teacher[0].requests) == calls
+    assert _keys(out) == [(1, 0), (2, 0)]
+
+
+# ---------------------------------------------------------------- killing a real process
+
+
+def _spawn(inp: Path, out: Path, env: dict[str, str], *extra: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "hfdistill", "generate", "--input_file", str(inp),
+                             "--output_file", str(out), *FAST, "--concurrency", "4", *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **env})
+
+
+def _journal(tmp_path: Path) -> Path:
+    runs = list((tmp_path / ".hfdistill").glob("*/journal.jsonl"))
+    return runs[0] if runs else tmp_path / "missing"
+
+
+def _wait_for_lines(path_of: callable, n: int, proc: subprocess.Popen[str], timeout: float = 60) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        path = path_of()
+        if path.exists():
+            lines = path.read_bytes().count(b"\n")
+            if lines >= n:
+                return lines
+        assert proc.poll() is None, proc.communicate()[1]
+        time.sleep(0.02)
+    raise AssertionError("the run made no progress")
+
+
+def test_sigkill_at_any_moment_then_rerun_finishes_exactly_once(env: dict[str, str], tmp_path: Path,
+                                                                teacher: tuple[FakeTeacher, Served]) -> None:
+    fake, _ = teacher
+    fake.behaviour.delay = 0.15
+    n = 24
+    inp, out = _input(tmp_path, n), tmp_path / "o.parquet"
+    proc = _spawn(inp, out, env)
+    _wait_for_lines(lambda: _journal(tmp_path), 6, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    assert not out.exists()  # no partial output, ever
+    journaled = _journal(tmp_path).read_bytes().count(b"\n")
+    assert 6 <= journaled < n
+
+    fake.behaviour.delay = 0.0
+    calls = len(fake.requests)
+    assert _generate(inp, out, "--concurrency", "4") == 0
+    assert sorted(_keys(out)) == [(i, 0) for i in range(n)]  # each exactly once
+    # journaled rollouts were not sent again: only the rest, two turns each
+    assert len(fake.requests) - calls == 2 * (n - journaled)
+
+
+def test_sigint_finishes_in_flight_rollouts_and_says_how_to_resume(env: dict[str, str], tmp_path: Path,
+                                                                    teacher: tuple[FakeTeacher, Served]) -> None:
+    fake, _ = teacher
+    fake.behaviour.delay = 0.3
+    n = 24
+    inp, out = _input(tmp_path, n), tmp_path / "o.parquet"
+    proc = _spawn(inp, out, env)
+    _wait_for_lines(lambda: _journal(tmp_path), 2, proc)
+    signalled = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130
+    assert "rerun the same command to resume" in err.splitlines()[-1]
+    assert "Traceback" not in err
+    assert not out.exists()
+    # nothing new started after the signal, and everything that started was finished and recorded
+    first_seen: dict[str, float] = {}
+    for t, kind, q in fake.events:
+        if kind == "start":
+            first_seen.setdefault(q, t)
+    assert all(t <= signalled + 0.05 for t in first_seen.values())
+    recorded = {json.loads(line)["q"] for line in _journal(tmp_path).read_text().splitlines()}
+    assert recorded == set(first_seen)
+    assert len(recorded) < n
+
+
+def test_second_ctrl_c_stops_at_once(env: dict[str, str], tmp_path: Path,
+                                     teacher: tuple[FakeTeacher, Served]) -> None:
+    teacher[0].behaviour.delay = 30.0  # in-flight rollouts would take long to drain
+    inp, out = _input(tmp_path, 8), tmp_path / "o.parquet"
+    proc = _spawn(inp, out, env)
+    deadline = time.monotonic() + 30
+    while not teacher[0].requests and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    started = time.monotonic()
+    _, err = proc.communicate(timeout=15)
+    assert time.monotonic() - started < 10
+    assert proc.returncode == 130
+    assert "stopped at once" in err
+    assert "Traceback" not in err
