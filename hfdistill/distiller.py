@@ -79,6 +79,7 @@ class Distiller:
         self._runtimes: list[_Runtime] = []
         self._embedded: Retriever | None = None
         self._stopping = False
+        self._prepared = False  # the teacher endpoints were checked (once per distiller, not per loop)
 
     # Pickled state is the configuration only: `map`'s fingerprint stays deterministic and no
     # client or loop is ever pickled.
@@ -168,11 +169,12 @@ class Distiller:
             runtime = _Runtime(loop, teacher, self._retriever(), asyncio.Semaphore(self.config.window),
                                asyncio.Lock())
             self._runtimes.append(runtime)
-        if self.model is None or self.mode is None:
+        if not self._prepared:
             async with runtime.lock:
-                if self.model is None or self.mode is None:
+                if not self._prepared:
                     await runtime.teacher.prepare()
                     self.model, self.mode = runtime.teacher.model, runtime.teacher.mode
+                    self._prepared = True
         runtime.teacher.model, runtime.teacher.mode = self.model, self.mode
         return runtime
 

@@ -301,6 +301,7 @@ class Served:
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
+        self._closed = False
         self.port = 0
         self._thread.start()
         if not self._ready.wait(10):
@@ -321,6 +322,10 @@ class Served:
         return f"http://127.0.0.1:{self.port}"
 
     def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+
         async def stop() -> None:
             await self._runner.cleanup()
 
