@@ -328,6 +328,11 @@ class Served:
 
         async def stop() -> None:
             await self._runner.cleanup()
+            # handlers still sleeping (slow-response faults) would warn when the loop is dropped
+            pending = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
 
         fut = asyncio.run_coroutine_threadsafe(stop(), self._loop)
         fut.result(10)
