@@ -17,7 +17,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from hfdistill.cli import main
 from tests import verl_env, verl_load
+from tests.fakes import Answer, CallTool, Cut, FakeRetriever, FakeTeacher, Raw, Say, Search, Served
 
 HERE = Path(__file__).resolve().parent
 VERL_TIMEOUT = 1800  # a cold venv build downloads ~1.7 GB; pyproject's 300 s default is for normal tests
@@ -116,7 +118,7 @@ OUTPUT_SCHEMA = pa.schema(
 
 
 # ------------------------------------------------------------------------------------------------------
-# Fixture data: replace `build_fixture_parquet` with a file the generator produced when it exists.
+# Handcrafted rows in the output schema: the base of the rows that break the rules on purpose.
 # ------------------------------------------------------------------------------------------------------
 
 
@@ -238,11 +240,53 @@ def failures(config: dict[str, Any]) -> list[str]:
     return out
 
 
+# What the generated file holds, question by question: the script the fake teacher follows and the
+# number of tool calls stored for it. Every kind of row hfdistill writes is here.
+GENERATED = [
+    ("What is the capital of France?", [Answer("Paris")], 0),
+    ("Which city is the capital of France?", [Search(["capital of France"], say="Let me search."),
+                                              Answer("Paris")], 1),
+    ("Where does the French president live?", [Search(["French president residence"]), Search(["Elysee Palace"]),
+                                               Search(["Elysee Palace city"], key="query"), Answer("Paris")], 3),
+    ("What is the largest city of France?", [Raw('<tool_call>{"name": "search", "arguments": {"query_list": ['
+                                                 '"largest city"</tool_call>'), Search(["largest city of France"]),
+                                             Answer("Paris")], 1),
+    ("Which river flows through Paris?", [CallTool("browse", {"url": "https://fr.wikipedia.org"}),
+                                          CallTool("search", {"query_list": []}), Search(["river Paris"]),
+                                          Answer("Seine")], 3),
+    ("What is the population of Paris?", [Search(["population of Paris"]), Cut()], 1),
+    ("Is Paris nice?", [Say("It depends on whom you ask.")], 0),
+]
+
+
+def generate_parquet(path: Path) -> Path:
+    """Run `hfdistill generate` against the scripted teacher: the file verl must load is a real output."""
+    teacher, retriever = FakeTeacher(), FakeRetriever()
+    for question, steps, _ in GENERATED:
+        teacher.script(question, *steps)
+    servers = [Served(teacher.app()), Served(retriever.app())]
+    inp = path.with_name("questions.jsonl")
+    inp.write_text("".join(json.dumps({"question": q, "golden_answers": ["Paris"]}) + "\n" for q, _, _ in GENERATED))
+    try:
+        rc = main(["generate", "--vllm_url", f"{servers[0].url}/v1", "--retrieval_url",
+                   f"{servers[1].url}/retrieve", "--input_file", str(inp), "--output_file", str(path),
+                   "--max_assistant_turns", "5", "-q"])
+    finally:
+        for served in servers:
+            served.close()
+    assert rc == 0
+    return path
+
+
 @pytest.fixture(scope="module")
-def fixture_report(verl_python: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    parquet = build_fixture_parquet(tmp_path_factory.mktemp("verl") / "fixture.parquet")
+def generated(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return generate_parquet(tmp_path_factory.mktemp("generated") / "distilled.parquet")
+
+
+@pytest.fixture(scope="module")
+def fixture_report(verl_python: Path, generated: Path) -> dict[str, Any]:
     configs = [arg for name in ("toy", "qwen", "qwen_custom") for arg in ("--config", name)]
-    return run_verl_load(verl_python, parquet, *configs)
+    return run_verl_load(verl_python, generated, *configs)
 
 
 @pytest.mark.slow
@@ -251,13 +295,13 @@ def test_strict_toy_template_loads_every_row(fixture_report: dict[str, Any]) -> 
     toy = fixture_report["configs"]["toy"]
     assert "data.ignore_input_ids_mismatch=true" not in toy["overrides"]
     assert failures(toy) == []
-    assert toy["loaded"] == toy["rows"] == len(fixture_rows())
+    assert toy["loaded"] == toy["rows"] == len(GENERATED)
     reports = toy["row_reports"]
     assert all(r["strict_match"] for r in reports)
-    assert [r["tool_calls"] for r in reports] == [0, 1, 3, 2]
+    assert [r["tool_calls"] for r in reports] == [n for _, _, n in GENERATED]
     # A template that renders <think> per message trains the reasoning of every turn.
     assert all(state == "trained" for r in reports for state in r["reasoning"])
-    assert reports[2]["legit_null_literals"] == reports[2]["null_literals"] == 1
+    assert all(r["null_literals"] == r["legit_null_literals"] for r in reports)
     assert toy["ok"]
 
 
@@ -267,9 +311,9 @@ def test_real_qwen3_template_loads_every_row(fixture_report: dict[str, Any]) -> 
     qwen = fixture_report["configs"]["qwen"]
     assert "data.ignore_input_ids_mismatch=true" in qwen["overrides"]
     assert failures(qwen) == []
-    assert qwen["loaded"] == qwen["rows"] == len(fixture_rows())
+    assert qwen["loaded"] == qwen["rows"] == len(GENERATED)
     reports = qwen["row_reports"]
-    assert [r["tool_calls"] for r in reports] == [0, 1, 3, 2]
+    assert [r["tool_calls"] for r in reports] == [n for _, _, n in GENERATED]
     # Why the override is needed: Qwen3 renders <think> by position, so per-message != whole for rows
     # with reasoning, and verl keeps the per-message ids, in which no reasoning survives.
     assert not any(r["strict_match"] for r in reports)
@@ -284,7 +328,7 @@ def test_qwen3_tokenizer_with_per_message_template_is_strict(fixture_report: dic
     custom = fixture_report["configs"]["qwen_custom"]
     assert "data.ignore_input_ids_mismatch=true" not in custom["overrides"]
     assert failures(custom) == []
-    assert custom["loaded"] == custom["rows"] == len(fixture_rows())
+    assert custom["loaded"] == custom["rows"] == len(GENERATED)
     assert all(r["strict_match"] for r in custom["row_reports"])
     assert all(state == "trained" for r in custom["row_reports"] for state in r["reasoning"])
     assert custom["ok"]
@@ -320,10 +364,9 @@ def test_harness_flags_null_leaks_and_merged_tool_turns(verl_python: Path, tmp_p
 
 @pytest.mark.slow
 @pytest.mark.timeout(VERL_TIMEOUT)
-def test_legacy_multiturn_keys_are_rejected(verl_python: Path, tmp_path: Path) -> None:
+def test_legacy_multiturn_keys_are_rejected(verl_python: Path, generated: Path) -> None:
     # verl 0.9.1 reads data.messages_key / data.tools_key; the older data.multiturn.* keys do not exist.
-    parquet = build_fixture_parquet(tmp_path / "fixture.parquet")
-    report = run_verl_load(verl_python, parquet, "--config", "toy", "--override", "data.multiturn.enable=true")
+    report = run_verl_load(verl_python, generated, "--config", "toy", "--override", "data.multiturn.enable=true")
     toy = report["configs"]["toy"]
     assert not toy["ok"]
     assert "multiturn" in toy["error"]
@@ -332,6 +375,15 @@ def test_legacy_multiturn_keys_are_rejected(verl_python: Path, tmp_path: Path) -
 # ------------------------------------------------------------------------------------------------------
 # Fast tests of the pure pieces
 # ------------------------------------------------------------------------------------------------------
+
+
+def test_generated_file_has_the_schema_the_handcrafted_rows_use(generated: Path) -> None:
+    schema = pq.read_schema(generated)
+    assert schema.field("messages").type == pa.list_(MESSAGE_TYPE)
+    assert schema.field("tools").type == pa.list_(TOOL_TYPE)
+    rows = pq.read_table(generated).to_pylist()
+    assert [r["stop_reason"] for r in rows] == ["answer"] * 5 + ["length", "no_tool_call"]
+    assert [r["num_tool_errors"] for r in rows] == [0, 0, 0, 1, 2, 0, 0]
 
 
 def test_fixture_has_the_output_schema(tmp_path: Path) -> None:
