@@ -57,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_generate(sub)
     _add_inspect(sub)
+    _add_card(sub)
+    _add_push(sub)
     return parser
 
 
@@ -219,6 +221,63 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
     for row in load_rows(args.path, args.row, args.n):
         print(render_conversation(row))
+    return 0
+
+
+def _card_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--license", help="license id for the card's metadata (default: keep the card's, else "
+                                     "'other', a placeholder to replace)")
+    p.add_argument("--overwrite-card", action="store_true",
+                   help="replace an existing card's hand-written text with the generated one (metadata is merged)")
+
+
+def _add_card(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("card", help="write the dataset card of an output file",
+                       description="Write the dataset card (Hub metadata, statistics, a sample, how to load and "
+                                   "train) of an output file. An existing card file is merged, as push does.")
+    _common(p)
+    p.add_argument("path", help="an output parquet file")
+    p.add_argument("-o", "--output", help="card file to write (default: print to stdout)")
+    p.add_argument("--repo-id", help="USER/NAME the data will live at, for the loading snippets")
+    _card_options(p)
+    p.set_defaults(func=_cmd_card)
+
+
+def _cmd_card(args: argparse.Namespace) -> int:
+    from hfdistill.card import build_card, load_card_inputs, write_card
+
+    if args.output:
+        merged = write_card(args.path, args.output, repo_id=args.repo_id, license=args.license,
+                            overwrite=args.overwrite_card)
+        log.info("wrote %s (%s)", args.output, {"kept": "hand-written text kept, metadata merged",
+                                                "section": "generated section refreshed"}.get(merged.body, "new card"))
+        return 0
+    record, sample = load_card_inputs(args.path)
+    sys.stdout.write(build_card(record, sample, repo_id=args.repo_id, license=args.license))
+    return 0
+
+
+def _add_push(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("push", help="push an output file and its dataset card to the Hugging Face Hub",
+                       description="Push an output file to a Hub dataset repo (Dataset.push_to_hub), then merge the "
+                                   "generated card into the repo's README. The token comes from --token, HF_TOKEN "
+                                   "or `hf auth login`.")
+    _common(p)
+    p.add_argument("path", help="an output parquet file")
+    p.add_argument("--repo-id", required=True, help="USER/NAME or ORG/NAME of the dataset repo (created if missing)")
+    p.add_argument("--private", action="store_true", default=None,
+                   help="create the repo private (an existing repo keeps its visibility)")
+    p.add_argument("--token", help="Hugging Face token with write access (default: HF_TOKEN, else your login)")
+    _card_options(p)
+    p.set_defaults(func=_cmd_push)
+
+
+def _cmd_push(args: argparse.Namespace) -> int:
+    from hfdistill.hub import push
+
+    url = push(args.path, args.repo_id, private=args.private, token=args.token, license=args.license,
+               overwrite_card=args.overwrite_card)
+    print(url)
     return 0
 
 

@@ -1,0 +1,295 @@
+"""The dataset card: metadata the Hub accepts, a body with the run's facts, merging into existing cards."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from huggingface_hub import DatasetCard, DatasetCardData
+
+from hfdistill.card import (
+    BEGIN_MARKER,
+    END_MARKER,
+    LICENSE_PLACEHOLDER,
+    build_card,
+    card_body,
+    hub_dataset_id,
+    load_card_inputs,
+    merge_card,
+    redact_command,
+    size_category,
+)
+from hfdistill.cli import main
+from hfdistill.render import render_conversation
+from tests.conftest import QUESTIONS
+from tests.fake_hub import metadata_errors
+from tests.fakes import Answer, FakeRetriever, FakeTeacher, Say, Search, Served
+
+VERL_KEYS = ("python -m verl.trainer.sft_trainer", "data.train_files=", "data.messages_key=messages",
+             "data.tools_key=tools", "data.ignore_input_ids_mismatch=true", "data.max_length=", "data.truncation=",
+             "model.path=")
+CONFIGS = [{"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*"}]}]
+
+
+def distill(tmp_path: Path, teacher: tuple[FakeTeacher, Served], retriever: tuple[FakeRetriever, Served],
+            real_layout: Path, *extra: str) -> Path:
+    """A real output file: `hfdistill generate` against the fakes, with varied stop reasons and turns."""
+    fake, _ = teacher
+    fake.script(QUESTIONS[1][0], Search(["Dubai English Speaking College founder"]), Search(["Haya bint Hussein"]),
+                Answer("Haya bint Hussein"))
+    fake.script(QUESTIONS[2][0], Say("I cannot tell."))
+    out = tmp_path / "train_distilled.parquet"
+    rc = main(["generate", "--vllm_url", f"{teacher[1].url}/v1", "--retrieval_url", f"{retriever[1].url}/retrieve",
+               "--input_file", str(real_layout), "--output_file", str(out), *extra])
+    assert rc == 0
+    return out
+
+
+@pytest.fixture
+def distilled(tmp_path: Path, teacher: tuple[FakeTeacher, Served], retriever: tuple[FakeRetriever, Served],
+              real_layout: Path) -> Path:
+    return distill(tmp_path, teacher, retriever, real_layout)
+
+
+def _metadata(text: str) -> dict[str, Any]:
+    return DatasetCard(text).data.to_dict()
+
+
+# ---------------------------------------------------------------- metadata
+
+
+def test_metadata_is_what_the_hub_accepts(distilled: Path) -> None:
+    record, sample = load_card_inputs(distilled)
+    text = build_card(record, sample, repo_id="me/search-sft")
+
+    card = DatasetCard(text)
+    assert isinstance(card.data, DatasetCardData)
+    meta = card.data.to_dict()
+    assert meta["license"] == LICENSE_PLACEHOLDER == "other"
+    assert meta["task_categories"] == ["text-generation"]
+    assert meta["tags"] == ["synthetic", "distillation", "tool-calling", "search", "hfdistill",
+                            "tongyi-deepresearch-30b-a3b"]
+    assert meta["size_categories"] == ["n<1K"]
+    assert meta["configs"] == CONFIGS
+    assert "source_datasets" not in meta  # the input was a local file
+    assert all(isinstance(v, list) and all(isinstance(x, str) for x in v)
+               for k, v in meta.items() if k in ("tags", "task_categories", "size_categories"))
+    assert metadata_errors(text) == []
+    # what huggingface_hub renders back is the same metadata
+    assert _metadata(str(card)) == meta
+
+
+def test_license_option_and_a_hub_input_become_metadata(distilled: Path) -> None:
+    record, sample = load_card_inputs(distilled)
+    record["input"]["source"] = "PeterJinGo/nq_hotpotqa_train:train"
+    record["rows"] = 25_000
+    meta = _metadata(build_card(record, sample, license="cc-by-4.0"))
+    assert meta["license"] == "cc-by-4.0"
+    assert meta["source_datasets"] == ["PeterJinGo/nq_hotpotqa_train"]
+    assert meta["size_categories"] == ["10K<n<100K"]
+
+
+@pytest.mark.parametrize(("rows", "bucket"), [
+    pytest.param(0, "n<1K", id="empty"),
+    pytest.param(999, "n<1K", id="999"),
+    pytest.param(1_000, "1K<n<10K", id="1K"),
+    pytest.param(99_999, "10K<n<100K", id="99999"),
+    pytest.param(100_000, "100K<n<1M", id="100K"),
+    pytest.param(5_000_000, "1M<n<10M", id="5M"),
+    pytest.param(10**13, "n>1T", id="huge"),
+])
+def test_size_category_follows_the_hub_buckets(rows: int, bucket: str) -> None:
+    assert size_category(rows) == bucket
+
+
+@pytest.mark.parametrize(("source", "kind", "expected"), [
+    pytest.param("data/hotpotqa_hard_train/train.parquet", None, None, id="file"),
+    pytest.param("/data/train", None, None, id="absolute-dir"),
+    pytest.param("./train", None, None, id="relative-dir"),
+    pytest.param("data/*.jsonl", None, None, id="glob"),
+    pytest.param("train.csv", None, None, id="bare-file"),
+    pytest.param("org/name", None, "org/name", id="hub-id"),
+    pytest.param("org/name:validation", None, "org/name", id="hub-id-split"),
+    pytest.param("org/name", "local", None, id="recorded-local"),
+    pytest.param("squad", "hub", "squad", id="recorded-hub"),
+])
+def test_hub_dataset_id(source: str, kind: str | None, expected: str | None) -> None:
+    record = {"input": {"source": source, **({"kind": kind} if kind else {})}}
+    assert hub_dataset_id(record) == expected
+
+
+# ---------------------------------------------------------------- body
+
+
+def test_body_has_the_facts_the_sample_and_the_recipes(distilled: Path) -> None:
+    record, sample = load_card_inputs(distilled)
+    assert sample is not None
+    body = DatasetCard(build_card(record, sample, repo_id="me/search-sft")).text
+    counts = record["counts"]
+
+    assert "Alibaba-NLP/Tongyi-DeepResearch-30B-A3B" in body
+    assert "**Rows:** 3 (from 3 questions; 3 rollouts generated)" in body
+    # statistics: stop reasons, turns and searches distributions, accuracy, tokens
+    assert counts["stop_reasons"] == {"answer": 2, "no_tool_call": 1}
+    assert "| `answer` | 2 | 66.7% |" in body and "| `no_tool_call` | 1 | 33.3% |" in body
+    assert counts["turns"] == {"1": 1, "2": 1, "3": 1}
+    assert "| 3 | 1 | 33.3% |" in body  # three assistant turns: one rollout
+    assert counts["searches"] == {"0": 1, "1": 1, "2": 1}
+    assert "Exact match** with a golden answer: 2 / 3 = **0.667**" in body
+    assert f"prompt {counts['prompt_tokens']:,}" in body and f"completion {counts['completion_tokens']:,}" in body
+    # generation options
+    assert "| temperature | 0.7 |" in body and "| max_assistant_turns | 3 |" in body
+    # the sample: the most telling row (a correct answer after searching), rendered as `inspect` does
+    assert sample["exact_match"] and sample["num_tool_calls"] >= 1
+    assert render_conversation(sample).strip() in body
+    # schema, loading, training, reproducing
+    assert "| `messages` |" in body and "| `tools` |" in body
+    assert 'load_dataset("me/search-sft", split="train")' in body
+    for key in VERL_KEYS:
+        assert key in body, key
+    assert "data.multiturn" not in body
+    assert record["command"] and record["command"] in body
+    assert f"pip install hfdistill=={record['hfdistill_version']}" in body
+    assert body.strip().startswith(BEGIN_MARKER) and body.strip().endswith(END_MARKER)
+
+
+def test_kept_rows_and_a_chosen_license_are_stated(tmp_path: Path, teacher: tuple[FakeTeacher, Served],
+                                                   retriever: tuple[FakeRetriever, Served], real_layout: Path) -> None:
+    out = distill(tmp_path, teacher, retriever, real_layout, "--keep", "correct")
+    record, sample = load_card_inputs(out)
+    body = card_body(record, sample, license="mit")
+    assert record["rows"] == 2
+    assert "Over the 3 rollouts generated" in body and "this dataset keeps 2 of them" in body
+    assert "| rows kept (--keep) | correct |" in body
+    assert "**License:** `mit`" in body and "placeholder" not in body
+
+
+def test_secrets_in_the_recorded_command_are_masked() -> None:
+    command = ("VLLM_URL=http://user:pw@gpu:8000/v1 OPENAI_API_KEY=sk-live hfdistill generate --api-key sk-secret "
+               "--api_key=sk-other --input_file 'my data.parquet'")
+    masked = redact_command(command)
+    assert "sk-" not in masked and "pw@" not in masked
+    assert masked == ("VLLM_URL=http://gpu:8000/v1 OPENAI_API_KEY=REDACTED hfdistill generate --api-key REDACTED "
+                      "--api_key=REDACTED --input_file 'my data.parquet'")
+
+
+def test_a_sample_with_backticks_gets_a_longer_fence(distilled: Path) -> None:
+    record, sample = load_card_inputs(distilled)
+    assert sample is not None
+    sample["messages"][-1]["content"] = "```python\nprint(1)\n```\n<answer>Paris</answer>"
+    body = card_body(record, sample)
+    assert "````text\n" in body and "\n````\n" in body
+
+
+def test_an_empty_output_still_has_a_card() -> None:
+    record = {"rows": 0, "teacher": {"model": "org/teacher"}, "input": {"source": "q.jsonl", "questions": 0},
+              "counts": {}, "command": ""}
+    text = build_card(record, None)
+    assert _metadata(text)["size_categories"] == ["n<1K"]
+    assert "This dataset has no rows." in text
+    assert "was not recorded" in text
+    assert metadata_errors(text) == []
+
+
+# ---------------------------------------------------------------- merging into an existing card
+
+EXISTING = """---
+pretty_name: My search traces
+license: apache-2.0
+tags:
+- my-tag
+dataset_info:
+  features:
+  - name: question
+    dtype: string
+  splits:
+  - name: train
+    num_examples: 3
+configs:
+- config_name: default
+  data_files:
+  - split: train
+    path: data/train-*
+---
+
+# My search traces
+
+Written by hand: these traces feed our agent experiments.
+"""
+
+
+def test_merge_keeps_push_to_hub_metadata_user_keys_and_hand_written_text(distilled: Path) -> None:
+    record, sample = load_card_inputs(distilled)
+    merged = merge_card(EXISTING, record, sample, repo_id="me/x")
+    meta = _metadata(merged.text)
+    assert merged.body == "kept"
+    assert DatasetCard(merged.text).text == DatasetCard(EXISTING).text
+    assert meta["dataset_info"] == _metadata(EXISTING)["dataset_info"]
+    assert meta["configs"] == CONFIGS
+    assert meta["pretty_name"] == "My search traces"
+    assert meta["license"] == "apache-2.0"  # the user's choice wins over the placeholder
+    assert meta["tags"][0] == "my-tag" and "distillation" in meta["tags"]
+    assert meta["size_categories"] == ["n<1K"] and meta["task_categories"] == ["text-generation"]
+    assert list(meta)[-2:] == ["dataset_info", "configs"]
+    assert metadata_errors(merged.text) == []
+
+
+def test_merge_with_an_explicit_license_and_overwrite(distilled: Path) -> None:
+    record, sample = load_card_inputs(distilled)
+    merged = merge_card(EXISTING, record, sample, license="mit", overwrite=True)
+    assert merged.body == "overwritten"
+    assert _metadata(merged.text)["license"] == "mit"
+    assert "Written by hand" not in merged.text and "## Statistics" in merged.text
+    assert _metadata(merged.text)["dataset_info"]
+
+
+def test_merge_refreshes_only_the_marked_section(distilled: Path) -> None:
+    record, sample = load_card_inputs(distilled)
+    first = merge_card(EXISTING, record, sample, overwrite=True).text
+    edited = first.replace(BEGIN_MARKER, "Intro by hand.\n\n" + BEGIN_MARKER) + "\nOutro by hand.\n"
+    edited = edited.replace("## Statistics", "## Stale statistics")
+    merged = merge_card(edited, record, sample)
+    assert merged.body == "section"
+    assert "Intro by hand." in merged.text and "Outro by hand." in merged.text
+    assert "## Statistics" in merged.text and "Stale" not in merged.text
+
+
+def test_merge_into_nothing_or_metadata_only(distilled: Path) -> None:
+    record, sample = load_card_inputs(distilled)
+    assert merge_card(None, record, sample).body == "new"
+    only_meta = "---\nconfigs:\n- config_name: default\n  data_files: data/*\n---\n"
+    merged = merge_card(only_meta, record, sample)
+    assert merged.body == "new" and "## Statistics" in merged.text
+    assert _metadata(merged.text)["configs"] == [{"config_name": "default", "data_files": "data/*"}]
+
+
+# ---------------------------------------------------------------- the `card` command
+
+
+def test_card_command_writes_and_then_merges(distilled: Path, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    readme = tmp_path / "README.md"
+    assert main(["card", str(distilled), "-o", str(readme), "--repo-id", "me/x", "--license", "mit"]) == 0
+    text = readme.read_text()
+    assert _metadata(text)["license"] == "mit" and 'load_dataset("me/x"' in text
+
+    readme.write_text(text.replace(END_MARKER, END_MARKER + "\n\nMy own notes.\n"))
+    assert main(["card", str(distilled), "-o", str(readme)]) == 0
+    again = readme.read_text()
+    assert "My own notes." in again and _metadata(again)["license"] == "mit"
+
+    assert main(["card", str(distilled)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("---\n") and "## Train on it with verl" in printed
+
+
+def test_card_of_a_file_hfdistill_did_not_write(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    plain = tmp_path / "plain.parquet"
+    pq.write_table(pa.table({"messages": [json.dumps([])]}), plain)
+    assert main(["card", str(plain)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "no hfdistill generation record" in err and err.count("\n") == 1
