@@ -110,6 +110,11 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     _flag(d, "keep", choices=("all", "answered", "correct"), default="all",
           help="rows to write: all, those ending in <answer>, or exact matches (default all)")
     _flag(d, "overwrite", action="store_true", help="discard an existing output and its run, start over")
+    h = p.add_argument_group("publishing (checked before the run, pushed after a complete one)")
+    _flag(h, "push_to_hub", metavar="USER/NAME", help="push the output and its dataset card to this Hub repo")
+    _flag(h, "private", action="store_true", default=None, help="create the Hub repo private")
+    _flag(h, "license", help="license id for the card (default 'other', a placeholder to replace)")
+    _flag(h, "hf_token", help="Hugging Face write token (default: HF_TOKEN, else your `hf auth login`)")
     p.set_defaults(func=_cmd_generate)
 
 
@@ -169,15 +174,30 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     options = GenerateOptions(input_file=seed["input_file"], output_file=seed["output_file"],
                               max_samples=seed["max_samples"], batch_size=seed["batch_size"], keep=args.keep,
                               overwrite=args.overwrite, command=_command_line())
+    if args.push_to_hub:
+        from hfdistill.hub import check_push_target
+
+        check_push_target(args.push_to_hub, license=args.license, token=args.hf_token)
     result = generate(config, options)
     if not result.skipped_as_done:
         _print_summary(result)
+    if args.push_to_hub and result.complete:
+        from hfdistill.hub import push
+
+        url = push(result.output, args.push_to_hub, private=args.private, token=args.hf_token, license=args.license)
+        log.info("pushed %s and its card to %s", result.output, url)
+    elif args.push_to_hub:
+        log.warning("not pushing an incomplete run; rerun the same command to finish it (it pushes then), or "
+                    "push what there is with `hfdistill push %s --repo-id %s`", result.output, args.push_to_hub)
     return result.exit_code
 
 
 def _command_line() -> str:
+    """The command that reproduces this run, for the file's record; secrets are masked."""
+    from hfdistill.card import redact_command
+
     seed_env = [f"{env}={shlex.quote(os.environ[env])}" for env, *_ in SEED_OPTIONS if os.environ.get(env)]
-    return " ".join([*seed_env, "hfdistill", *map(shlex.quote, sys.argv[1:])])
+    return redact_command(" ".join([*seed_env, "hfdistill", *map(shlex.quote, sys.argv[1:])]))
 
 
 def _print_summary(result: Any) -> None:

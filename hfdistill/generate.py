@@ -28,7 +28,7 @@ from hfdistill import __version__
 from hfdistill.config import DistillConfig
 from hfdistill.distiller import Distiller
 from hfdistill.errors import ConfigError, Interrupted
-from hfdistill.inputs import load_input
+from hfdistill.inputs import input_kind, load_input
 from hfdistill.journal import Journal
 from hfdistill.output import check_output_path, failures_path, read_record, write_failures, write_parquet
 from hfdistill.progress import Monitor, RunStats
@@ -210,7 +210,7 @@ def _record(distiller: Distiller, options: GenerateOptions, gen_options: dict[st
                         "batch_size": options.batch_size, "concurrency": c.window},
         "templates": {"names": list(distiller.prompts.templates.names),
                       "sha256": distiller.prompts.templates.digest()},
-        "input": {"source": options.input_file, "questions": questions,
+        "input": {"source": options.input_file, "kind": input_kind(options.input_file), "questions": questions,
                   "question_fields": list(distiller.plan.question) if distiller.plan else [],
                   "answer_fields": list(distiller.plan.answers) if distiller.plan else []},
         "rows": rows, "counts": stats.to_dict(), "command": options.command,

@@ -28,7 +28,7 @@ from huggingface_hub.errors import (
 from hfdistill.card import MergedCard, check_license, load_card_inputs, merge_card
 from hfdistill.errors import ConfigError, HfdistillError, HubError
 
-__all__ = ["push", "push_card"]
+__all__ = ["check_push_target", "push", "push_card"]
 
 log = logging.getLogger(__name__)
 _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
@@ -44,11 +44,8 @@ def push(path: str | Path, repo_id: str, *, private: bool | None = None, token: 
     then the login). An existing hand-written card body is kept unless `overwrite_card`.
     """
     path = Path(path)
-    _check_repo_id(repo_id)
-    check_license(license)
+    check_push_target(repo_id, license=license, token=token)
     record, sample = load_card_inputs(path)  # fails on a foreign file before anything is uploaded
-    if token is None and get_token() is None:
-        raise HubError(f"no Hugging Face token found; {_TOKEN_FIX}")
     with _hub_errors(repo_id):
         ds = datasets.load_dataset("parquet", data_files=str(path), split="train")
         commit = ds.push_to_hub(repo_id, private=private, token=token,
@@ -57,6 +54,17 @@ def push(path: str | Path, repo_id: str, *, private: bool | None = None, token: 
                            revision=commit.oid)
     _report(merged, repo_id)
     return str(commit.repo_url)
+
+
+def check_push_target(repo_id: str, *, license: str | None = None, token: str | None = None) -> None:
+    """What can be checked without the network: the repo id, the license and that a token exists.
+
+    `generate --push-to-hub` calls it before any teacher call, so a typo does not wait for hours.
+    """
+    _check_repo_id(repo_id)
+    check_license(license)
+    if token is None and get_token() is None:
+        raise HubError(f"no Hugging Face token found; {_TOKEN_FIX}")
 
 
 def push_card(repo_id: str, record: dict, sample: dict | None, *, token: str | None = None,
@@ -81,7 +89,8 @@ def _read_readme(repo_id: str, revision: str | None, token: str | None) -> str |
 
 def _check_repo_id(repo_id: str) -> None:
     if not _REPO_ID.fullmatch(repo_id or "") or ".." in repo_id:
-        raise ConfigError(f"--repo-id must look like USER/NAME or ORG/NAME, got {repo_id!r}")
+        raise ConfigError(f"the Hub repo id (--repo-id / --push-to-hub) must look like USER/NAME or ORG/NAME, "
+                          f"got {repo_id!r}")
 
 
 def _report(merged: MergedCard, repo_id: str) -> None:

@@ -18,7 +18,7 @@ import datasets
 
 from hfdistill.errors import InputError
 
-__all__ = ["FieldPlan", "describe_fields", "load_input", "plan_fields"]
+__all__ = ["FieldPlan", "describe_fields", "input_kind", "load_input", "plan_fields"]
 
 QUESTION_FIELDS = ("extra_info.question", "question", "prompt")
 ANSWER_FIELDS = ("reward_model.ground_truth.target", "golden_answers", "answer", "extra_info.answer")
@@ -52,6 +52,14 @@ def _load(source: str) -> datasets.Dataset:
         raise InputError(f"input file not found: {source}; set INPUT_FILE or --input_file to an existing "
                          "parquet/jsonl/json/csv file, a directory of them, or a Hub dataset id")
     return _from_hub(source)
+
+
+def input_kind(source: str) -> str:
+    """"local" for a file, glob, directory or path-like name; "hub" for what would load from the Hub."""
+    path = Path(source).expanduser()
+    if path.exists() or any(ch in source for ch in "*?[") or _looks_like_path(source):
+        return "local"
+    return "hub"
 
 
 def _looks_like_path(source: str) -> bool:

@@ -85,7 +85,8 @@ def test_metadata_is_what_the_hub_accepts(distilled: Path) -> None:
 
 def test_license_option_and_a_hub_input_become_metadata(distilled: Path) -> None:
     record, sample = load_card_inputs(distilled)
-    record["input"]["source"] = "PeterJinGo/nq_hotpotqa_train:train"
+    assert record["input"]["kind"] == "local"
+    record["input"].update(source="PeterJinGo/nq_hotpotqa_train:train", kind="hub")
     record["rows"] = 25_000
     meta = _metadata(build_card(record, sample, license="cc-by-4.0"))
     assert meta["license"] == "cc-by-4.0"

@@ -174,7 +174,7 @@ def test_an_unreachable_hub_is_one_line(output: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("args", "foreign", "message"), [
-    pytest.param(["--repo-id", "no-namespace"], False, "--repo-id must look like USER/NAME", id="bad-repo-id"),
+    pytest.param(["--repo-id", "no-namespace"], False, "must look like USER/NAME", id="bad-repo-id"),
     pytest.param(["--repo-id", REPO_ID], True, "no hfdistill generation record", id="foreign-file"),
     pytest.param(["--repo-id", REPO_ID, "--license", "Apache 2"], False, "--license must be a Hub license id",
                  id="bad-license"),
@@ -189,3 +189,36 @@ def test_bad_arguments_fail_before_any_upload(hub: tuple[FakeHub, Served], outpu
     done = _push(_env(tmp_path, served.url), path, *args)
     assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
     assert fake.requests == []
+
+
+def test_generate_push_to_hub_pushes_after_a_complete_run(hub: tuple[FakeHub, Served], tmp_path: Path,
+                                                          env: dict[str, str], real_layout: Path,
+                                                          teacher: tuple[FakeTeacher, Served]) -> None:
+    fake, served = hub
+    out = tmp_path / "distilled.parquet"
+    done = subprocess.run([sys.executable, "-m", "hfdistill", "generate", "--input_file", str(real_layout),
+                           "--output_file", str(out), "--push-to-hub", REPO_ID, "--license", "apache-2.0",
+                           "--api-key", "sk-very-secret"],
+                          env={**_env(tmp_path, served.url), **env}, cwd=REPO_ROOT, capture_output=True, text=True,
+                          timeout=240, check=False)
+    assert done.returncode == 0, done.stderr
+    assert f"pushed {out} and its card to {served.url}/datasets/{REPO_ID}" in done.stderr
+    meta = _meta(fake.readme(REPO_ID))
+    assert meta["license"] == "apache-2.0" and {"dataset_info", "configs"} <= set(meta)
+    # the key never reaches the file's record nor the card
+    assert b"sk-very-secret" not in out.read_bytes()
+    assert "sk-very-secret" not in fake.readme(REPO_ID)
+
+
+def test_generate_checks_the_push_target_before_any_teacher_call(hub: tuple[FakeHub, Served], tmp_path: Path,
+                                                                 env: dict[str, str], real_layout: Path,
+                                                                 teacher: tuple[FakeTeacher, Served]) -> None:
+    fake, served = hub
+    done = subprocess.run([sys.executable, "-m", "hfdistill", "generate", "--input_file", str(real_layout),
+                           "--output_file", str(tmp_path / "o.parquet"), "--push-to-hub", "no-namespace"],
+                          env={**_env(tmp_path, served.url), **env}, cwd=REPO_ROOT, capture_output=True, text=True,
+                          timeout=240, check=False)
+    assert done.returncode == 2
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: the Hub repo id (--repo-id / --push-to-hub) must look like USER/NAME")
+    assert teacher[0].requests == [] and fake.requests == []

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from hfdistill.errors import InputError
-from hfdistill.inputs import load_input, plan_fields
+from hfdistill.inputs import input_kind, load_input, plan_fields
 from tests.conftest import QUESTIONS, verl_rows, write_jsonl, write_verl_parquet
 
 
@@ -110,3 +110,11 @@ def test_missing_question_field_names_what_exists() -> None:
         plan_fields(features, "meta.x")
     with pytest.raises(InputError, match=r"--answer-field 'gold' is not in the input"):
         plan_fields(features, "query", "gold")
+
+
+def test_input_kind(tmp_path: Path) -> None:
+    assert input_kind("PeterJinGo/nq_hotpotqa_train:train") == "hub"
+    assert input_kind("squad") == "hub"
+    assert input_kind("data/hotpotqa_hard_train/train.parquet") == "local"
+    assert input_kind(str(tmp_path)) == "local"
+    assert input_kind("data/*.jsonl") == "local"
