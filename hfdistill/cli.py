@@ -204,8 +204,9 @@ def _print_summary(result: Any) -> None:
     s = result.stats
     out = sys.stderr
     reasons = ", ".join(f"{k} {v}" for k, v in s.stop_reasons.most_common()) or "none"
+    keep = result.record.get("run_options", {}).get("keep", "all")
     print(f"[hfdistill] done in {_duration(s.wall_seconds)}: {s.rows} rollouts finished, "
-          f"{result.kept_rows} rows written to {result.output}", file=out)
+          f"{result.kept_rows} kept (--keep {keep}) and written to {result.output}", file=out)
     print(f"  generated {s.rollouts_done}, resumed from the journal {s.rollouts_reused}, "
           f"skipped questions {s.questions_skipped}", file=out)
     print(f"  stop reasons: {reasons}", file=out)

@@ -132,14 +132,22 @@ def test_changed_options_never_mix(env: dict[str, str], tmp_path: Path, teacher:
 
 
 def test_a_run_keeps_its_journal_so_another_keep_filter_costs_nothing(
-        env: dict[str, str], tmp_path: Path, teacher: tuple[FakeTeacher, Served]) -> None:
+        env: dict[str, str], tmp_path: Path, teacher: tuple[FakeTeacher, Served],
+        capsys: pytest.CaptureFixture[str]) -> None:
     inp, out = _input(tmp_path), tmp_path / "o.parquet"
     teacher[0].script(QS[0], Search(["x"]), Say("no idea"))
+    teacher[0].script(QS[1], Search(["x"]), Answer("Lyon"))
     assert _generate(inp, out) == 0
     calls = len(teacher[0].requests)
+    capsys.readouterr()
     assert _generate(inp, out, "--keep", "answered") == 0
     assert len(teacher[0].requests) == calls
+    err = capsys.readouterr().err
+    assert "3 rollouts finished, 2 kept (--keep answered)" in err and "answered 2, exact match 1/3" in err
     assert _keys(out) == [(1, 0), (2, 0)]
+    assert _generate(inp, out, "--keep", "correct") == 0
+    assert len(teacher[0].requests) == calls
+    assert _keys(out) == [(2, 0)]
 
 
 # ---------------------------------------------------------------- killing a real process
