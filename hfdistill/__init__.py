@@ -3,14 +3,28 @@
 from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
 
 try:
     __version__ = version("hfdistill")
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0.0.0+unknown"
 
-from hfdistill.config import DistillConfig, RetryPolicy
-from hfdistill.distiller import Distiller
-from hfdistill.errors import HfdistillError
+if TYPE_CHECKING:
+    from hfdistill.config import DistillConfig, RetryPolicy
+    from hfdistill.distiller import Distiller
+    from hfdistill.errors import HfdistillError
 
 __all__ = ["DistillConfig", "Distiller", "HfdistillError", "RetryPolicy", "__version__"]
+
+_LAZY = {"DistillConfig": "hfdistill.config", "RetryPolicy": "hfdistill.config",
+         "Distiller": "hfdistill.distiller", "HfdistillError": "hfdistill.errors"}
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy so that `hfdistill serve-retriever` and `inspect` do not pay for importing `datasets`.
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'hfdistill' has no attribute {name!r}")

@@ -56,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hfdistill", description=__doc__.splitlines()[0] if __doc__ else None)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_generate(sub)
+    _add_serve_retriever(sub)
     _add_inspect(sub)
     _add_card(sub)
     _add_push(sub)
@@ -97,6 +98,9 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     _flag(t, "retry_backoff", type=float, default=1.0,
           help="seconds before the first retry, doubling each time, with jitter (default 1)")
     r = p.add_argument_group("retrieval")
+    _flag(r, "corpus", metavar="CORPUS.jsonl",
+          help="search this Search-R1 JSONL corpus with the embedded BM25 retriever instead of RETRIEVAL_URL")
+    _flag(r, "index_dir", help="where the corpus index lives (default: next to the corpus)")
     _flag(r, "topk", type=int, default=3, help="documents per query (default 3)")
     _flag(r, "query_arg", choices=("query_list", "query"), default="query_list",
           help="argument name of the search tool's query array (default query_list, as verl)")
@@ -153,8 +157,11 @@ def _config(args: argparse.Namespace, seed: dict[str, Any]) -> DistillConfig:
         raise ConfigError(f"--max-retries must be >= 0, got {args.max_retries}")
     if args.retry_backoff < 0:
         raise ConfigError(f"--retry-backoff must be >= 0 seconds, got {args.retry_backoff}")
+    if args.corpus and not Path(args.corpus).is_file():
+        raise ConfigError(f"--corpus {args.corpus} is not a file; pass a Search-R1 JSONL corpus")
     return DistillConfig(
-        vllm_url=seed["vllm_url"], retrieval_url=seed["retrieval_url"], model=args.model,
+        vllm_url=seed["vllm_url"], retrieval_url=seed["retrieval_url"], corpus=args.corpus,
+        index_dir=args.index_dir, model=args.model,
         api_key=args.api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY",
         max_assistant_turns=seed["max_assistant_turns"], temperature=seed["temperature"],
         max_tokens=seed["max_tokens"], top_p=args.top_p, presence_penalty=args.presence_penalty, seed=args.seed,
@@ -226,6 +233,28 @@ def _duration(seconds: float) -> str:
     from hfdistill.progress import format_duration
 
     return format_duration(seconds)
+
+
+def _add_serve_retriever(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve-retriever", help="serve a JSONL corpus over the Search-R1 retrieval API (BM25)",
+                       description="A Search-R1-compatible retrieval server (POST /retrieve, GET /health) over a "
+                                   "JSONL corpus, with a BM25 index that is built once and reused while the "
+                                   "corpus is unchanged.")
+    _common(p)
+    p.add_argument("--corpus", required=True, metavar="CORPUS.jsonl",
+                   help='one passage per line: {"id", "contents"} (title on the first line) or {"id", "title", "text"}')
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    _flag(p, "index_dir", help="where the index is stored (default: CORPUS.jsonl.bm25s/ next to the corpus)")
+    p.add_argument("--topk", type=int, default=3, help="documents per query when a request gives none (default 3)")
+    p.set_defaults(func=_cmd_serve_retriever)
+
+
+def _cmd_serve_retriever(args: argparse.Namespace) -> int:
+    from hfdistill.retriever_server import serve
+
+    serve(args.corpus, host=args.host, port=args.port, index_dir=args.index_dir, topk=args.topk)
+    return 0
 
 
 def _add_inspect(sub: argparse._SubParsersAction) -> None:

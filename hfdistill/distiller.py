@@ -164,10 +164,10 @@ class Distiller:
         loop = asyncio.get_running_loop()
         runtime = next((r for r in self._runtimes if r.loop is loop), None)
         if runtime is None:
+            retriever = self._retriever()  # first: loading a corpus index may fail, and owns no socket
             teacher = Teacher(self.config.replace(model=self.model), self.tools, self.teacher_stats)
             teacher.mode = self.mode
-            runtime = _Runtime(loop, teacher, self._retriever(), asyncio.Semaphore(self.config.window),
-                               asyncio.Lock())
+            runtime = _Runtime(loop, teacher, retriever, asyncio.Semaphore(self.config.window), asyncio.Lock())
             self._runtimes.append(runtime)
         if not self._prepared:
             async with runtime.lock:

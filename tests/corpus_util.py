@@ -1,0 +1,25 @@
+"""Small Search-R1 corpora for the retriever tests."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+# One passage per line in the Search-R1 `contents` shape; ids as the real wiki-18 corpus has them.
+CITIES: list[dict[str, Any]] = [
+    {"id": "0", "contents": '"Paris"\nParis is the capital and largest city of France.'},
+    {"id": "1", "contents": '"Berlin"\nBerlin is the capital of Germany and its largest city.'},
+    {"id": "2", "contents": '"Madrid"\nMadrid is the capital of Spain, on the Manzanares river.'},
+    {"id": "3", "contents": '"Zyzzyva"\nZyzzyva is a genus of weevils found in South America.'},
+    {"id": "4", "contents": '"Lyon"\nLyon is a city in France, at the confluence of two rivers.'},
+    {"id": "5", "contents": '"Kyoto"\nKyoto (京都) was the capital of Japan for over a thousand years; café.'},
+]
+
+
+def write_jsonl(path: Path, rows: list[dict[str, Any] | str]) -> Path:
+    """Write rows as JSONL; a str row is written verbatim (to make bad lines)."""
+    with path.open("w", encoding="utf-8") as f:
+        for row in rows:
+            f.write((row if isinstance(row, str) else json.dumps(row, ensure_ascii=False)) + "\n")
+    return path
