@@ -4,9 +4,10 @@
     ├── ConfigError             a bad option or environment variable (CLI exit 2)
     ├── InputError              the input dataset cannot be read or lacks a field (exit 2)
     ├── TemplateError           a template is missing, unreadable or uses an unknown variable (exit 2)
-    ├── TeacherError            the teacher server failed or refused a request
-    │   └── ContextLengthError  the conversation no longer fits the model's context
-    ├── RetrievalError          the retrieval server or embedded retriever failed
+    ├── ServiceError            a server failed; says whether a retry may help
+    │   ├── TeacherError        the teacher server failed or refused a request
+    │   │   └── ContextLengthError  the conversation no longer fits the model's context
+    │   └── RetrievalError      the retrieval server or embedded retriever failed
     ├── RolloutError            a rollout stopped on one of the two above; its row is a failure
     ├── CorpusError             a retrieval corpus line cannot be read (exit 2)
     ├── JournalError            the run directory cannot be used
@@ -30,6 +31,7 @@ __all__ = [
     "JournalError",
     "RetrievalError",
     "RolloutError",
+    "ServiceError",
     "TeacherError",
     "TemplateError",
 ]
@@ -65,20 +67,28 @@ class CorpusError(HfdistillError):
     exit_code = 2
 
 
-class TeacherError(HfdistillError):
-    """The teacher server failed, refused a request, or answered something unusable.
+class ServiceError(HfdistillError):
+    """A server (teacher or retrieval) failed or refused a request.
 
     `transient` tells the retry policy whether trying again may help; `cause` is a short
     machine-readable label used to count failures by kind in the summary; `retry_after` is the
     server's Retry-After in seconds, when it sent one.
     """
 
-    def __init__(self, message: str, *, transient: bool = False, cause: str = "teacher",
+    default_cause = "service"
+
+    def __init__(self, message: str, *, transient: bool = False, cause: str | None = None,
                  retry_after: float | None = None) -> None:
         super().__init__(message)
         self.transient = transient
-        self.cause = cause
+        self.cause = cause or self.default_cause
         self.retry_after = retry_after
+
+
+class TeacherError(ServiceError):
+    """The teacher server failed, refused a request, or answered something unusable."""
+
+    default_cause = "teacher"
 
 
 class ContextLengthError(TeacherError):
@@ -88,15 +98,10 @@ class ContextLengthError(TeacherError):
         super().__init__(message, transient=False, cause="context")
 
 
-class RetrievalError(HfdistillError):
+class RetrievalError(ServiceError):
     """The retrieval server failed or answered something that is not the Search-R1 shape."""
 
-    def __init__(self, message: str, *, transient: bool = False, cause: str = "retrieval",
-                 retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.transient = transient
-        self.cause = cause
-        self.retry_after = retry_after
+    default_cause = "retrieval"
 
 
 class RolloutError(HfdistillError):

@@ -162,25 +162,22 @@ class FieldPlan:
 def plan_fields(features: Mapping[str, Any], question_field: str | None = None,
                 answer_field: str | None = None) -> FieldPlan:
     """Pick question/answer fields present in `features`; fail naming what exists if none is."""
-    available = describe_fields(features)
-    if question_field:
-        if not _has_field(features, question_field):
-            raise InputError(f"--question-field {question_field!r} is not in the input; fields: "
-                             f"{', '.join(available)}")
-        questions: tuple[str, ...] = (question_field,)
-    else:
-        questions = tuple(f for f in QUESTION_FIELDS if _has_field(features, f))
-        if not questions:
-            raise InputError(f"cannot find the question: none of {', '.join(QUESTION_FIELDS)} is in the input; "
-                             f"fields: {', '.join(available)}; pass --question-field")
-    if answer_field:
-        if not _has_field(features, answer_field):
-            raise InputError(f"--answer-field {answer_field!r} is not in the input; fields: "
-                             f"{', '.join(available)}")
-        answers: tuple[str, ...] = (answer_field,)
-    else:
-        answers = tuple(f for f in ANSWER_FIELDS if _has_field(features, f))
+    questions = _candidates(features, question_field, QUESTION_FIELDS, "--question-field")
+    if not questions:
+        raise InputError(f"cannot find the question: none of {', '.join(QUESTION_FIELDS)} is in the input; "
+                         f"fields: {', '.join(describe_fields(features))}; pass --question-field")
+    answers = _candidates(features, answer_field, ANSWER_FIELDS, "--answer-field")
     return FieldPlan(question=questions, answers=answers)
+
+
+def _candidates(features: Mapping[str, Any], explicit: str | None, defaults: tuple[str, ...],
+                flag: str) -> tuple[str, ...]:
+    """The explicit field (which must exist), else the default fields that exist, in order."""
+    if not explicit:
+        return tuple(f for f in defaults if _has_field(features, f))
+    if not _has_field(features, explicit):
+        raise InputError(f"{flag} {explicit!r} is not in the input; fields: {', '.join(describe_fields(features))}")
+    return (explicit,)
 
 
 def _get(row: Mapping[str, Any], dotted: str) -> Any:

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from hfdistill.config import RetryPolicy
-from hfdistill.errors import RetrievalError, TeacherError
+from hfdistill.errors import ServiceError
 
 __all__ = ["parse_retry_after", "with_retries"]
 
@@ -25,7 +25,7 @@ async def with_retries(op: Callable[[int], Awaitable[T]], policy: RetryPolicy, *
     while True:
         try:
             return await op(attempt)
-        except (TeacherError, RetrievalError) as e:
+        except ServiceError as e:
             if not e.transient:
                 raise
             if attempt >= policy.attempts:
