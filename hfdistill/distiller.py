@@ -9,10 +9,11 @@ fingerprints it deterministically; clients are created lazily inside the event l
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +29,6 @@ from hfdistill.prompts import Prompts
 from hfdistill.retrieval import HttpRetriever, Retriever
 from hfdistill.rollout import RolloutSpec, rollout
 from hfdistill.rows import build_table, output_features, result_of, shape_row
-from hfdistill.scoring import score
 from hfdistill.teacher import Route, Teacher, TeacherStats
 from hfdistill.templates import Templates
 
@@ -52,6 +52,27 @@ class _Runtime:
         await self.retriever.aclose()
 
 
+def _batch_budget(window: int, rollouts_per_batch: int) -> int:
+    """Batches `map` may start at once: enough to fill the window four times over, no more.
+
+    `datasets` starts up to a thousand async calls, each holding its input rows (and, once done
+    but not yet written in order, its output): beyond what the window can use that is memory
+    growing with the input. Four times the window leaves room for batches that wait on one slow
+    rollout while the window stays full.
+    """
+    return max(8, 4 * -(-window // rollouts_per_batch))
+
+
+@contextlib.contextmanager
+def _batches_in_flight(n: int) -> Iterator[None]:
+    previous = datasets.config.MAX_NUM_RUNNING_ASYNC_MAP_FUNCTIONS_IN_PARALLEL
+    datasets.config.MAX_NUM_RUNNING_ASYNC_MAP_FUNCTIONS_IN_PARALLEL = n
+    try:
+        yield
+    finally:
+        datasets.config.MAX_NUM_RUNNING_ASYNC_MAP_FUNCTIONS_IN_PARALLEL = previous
+
+
 @dataclass(frozen=True)
 class _Job:
     input_index: int | None
@@ -73,6 +94,7 @@ class Distiller:
         self.journal: Journal | None = None
         self.monitor = Monitor(0, interval=float("inf"))
         self.failures: list[dict[str, Any]] = []
+        self.emit_rows = True  # False: results go to the journal only and map_batch returns no rows
         self.model: str | None = config.model
         self.mode: str | None = None if config.tool_call_mode == "auto" else config.tool_call_mode
         self.teacher_stats = TeacherStats()  # shared by the teachers of every loop this distiller runs in
@@ -143,9 +165,10 @@ class Distiller:
         """`ds.map` with everything set right: batched, indexed, typed, input columns removed."""
         self.bind_input(ds.features)
         try:
-            return ds.map(self.map_batch, batched=True, batch_size=batch_size, with_indices=True,
-                          remove_columns=ds.column_names, features=self.output_features(ds.features),
-                          **map_kwargs)
+            with _batches_in_flight(_batch_budget(self.config.window, batch_size * self.config.num_rollouts)):
+                return ds.map(self.map_batch, batched=True, batch_size=batch_size, with_indices=True,
+                              remove_columns=ds.column_names, features=self.output_features(ds.features),
+                              **map_kwargs)
         finally:
             self.close()
 
@@ -198,7 +221,8 @@ class Distiller:
         jobs = self._jobs(rows, indices)
         runtime = await self._runtime() if jobs else None
         results = await asyncio.gather(*(self._run(runtime, job) for job in jobs)) if runtime else []
-        return build_table([r for r in results if r is not None], self.schema, self.tools)
+        rows = [r for r in results if r is not None] if self.emit_rows else []
+        return build_table(rows, self.schema, self.tools)
 
     def _jobs(self, rows: Sequence[Mapping[str, Any]], indices: list[int] | None) -> list[_Job]:
         assert self.plan is not None
@@ -220,15 +244,14 @@ class Distiller:
     async def _run(self, runtime: _Runtime, job: _Job) -> dict[str, Any] | None:
         result = self._recorded(job)
         if result is not None:
-            self.monitor.finished(result, score(result["prediction"], job.golden).exact_match, reused=True)
-            return self._row(job, result)
+            return self._row(job, result, reused=True)
         if self._stopping:
             return None
         async with runtime.window:
             if self._stopping:
                 return None
             result = await self._generate(runtime, job)
-        return self._row(job, result) if result is not None else None
+        return self._row(job, result, reused=False) if result is not None else None
 
     def _recorded(self, job: _Job) -> dict[str, Any] | None:
         if self.journal is None or job.input_index is None:
@@ -237,10 +260,23 @@ class Distiller:
         if key not in self.journal:
             return None
         record = self.journal.get(key)
-        if record["q"] != job.question or record.get("m") != self.model:
+        if not self.matches(record, job.question):
             log.warning("journal entry %s was made for another question or model; generating it again", key)
             return None
         return record["result"]
+
+    def matches(self, record: dict[str, Any], question: str) -> bool:
+        """Whether a journal record belongs to this question and this teacher model."""
+        return record["q"] == question and record.get("m") == self.model
+
+    def row(self, input_row: Mapping[str, Any], input_index: int, rollout_index: int,
+            result: dict[str, Any]) -> dict[str, Any]:
+        """The output row of a recorded result, from the input row it came from."""
+        assert self.plan is not None
+        return shape_row(result, question=self.plan.question_of(input_row),
+                         golden_answers=self.plan.answers_of(input_row), tools=self.tools,
+                         extra_info=input_row.get("extra_info"), input_index=input_index,
+                         rollout_index=rollout_index)
 
     async def _generate(self, runtime: _Runtime, job: _Job) -> dict[str, Any] | None:
         self.monitor.started()
@@ -263,7 +299,6 @@ class Distiller:
         result = result_of(traj)
         if self.journal is not None and job.input_index is not None:
             self.journal.append((job.input_index, job.rollout_index), job.question, self.model, result)
-        self.monitor.finished(result, score(result["prediction"], job.golden).exact_match)
         return result
 
     def _fail(self, job: _Job, cause: str, turn: int, error: str) -> None:
@@ -271,7 +306,8 @@ class Distiller:
         self.failures.append({"input_index": job.input_index, "rollout_index": job.rollout_index,
                               "question": job.question, "cause": cause, "turn": turn, "error": error})
 
-    def _row(self, job: _Job, result: dict[str, Any]) -> dict[str, Any]:
-        return shape_row(result, question=job.question, golden_answers=job.golden, tools=self.tools,
-                         extra_info=job.extra_info, input_index=job.input_index,
-                         rollout_index=job.rollout_index)
+    def _row(self, job: _Job, result: dict[str, Any], *, reused: bool) -> dict[str, Any]:
+        row = shape_row(result, question=job.question, golden_answers=job.golden, tools=self.tools,
+                        extra_info=job.extra_info, input_index=job.input_index, rollout_index=job.rollout_index)
+        self.monitor.finished(result, row["exact_match"], reused=reused)
+        return row

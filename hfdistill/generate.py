@@ -8,6 +8,7 @@ Rerunning the same command resumes; a finished command is a no-op.
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import json
 import logging
@@ -37,6 +38,7 @@ __all__ = ["KEEP_MODES", "GenerateOptions", "GenerateResult", "generate"]
 
 log = logging.getLogger(__name__)
 KEEP_MODES = ("all", "answered", "correct")
+_INPUT_CHUNK = 512  # input rows read at a time while writing the output
 EXIT_INCOMPLETE = 3
 
 
@@ -104,25 +106,72 @@ def _generate(config: DistillConfig, options: GenerateOptions) -> GenerateResult
     distiller.journal, distiller.monitor = journal, monitor
     log.info("distilling %d questions x %d rollouts with %s (%s protocol), window %d",
              len(ds), config.num_rollouts, distiller.model, distiller.mode, config.window)
+    # Throughput: objects from imports and set-up live all run, so the collector need not rescan them,
+    # and a rollout makes many short-lived objects that reference counting frees on its own.
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
+    distiller.emit_rows = False  # the journal holds every result; the output is written from it below
     try:
-        with _signals(distiller):
-            mapped = distiller.map(ds, batch_size=options.batch_size, load_from_cache_file=False,
-                                   cache_file_name=str(run_dir / "map.arrow"), desc="hfdistill")
+        try:
+            with _signals(distiller):
+                distiller.map(ds, batch_size=options.batch_size, load_from_cache_file=False,
+                              cache_file_name=str(run_dir / "map.arrow"), desc="hfdistill")
+        finally:
+            stats = monitor.finish()
+            _remove_map_cache(run_dir)
+        fails = failures_path(output)
+        write_failures(fails, distiller.failures)
+        if distiller.stopping:
+            raise Interrupted(f"interrupted: {len(journal)} rollouts are recorded in {run_dir}; rerun the same "
+                              "command to resume")
+        return _write_output(distiller, journal, ds, options, output, fails, stats,
+                             lambda rows: _record(distiller, options, gen_options, fingerprint, view, stats,
+                                                  len(ds), rows, complete=not distiller.failures))
     finally:
         journal.close()
-        stats = monitor.finish()
-    fails = failures_path(output)
-    write_failures(fails, distiller.failures)
-    if distiller.stopping:
-        raise Interrupted(f"interrupted: {len(journal)} rollouts are recorded in {run_dir}; rerun the same "
-                          "command to resume")
-    kept = _keep(mapped, options.keep)
-    record = _record(distiller, options, gen_options, fingerprint, view, stats, len(ds), kept.num_rows,
-                     complete=not distiller.failures)
-    write_parquet(kept, output, record)
-    _cleanup_cache(mapped, run_dir)
+
+
+def _write_output(distiller: Distiller, journal: Journal, ds: datasets.Dataset, options: GenerateOptions,
+                  output: Path, fails: Path, stats: RunStats, record: Any) -> GenerateResult:
+    records: list[dict[str, Any]] = []
+
+    def keep_record(rows: int) -> dict[str, Any]:
+        records.append(record(rows))
+        return records[-1]
+
+    assert distiller.schema is not None
+    rows = _kept(_journal_rows(distiller, journal, ds), options.keep)
+    written = write_parquet(rows, output, distiller.schema, record=keep_record)
     return GenerateResult(output=output, failures=fails, stats=stats, complete=not distiller.failures,
-                          kept_rows=kept.num_rows, record=record)
+                          kept_rows=written, record=records[-1])
+
+
+def _journal_rows(distiller: Distiller, journal: Journal, ds: datasets.Dataset) -> Iterator[dict[str, Any]]:
+    """Output rows in (input, rollout) order: the journal merged with the input, streamed."""
+    wanted = sorted(k for k in journal if k[0] < len(ds) and k[1] < distiller.config.num_rollouts)
+    position = 0
+    for start in range(0, len(ds), _INPUT_CHUNK):
+        chunk = ds[start:start + _INPUT_CHUNK]
+        columns = list(chunk)
+        for offset in range(len(chunk[columns[0]]) if columns else 0):
+            index = start + offset
+            if position >= len(wanted) or wanted[position][0] != index:
+                continue
+            input_row = {c: chunk[c][offset] for c in columns}
+            question = distiller.plan.question_of(input_row) if distiller.plan else ""
+            while position < len(wanted) and wanted[position][0] == index:
+                recorded = journal.get(wanted[position])
+                # a stale record (another model) whose regeneration failed is in the failures file instead
+                if distiller.matches(recorded, question):
+                    yield distiller.row(input_row, index, wanted[position][1], recorded["result"])
+                position += 1
+
+
+def _kept(rows: Iterator[dict[str, Any]], keep: str) -> Iterator[dict[str, Any]]:
+    for row in rows:
+        if keep == "all" or (keep == "answered" and row["stop_reason"] == "answer") or (
+                keep == "correct" and row["exact_match"] is True):
+            yield row
 
 
 def generation_options(distiller: Distiller) -> dict[str, Any]:
@@ -187,15 +236,6 @@ def _note_other_runs(output: Path, run_dir: Path) -> None:
                         "(delete it if unneeded)", other, output.name)
 
 
-def _keep(ds: datasets.Dataset, keep: str) -> datasets.Dataset:
-    if keep == "all":
-        return ds
-    column = "stop_reason" if keep == "answered" else "exact_match"
-    wanted = "answer" if keep == "answered" else True
-    mask = [v == wanted for v in ds[column]]
-    return ds.select([i for i, ok in enumerate(mask) if ok])
-
-
 def _record(distiller: Distiller, options: GenerateOptions, gen_options: dict[str, Any], fingerprint: str,
             view: dict[str, Any], stats: RunStats, questions: int, rows: int, *, complete: bool) -> dict[str, Any]:
     c = distiller.config
@@ -218,9 +258,8 @@ def _record(distiller: Distiller, options: GenerateOptions, gen_options: dict[st
     }
 
 
-def _cleanup_cache(mapped: datasets.Dataset, run_dir: Path) -> None:
-    # The map cache duplicates the journal; the journal stays so a rerun with another --keep is free.
-    del mapped
+def _remove_map_cache(run_dir: Path) -> None:
+    # `map` writes (empty) batches to a cache file; the journal is the record of the run.
     for f in run_dir.glob("map*.arrow"):
         with contextlib.suppress(OSError):
             f.unlink()

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -65,8 +66,8 @@ class Journal:
     def __contains__(self, key: Key) -> bool:
         return key in self._index
 
-    def keys(self) -> list[Key]:
-        return list(self._index)
+    def __iter__(self) -> Iterator[Key]:
+        return iter(list(self._index))
 
     def get(self, key: Key) -> dict[str, Any]:
         """The record for `key`: `q` (question), `m` (teacher model) and `result`."""

@@ -6,10 +6,10 @@ import contextlib
 import json
 import os
 import tempfile
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-import datasets
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -52,36 +52,50 @@ def failures_path(output: Path) -> Path:
     return output.with_name(f"{stem}.failures.jsonl")
 
 
-def write_parquet(ds: datasets.Dataset, path: Path, record: dict[str, Any]) -> None:
-    """Write `ds` to `path` via a temp file and a rename: no partial file is ever at `path`.
+def write_parquet(rows: Iterable[dict[str, Any]], path: Path, schema: pa.Schema, *,
+                  record: Callable[[int], dict[str, Any]]) -> int:
+    """Stream `rows` into `path` in row groups of a few hundred; return how many were written.
 
-    The schema keeps `datasets`' feature metadata (so `load_dataset` restores the features) and
-    adds the generation record under the `hfdistill` key.
+    Written via a temp file and a rename: no partial file is ever at `path`. The schema is fixed
+    (and carries `datasets`' feature metadata, so `load_dataset` restores the features); the
+    generation record, built from the number of rows, goes into the file's key-value metadata
+    under `hfdistill` once the rows are in.
     """
-    schema = ds.features.arrow_schema
-    metadata = dict(schema.metadata or {})
-    metadata[METADATA_KEY] = json.dumps(record, ensure_ascii=False, default=str).encode()
-    schema = schema.with_metadata(metadata)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    written = 0
     try:
         with pq.ParquetWriter(tmp, schema) as writer:
-            for batch in ds.with_format("arrow").iter(batch_size=_ROW_GROUP_ROWS):
-                writer.write_table(pa.Table.from_batches(batch.to_batches(), schema=schema)
-                                   if batch.num_rows else batch.cast(schema))
-            if ds.num_rows == 0:
+            for chunk in _chunks(rows, _ROW_GROUP_ROWS):
+                writer.write_table(pa.Table.from_pylist(chunk, schema=schema))
+                written += len(chunk)
+            if written == 0:
                 writer.write_table(schema.empty_table())
+            writer.add_key_value_metadata({METADATA_KEY: json.dumps(record(written), ensure_ascii=False,
+                                                                    default=str)})
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+    return written
+
+
+def _chunks(rows: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
+    chunk: list[dict[str, Any]] = []
+    for row in rows:
+        chunk.append(row)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 def read_record(path: str | Path) -> dict[str, Any] | None:
     """The generation record stored in an output parquet, or None if it has none."""
     try:
-        metadata = pq.read_schema(path).metadata or {}
+        metadata = pq.read_metadata(path).metadata or {}
     except (OSError, pa.ArrowInvalid) as e:
         raise InputError(f"cannot read {path} as parquet ({e}); pass a file written by hfdistill") from None
     raw = metadata.get(METADATA_KEY)

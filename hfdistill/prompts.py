@@ -63,8 +63,8 @@ class Prompts:
                                      tools=self.tools)
 
     def observation(self, queries: Sequence[str], documents: Sequence[Sequence[Document]]) -> str:
-        results = [{"query": q, "documents": [d.to_dict() for d in docs]}
-                   for q, docs in zip(queries, documents, strict=True)]
+        # Documents go in as they are: templates read attributes (d.title), no per-call dict copies.
+        results = [{"query": q, "documents": docs} for q, docs in zip(queries, documents, strict=True)]
         return self.templates.render(self.templates.observation, results=results, tools=self.tools)
 
     def error(self, message: str) -> str:

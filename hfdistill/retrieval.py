@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -19,6 +20,8 @@ from hfdistill.retry import parse_retry_after, with_retries
 from hfdistill.types import Document
 
 __all__ = ["HttpRetriever", "Retriever", "document_from_json", "parse_search_response"]
+
+_JSON = {"Content-Type": "application/json"}
 
 
 class Retriever(Protocol):
@@ -82,22 +85,23 @@ class HttpRetriever:
             await self._session.close()
 
     async def search(self, queries: Sequence[str], topk: int) -> list[list[Document]]:
-        body = {"queries": list(queries), "topk": topk, "return_scores": True}
-        return await with_retries(lambda _n: self._post_once(body), self.policy, what="retrieval call")
+        body = json.dumps({"queries": list(queries), "topk": topk, "return_scores": True}).encode()
+        return await with_retries(lambda _n: self._post_once(body, len(queries)), self.policy,
+                                  what="retrieval call")
 
     async def probe(self) -> None:
         """Fail early, with the URL and what to check, when the server is down or speaks another API."""
-        body = {"queries": ["test"], "topk": 1, "return_scores": True}
+        body = json.dumps({"queries": ["test"], "topk": 1, "return_scores": True}).encode()
         policy = dataclasses.replace(self.policy, attempts=min(self.policy.attempts, 3))
-        await with_retries(lambda _n: self._post_once(body), policy, what="retrieval probe")
+        await with_retries(lambda _n: self._post_once(body, 1), policy, what="retrieval probe")
 
-    async def _post_once(self, body: dict[str, Any]) -> list[list[Document]]:
+    async def _post_once(self, body: bytes, n_queries: int) -> list[list[Document]]:
         try:
-            async with self._get_session().post(self.url, json=body) as resp:
+            async with self._get_session().post(self.url, data=body, headers=_JSON) as resp:
                 if resp.status != 200:
                     raise _status_error(resp.status, await resp.text(), self.url,
                                         resp.headers.get("Retry-After"))
-                payload = await resp.json(content_type=None)
+                payload = json.loads(await resp.read())
         except (aiohttp.ClientConnectionError, aiohttp.ServerTimeoutError) as e:
             raise RetrievalError(f"cannot reach the retrieval server at {self.url} ({e or type(e).__name__}); "
                                  "start it or fix RETRIEVAL_URL / --retrieval_url", transient=True,
@@ -105,12 +109,12 @@ class HttpRetriever:
         except asyncio.TimeoutError:
             raise RetrievalError(f"retrieval server {self.url} timed out", transient=True,
                                  cause="retrieval_timeout") from None
-        except (aiohttp.ContentTypeError, ValueError) as e:
+        except ValueError as e:
             raise RetrievalError(f"retrieval server {self.url} answered invalid JSON ({e})",
                                  cause="retrieval_bad_response") from None
         self.requests += 1
         try:
-            return parse_search_response(payload, len(body["queries"]))
+            return parse_search_response(payload, n_queries)
         except ValueError as e:
             raise RetrievalError(f"retrieval server {self.url} is not a Search-R1 /retrieve endpoint: {e}",
                                  cause="retrieval_bad_response") from None

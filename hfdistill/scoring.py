@@ -36,25 +36,31 @@ def exact_match(prediction: str, golden: Sequence[str]) -> bool:
 
 def sub_match(prediction: str, golden: Sequence[str]) -> bool:
     pred = normalize_answer(prediction)
-    return any(normalize_answer(g) in pred for g in golden if normalize_answer(g))
+    return any(g and g in pred for g in map(normalize_answer, golden))
 
 
 def f1_score(prediction: str, golden: Sequence[str]) -> float:
     """Best token-level F1 of the prediction against any golden answer."""
-    pred_tokens = normalize_answer(prediction).split()
+    return _f1(normalize_answer(prediction), [normalize_answer(g) for g in golden])
+
+
+def _f1(pred: str, golds: Sequence[str]) -> float:
+    pred_tokens = Counter(pred.split())
     best = 0.0
-    for g in golden:
-        gold_tokens = normalize_answer(g).split()
-        common = sum((Counter(pred_tokens) & Counter(gold_tokens)).values())
+    for gold in golds:
+        gold_tokens = Counter(gold.split())
+        common = sum((pred_tokens & gold_tokens).values())
         if common == 0:
             continue
-        precision, recall = common / len(pred_tokens), common / len(gold_tokens)
+        precision, recall = common / sum(pred_tokens.values()), common / sum(gold_tokens.values())
         best = max(best, 2 * precision * recall / (precision + recall))
     return best
 
 
 def score(prediction: str, golden: Sequence[str]) -> Score:
+    """All three scores, normalising each text once."""
     if not golden:
         return Score(exact_match=None, sub_match=None, f1=None)
-    return Score(exact_match=exact_match(prediction, golden), sub_match=sub_match(prediction, golden),
-                 f1=f1_score(prediction, golden))
+    pred = normalize_answer(prediction)
+    golds = [normalize_answer(g) for g in golden]
+    return Score(exact_match=pred in golds, sub_match=any(g and g in pred for g in golds), f1=_f1(pred, golds))

@@ -1,14 +1,18 @@
 """The teacher: chat completions on one or more vLLM OpenAI-compatible endpoints.
 
-The request path reads as a ladder: `chat -> with_retries -> _post_once`. It uses the official
-client on its aiohttp transport, through the low-level `post(..., cast_to=object)`: `create()`
-walks and re-validates the whole conversation on every call, which makes a rollout's client cost
-quadratic in its length (SPEC §7). Nothing above this module sees an `openai` exception.
+The request path reads as a ladder: `chat -> with_retries -> _post_once`. Each endpoint has one
+official `openai.AsyncOpenAI` client on its aiohttp transport (`DefaultAioHttpClient`); it lists the
+served models, and its HTTP client carries the chat requests. Those skip the SDK's request
+building (`create()` re-validates the whole history on every call, quadratic over a rollout; even
+the low-level `post()` costs twice the transport, SPEC §7): the body is assembled from messages
+serialised once each, so a turn costs one JSON encoding of what is new. Nothing above this module
+sees an `openai` or HTTP library exception.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 import time
@@ -16,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx2
 import openai
 
 from hfdistill.config import DistillConfig
@@ -40,6 +45,8 @@ class Endpoint:
 
     url: str
     client: openai.AsyncOpenAI
+    http: httpx2.AsyncClient  # the client's own aiohttp-backed HTTP client, for the hot path
+    chat_url: httpx2.URL
     outstanding: int = 0
     down_until: float = 0.0
     requests: int = 0
@@ -50,9 +57,16 @@ class Endpoint:
 
 @dataclass
 class Route:
-    """Per-rollout stickiness: a rollout stays on one endpoint so its prefix cache is reused."""
+    """Per-rollout state: the endpoint it sticks to (so its prefix cache is reused) and its
+    messages serialised so far (a conversation only grows, so each message is encoded once)."""
 
     endpoint: Endpoint | None = None
+    encoded: list[bytes] = field(default_factory=list)
+
+    def messages_json(self, messages: list[dict[str, Any]]) -> bytes:
+        for message in messages[len(self.encoded):]:
+            self.encoded.append(json.dumps(message, ensure_ascii=False).encode())
+        return b",".join(self.encoded)
 
 
 class EndpointPool:
@@ -100,13 +114,17 @@ class Teacher:
         self.model: str | None = config.model
         self.mode: str | None = None if config.tool_call_mode == "auto" else config.tool_call_mode
         self.stats = stats if stats is not None else TeacherStats()
-        self.pool = EndpointPool([Endpoint(url, self._client(url)) for url in config.endpoints])
+        self.pool = EndpointPool([self._endpoint(url) for url in config.endpoints])
+        # Built once: the HTTP client normalises a plain dict on every request.
+        self._headers = httpx2.Headers({"Authorization": f"Bearer {config.api_key}",
+                                        "Content-Type": "application/json"})
+        self._params: tuple[tuple[str | None, str | None], bytes] | None = None
 
-    def _client(self, url: str) -> openai.AsyncOpenAI:
-        return openai.AsyncOpenAI(
-            base_url=url, api_key=self.config.api_key, max_retries=0, timeout=self.config.retry.timeout,
-            http_client=openai.DefaultAioHttpClient(limits=_unlimited(), timeout=self.config.retry.timeout),
-        )
+    def _endpoint(self, url: str) -> Endpoint:
+        http = openai.DefaultAioHttpClient(limits=_unlimited(), timeout=self.config.retry.timeout)
+        client = openai.AsyncOpenAI(base_url=url, api_key=self.config.api_key, max_retries=0,
+                                    timeout=self.config.retry.timeout, http_client=http)
+        return Endpoint(url, client, http, httpx2.URL(f"{url}/chat/completions"))
 
     @property
     def in_flight(self) -> int:
@@ -142,7 +160,8 @@ class Teacher:
             raise TeacherError(f"cannot reach the teacher at {endpoint.url} ({_reason(e)}); start vLLM "
                                "(vllm serve <model>) or fix VLLM_URL / --vllm_url") from None
         except openai.APIStatusError as e:
-            raise _status_error(e, endpoint.url) from None
+            raise _status_error(e.status_code, e.response.content, e.response.headers.get("retry-after"),
+                                endpoint.url) from None
         ids = [m.id for m in page.data]
         if not ids:
             raise TeacherError(f"the teacher at {endpoint.url} serves no model; check the vLLM server")
@@ -150,8 +169,8 @@ class Teacher:
 
     async def _detect_mode(self) -> str:
         """Native when every endpoint accepts `tools=`; text when vLLM refuses them with its 400."""
-        body = {"model": self.model, "messages": [{"role": "user", "content": "Say OK."}],
-                "tools": self.tools, "max_tokens": 1}
+        body = json.dumps({"model": self.model, "messages": [{"role": "user", "content": "Say OK."}],
+                           "tools": self.tools, "max_tokens": 1}).encode()
         for endpoint in self.pool.endpoints:
             try:
                 await self._post_once(endpoint, body)
@@ -167,7 +186,7 @@ class Teacher:
 
     async def chat(self, messages: list[dict[str, Any]], route: Route) -> TeacherReply:
         """One assistant turn for `messages`; raises ContextLengthError when they no longer fit."""
-        body = self._body(messages)
+        body = b"".join((self._request_params(), b',"messages":[', route.messages_json(messages), b"]}"))
 
         async def attempt(n: int) -> TeacherReply:
             endpoint = self.pool.pick(route)
@@ -182,34 +201,38 @@ class Teacher:
 
         return await with_retries(attempt, self.config.retry, what="teacher call")
 
-    def _body(self, messages: list[dict[str, Any]]) -> dict[str, Any]:
-        c = self.config
-        body: dict[str, Any] = {"model": self.model, "messages": messages, "temperature": c.temperature,
-                                "max_tokens": c.max_tokens}
-        for key in ("top_p", "presence_penalty", "seed"):
-            if getattr(c, key) is not None:
-                body[key] = getattr(c, key)
-        if self.mode == "native":
-            body["tools"] = self.tools
-        else:
-            body["stop"] = TEXT_STOP
-        return body
+    def _request_params(self) -> bytes:
+        """Everything of a request but the messages, as the start of a JSON object (cached)."""
+        key = (self.model, self.mode)
+        if self._params is None or self._params[0] != key:
+            c = self.config
+            params: dict[str, Any] = {"model": self.model, "temperature": c.temperature, "max_tokens": c.max_tokens}
+            for name in ("top_p", "presence_penalty", "seed"):
+                if getattr(c, name) is not None:
+                    params[name] = getattr(c, name)
+            if self.mode == "native":
+                params["tools"] = self.tools
+            else:
+                params["stop"] = TEXT_STOP
+            self._params = (key, json.dumps(params, ensure_ascii=False).encode()[:-1])
+        return self._params[1]
 
-    async def _post_once(self, endpoint: Endpoint, body: dict[str, Any]) -> TeacherReply:
+    async def _post_once(self, endpoint: Endpoint, body: bytes) -> TeacherReply:
         endpoint.outstanding += 1
         try:
-            data = await endpoint.client.post("/chat/completions", body=body, cast_to=object)
-        except openai.APITimeoutError:
+            response = await endpoint.http.post(endpoint.chat_url, content=body, headers=self._headers)
+            payload = response.content
+        except httpx2.TimeoutException:
             raise TeacherError(f"teacher {endpoint.url} timed out after {self.config.retry.timeout:.0f}s",
                                transient=True, cause="timeout") from None
-        except openai.APIConnectionError as e:
+        except httpx2.TransportError as e:
             raise TeacherError(f"cannot reach the teacher at {endpoint.url} ({_reason(e)})", transient=True,
                                cause="connection") from None
-        except openai.APIStatusError as e:
-            raise _status_error(e, endpoint.url) from None
         finally:
             endpoint.outstanding -= 1
-        reply = _reply(data, endpoint.url)
+        if response.status_code >= 400:
+            raise _status_error(response.status_code, payload, response.headers.get("retry-after"), endpoint.url)
+        reply = _reply(payload, endpoint.url)
         endpoint.requests += 1
         self.stats.calls += 1
         self.stats.prompt_tokens += reply.usage.prompt_tokens
@@ -230,9 +253,8 @@ def _reason(e: BaseException) -> str:
     return str(cause or e).strip().splitlines()[0] if str(cause or e).strip() else type(e).__name__
 
 
-def _status_error(e: openai.APIStatusError, url: str) -> TeacherError:
-    status = e.status_code
-    message = _error_message(e)
+def _status_error(status: int, payload: bytes, retry_after: str | None, url: str) -> TeacherError:
+    message = _error_message(payload)
     if status == 400 and _CONTEXT_RE.search(message):
         return ContextLengthError(f"the conversation no longer fits the teacher's context: {message}")
     if status == 400 and _TOOLS_REFUSED_RE.search(message):
@@ -246,24 +268,28 @@ def _status_error(e: openai.APIStatusError, url: str) -> TeacherError:
         return TeacherError(f"teacher {url} answered 404 ({message}); check that VLLM_URL ends in /v1 and "
                             "that --model names a served model", cause="http_404")
     transient = status in (408, 409, 425, 429) or status >= 500
-    retry_after = parse_retry_after(e.response.headers.get("retry-after")) if transient else None
     return TeacherError(f"teacher {url} answered HTTP {status}: {message}", transient=transient,
-                        cause=f"http_{status}", retry_after=retry_after)
+                        cause=f"http_{status}", retry_after=parse_retry_after(retry_after) if transient else None)
 
 
-def _error_message(e: openai.APIStatusError) -> str:
-    body = e.body
+def _error_message(payload: bytes) -> str:
+    """vLLM's error text: `{"message": ...}` or `{"error": {"message": ...}}`, else the raw body."""
+    try:
+        body = json.loads(payload)
+    except ValueError:
+        return payload.decode(errors="replace").strip()[:500]
     if isinstance(body, dict):
         inner = body.get("error", body)
         if isinstance(inner, dict) and inner.get("message"):
             return str(inner["message"])
-        if isinstance(body.get("message"), str):
-            return body["message"]
-    return str(e.message)
+        if isinstance(inner, str):
+            return inner
+    return str(body)[:500]
 
 
-def _reply(data: Any, url: str) -> TeacherReply:
+def _reply(payload: bytes, url: str) -> TeacherReply:
     try:
+        data = json.loads(payload)
         choice = data["choices"][0]
         message = choice["message"]
         calls = tuple(
@@ -281,4 +307,4 @@ def _reply(data: Any, url: str) -> TeacherReply:
         )
     except (KeyError, IndexError, TypeError, AttributeError, ValueError):
         raise TeacherError(f"teacher {url} answered something that is not a chat completion: "
-                           f"{str(data)[:200]}", transient=True, cause="bad_response") from None
+                           f"{payload[:200]!r}", transient=True, cause="bad_response") from None

@@ -36,11 +36,11 @@ def test_torn_last_line_is_dropped(tmp_path: Path) -> None:
     whole = path.read_bytes()
     path.write_bytes(whole + b'{"i": 2, "r": 0, "q": "q2", "res')  # killed mid-write
     reopened = Journal(path)
-    assert reopened.keys() == [(0, 0), (1, 0)]
+    assert list(reopened) == [(0, 0), (1, 0)]
     assert path.read_bytes() == whole  # cut back to the last whole line
     reopened.append((2, 0), "q2", "m", _result(2))
     reopened.close()
-    assert Journal(path).keys() == [(0, 0), (1, 0), (2, 0)]
+    assert list(Journal(path)) == [(0, 0), (1, 0), (2, 0)]
 
 
 def test_a_rollout_is_recorded_again_later_wins(tmp_path: Path) -> None:

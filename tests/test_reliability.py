@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from hfdistill.cli import main
+from hfdistill.output import read_record
 from tests.conftest import write_jsonl
 from tests.fakes import Answer, FakeRetriever, FakeTeacher, Fault, Say, Search, Served
 
@@ -91,7 +92,7 @@ def test_retrieval_failures_retry_then_fail_into_the_failures_file_and_the_rerun
     assert failure["question"] == QS[1] and "gave up after 4 attempts" in failure["error"]
     err = capsys.readouterr().err
     assert "failed 1 (retrieval_http_500 1)" in err and "rerun the same command" in err
-    assert json.loads(pq.read_schema(out).metadata[b"hfdistill"])["complete"] is False
+    assert read_record(out)["complete"] is False
 
     retriever[0].fail_queries = set()
     calls_before = len(fake.requests)
