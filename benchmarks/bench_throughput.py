@@ -59,6 +59,7 @@ class Client:
     kind: str  # "baseline" (benchmarks/seed_baseline.py) or "hfdistill" (python -m hfdistill generate)
     args: tuple[str, ...] = ()
     servers: int = 1  # teacher servers behind the run; VLLM_URL lists them comma-separated
+    rows_per_server: bool = False  # scale the workload with the servers: the same load on each
 
 
 BASELINE = Client("seed baseline (lockstep batches of 16)", "baseline")
@@ -71,6 +72,8 @@ CONFIGS: tuple[tuple[str, Client], ...] = (
     ("hfdistill", HFDISTILL),
     ("hfdistill", Client("hfdistill --tool-call-mode text", "hfdistill", ("--tool-call-mode", "text"))),
     ("multi", Client("hfdistill generate, 2 servers", "hfdistill", servers=2)),
+    ("multi", Client("hfdistill generate, 2 servers, 2x the questions", "hfdistill", servers=2,
+                     rows_per_server=True)),
     ("window", Client("hfdistill --concurrency 128", "hfdistill", ("--concurrency", "128"))),
     ("window", Client("hfdistill --concurrency 256", "hfdistill", ("--concurrency", "256"))),
     ("window", Client("hfdistill --concurrency 1024", "hfdistill", ("--concurrency", "1024"))),
@@ -413,8 +416,9 @@ def section_runs(section: str, setup: Setup, rows: int, args: argparse.Namespace
         if client.kind == "hfdistill" and skip:
             print(f"> skipped `{client.name}`: hfdistill is not importable ({skip})\n")
             continue
-        input_file = write_workload(Path(args.workdir) / f"workload-{rows}.parquet", rows)
-        m = measure(client, setup, input_file, rows, args)
+        n = rows * client.servers if client.rows_per_server else rows
+        input_file = write_workload(Path(args.workdir) / f"workload-{n}.parquet", n)
+        m = measure(client, setup, input_file, n, args)
         if section == "cpu":
             m.startup_cpu = startup_cpu(client, args)
         results.append(m)
