@@ -39,7 +39,9 @@ SEED_OPTIONS: list[tuple[str, str, Callable[[str], Any], Any]] = [
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.argv = argv
     _setup_logging(args.verbose - args.quiet)
     try:
         return int(args.func(args) or 0)
@@ -180,7 +182,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     config = _config(args, seed)
     options = GenerateOptions(input_file=seed["input_file"], output_file=seed["output_file"],
                               max_samples=seed["max_samples"], batch_size=seed["batch_size"], keep=args.keep,
-                              overwrite=args.overwrite, command=_command_line())
+                              overwrite=args.overwrite, command=_command_line(args.argv))
     if args.push_to_hub:
         from hfdistill.hub import check_push_target
 
@@ -199,12 +201,12 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     return result.exit_code
 
 
-def _command_line() -> str:
+def _command_line(argv: Sequence[str]) -> str:
     """The command that reproduces this run, for the file's record; secrets are masked."""
     from hfdistill.card import redact_command
 
     seed_env = [f"{env}={shlex.quote(os.environ[env])}" for env, *_ in SEED_OPTIONS if os.environ.get(env)]
-    return redact_command(" ".join([*seed_env, "hfdistill", *map(shlex.quote, sys.argv[1:])]))
+    return redact_command(" ".join([*seed_env, "hfdistill", *map(shlex.quote, argv)]))
 
 
 def _print_summary(result: Any) -> None:

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import sys
 import traceback
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -46,6 +47,7 @@ class _Runtime:
     retriever: Retriever
     window: asyncio.Semaphore
     lock: asyncio.Lock
+    admission: asyncio.Semaphore | None = None  # sized from the first batch (see map_batch)
 
     async def aclose(self) -> None:
         await self.teacher.aclose()
@@ -53,20 +55,23 @@ class _Runtime:
 
 
 def _batch_budget(window: int, rollouts_per_batch: int) -> int:
-    """Batches `map` may start at once: enough to fill the window four times over, no more.
+    """Batches worked on at once: enough to fill the window four times over, no more.
 
-    `datasets` starts up to a thousand async calls, each holding its input rows (and, once done
-    but not yet written in order, its output): beyond what the window can use that is memory
+    Each admitted batch holds its input rows as Python objects (and, once done but not yet
+    written in order, its output); batches beyond what the window can use would only cost memory
     growing with the input. Four times the window leaves room for batches that wait on one slow
-    rollout while the window stays full.
+    rollout while the window stays full: no barrier between batches.
     """
-    return max(8, 4 * -(-window // rollouts_per_batch))
+    return max(8, 4 * -(-window // max(rollouts_per_batch, 1)))
 
 
 @contextlib.contextmanager
-def _batches_in_flight(n: int) -> Iterator[None]:
+def _all_batches_scheduled() -> Iterator[None]:
+    # `datasets` caps its async calls in flight (1000) by polling asyncio.wait, which spins while
+    # the oldest call is still running; uncapped, it awaits calls in order. Admission (above) is
+    # what bounds the work, so the cap is lifted for the duration of our own map.
     previous = datasets.config.MAX_NUM_RUNNING_ASYNC_MAP_FUNCTIONS_IN_PARALLEL
-    datasets.config.MAX_NUM_RUNNING_ASYNC_MAP_FUNCTIONS_IN_PARALLEL = n
+    datasets.config.MAX_NUM_RUNNING_ASYNC_MAP_FUNCTIONS_IN_PARALLEL = sys.maxsize
     try:
         yield
     finally:
@@ -134,12 +139,14 @@ class Distiller:
         return output_features(self.tools, input_features)
 
     def prepare(self) -> None:
-        """Probe the teacher (model id, protocol) and the retriever now, outside any `map`."""
+        """Probe the teacher (model id, protocol) and the retriever now, outside any `map`.
+
+        `map` does the same before its first rollout; this only moves the check earlier, at the
+        cost of a client that lives for the probe alone.
+        """
         async def probe() -> None:
             try:
-                runtime = await self._runtime()
-                if isinstance(runtime.retriever, HttpRetriever):
-                    await runtime.retriever.probe()
+                await self._runtime()
             finally:
                 loop = asyncio.get_running_loop()
                 for runtime in [r for r in self._runtimes if r.loop is loop]:
@@ -165,10 +172,12 @@ class Distiller:
         """`ds.map` with everything set right: batched, indexed, typed, input columns removed."""
         self.bind_input(ds.features)
         try:
-            with _batches_in_flight(_batch_budget(self.config.window, batch_size * self.config.num_rollouts)):
-                return ds.map(self.map_batch, batched=True, batch_size=batch_size, with_indices=True,
-                              remove_columns=ds.column_names, features=self.output_features(ds.features),
-                              **map_kwargs)
+            # Arrow batches stay zero-copy slices of the input until admitted (see map_batch).
+            with _all_batches_scheduled():
+                mapped = ds.with_format("arrow").map(
+                    self.map_batch, batched=True, batch_size=batch_size, with_indices=True,
+                    remove_columns=ds.column_names, features=self.output_features(ds.features), **map_kwargs)
+            return mapped.with_format(ds.format["type"], **ds.format["format_kwargs"])
         finally:
             self.close()
 
@@ -195,11 +204,20 @@ class Distiller:
         if not self._prepared:
             async with runtime.lock:
                 if not self._prepared:
-                    await runtime.teacher.prepare()
-                    self.model, self.mode = runtime.teacher.model, runtime.teacher.mode
-                    self._prepared = True
+                    await self._probe(runtime)
         runtime.teacher.model, runtime.teacher.mode = self.model, self.mode
         return runtime
+
+    async def _probe(self, runtime: _Runtime) -> None:
+        """Before the first rollout: every endpoint answers, model and protocol are known, and the
+        retrieval server speaks Search-R1. A failure here stops the run before any row."""
+        await runtime.teacher.prepare()
+        if isinstance(runtime.retriever, HttpRetriever):
+            await runtime.retriever.probe()
+        self.model, self.mode = runtime.teacher.model, runtime.teacher.mode
+        self._prepared = True
+        log.info("teacher %s (%s protocol) at %d endpoint(s); %d rollouts in flight at most", self.model,
+                 self.mode, len(self.config.endpoints), self.config.window)
 
     def _retriever(self) -> Retriever:
         if self.config.corpus is None:
@@ -212,17 +230,27 @@ class Distiller:
 
     # ------------------------------------------------------------ the map function
 
-    async def map_batch(self, batch: dict[str, list[Any]], indices: list[int] | None = None) -> pa.Table:
-        """`Dataset.map(batched=True)` function: input rows in, one output row per finished rollout."""
-        n = len(next(iter(batch.values()))) if batch else 0
-        rows = [{k: batch[k][i] for k in batch} for i in range(n)]
-        if self.plan is None and rows:
-            self.plan = plan_fields(rows[0], self.config.question_field, self.config.answer_field)
-        jobs = self._jobs(rows, indices)
-        runtime = await self._runtime() if jobs else None
-        results = await asyncio.gather(*(self._run(runtime, job) for job in jobs)) if runtime else []
-        rows = [r for r in results if r is not None] if self.emit_rows else []
-        return build_table(rows, self.schema, self.tools)
+    async def map_batch(self, batch: dict[str, list[Any]] | pa.Table,
+                        indices: list[int] | None = None) -> pa.Table:
+        """`Dataset.map(batched=True)` function: input rows in, one output row per finished rollout.
+
+        Takes a dict of columns (the default format) or an arrow table (`with_format("arrow")`).
+        A batch waits for admission before its rows become Python objects, so however many
+        batches `map` schedules, only a few windows' worth of rows are held in memory.
+        """
+        runtime = await self._runtime()
+        n = batch.num_rows if isinstance(batch, pa.Table) else len(next(iter(batch.values()))) if batch else 0
+        if runtime.admission is None:
+            runtime.admission = asyncio.Semaphore(_batch_budget(self.config.window, n * self.config.num_rollouts))
+        async with runtime.admission:
+            rows = batch.to_pylist() if isinstance(batch, pa.Table) else [
+                {k: batch[k][i] for k in batch} for i in range(n)]
+            if self.plan is None and rows:
+                self.plan = plan_fields(rows[0], self.config.question_field, self.config.answer_field)
+            jobs = self._jobs(rows, indices)
+            results = await asyncio.gather(*(self._run(runtime, job) for job in jobs))
+        kept = [r for r in results if r is not None] if self.emit_rows else []
+        return build_table(kept, self.schema, self.tools)
 
     def _jobs(self, rows: Sequence[Mapping[str, Any]], indices: list[int] | None) -> list[_Job]:
         assert self.plan is not None

@@ -94,7 +94,6 @@ def _generate(config: DistillConfig, options: GenerateOptions) -> GenerateResult
     done = _check_existing(output, run_dir, fingerprint, gen_options, view, options.overwrite)
     if done is not None:
         return done  # before any server is contacted: a finished command needs no GPU
-    distiller.prepare()  # teacher and retriever answer, model id and protocol known
     _note_other_runs(output, run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "run.json").write_text(json.dumps({"fingerprint": fingerprint, "options": gen_options,
@@ -104,8 +103,8 @@ def _generate(config: DistillConfig, options: GenerateOptions) -> GenerateResult
         log.info("resuming: %d rollouts already recorded in %s", len(journal), run_dir)
     monitor = Monitor(len(ds) * config.num_rollouts, gauges=distiller.gauges)
     distiller.journal, distiller.monitor = journal, monitor
-    log.info("distilling %d questions x %d rollouts with %s (%s protocol), window %d",
-             len(ds), config.num_rollouts, distiller.model, distiller.mode, config.window)
+    # The servers are probed as map starts, before its first rollout: one client per run.
+    log.info("distilling %d questions x %d rollouts", len(ds), config.num_rollouts)
     # Throughput: objects from imports and set-up live all run, so the collector need not rescan them,
     # and a rollout makes many short-lived objects that reference counting frees on its own.
     gc.freeze()

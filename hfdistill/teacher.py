@@ -222,6 +222,10 @@ class Teacher:
         try:
             response = await endpoint.http.post(endpoint.chat_url, content=body, headers=self._headers)
             payload = response.content
+        except (httpx2.ConnectError, httpx2.ConnectTimeout) as e:
+            # (the aiohttp transport reports a refused connection as ConnectTimeout)
+            raise TeacherError(f"cannot reach the teacher at {endpoint.url} ({_reason(e)})", transient=True,
+                               cause="connection") from None
         except httpx2.TimeoutException:
             raise TeacherError(f"teacher {endpoint.url} timed out after {self.config.retry.timeout:.0f}s",
                                transient=True, cause="timeout") from None

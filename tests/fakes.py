@@ -111,6 +111,7 @@ class FakeTeacher:
         self.faults: list[Fault] = []  # consumed one per chat request, in order
         self.requests: list[dict[str, Any]] = []
         self.chat_calls = 0
+        self.models_calls = 0
         self.on_request: Callable[[dict[str, Any]], None] | None = None
         self.question_delay: dict[str, float] = {}  # extra seconds for one question's completions
         self.in_flight = 0
@@ -128,6 +129,8 @@ class FakeTeacher:
         return app
 
     async def _models(self, request: web.Request) -> web.Response:
+        with self._lock:
+            self.models_calls += 1
         return web.json_response({"object": "list", "data": [{"id": self.model, "object": "model"}]})
 
     def _take_fault(self) -> Fault | None:

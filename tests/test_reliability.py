@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -201,8 +202,10 @@ def test_sigkill_at_any_moment_then_rerun_finishes_exactly_once(env: dict[str, s
     assert len(fake.requests) - calls == 2 * (n - journaled)
 
 
-def test_sigint_finishes_in_flight_rollouts_and_says_how_to_resume(env: dict[str, str], tmp_path: Path,
-                                                                    teacher: tuple[FakeTeacher, Served]) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_finishes_in_flight_rollouts_and_says_how_to_resume(env: dict[str, str], tmp_path: Path,
+                                                                     teacher: tuple[FakeTeacher, Served],
+                                                                     signum: int) -> None:
     fake, _ = teacher
     fake.behaviour.delay = 0.3
     n = 24
@@ -210,7 +213,7 @@ def test_sigint_finishes_in_flight_rollouts_and_says_how_to_resume(env: dict[str
     proc = _spawn(inp, out, env)
     _wait_for_lines(lambda: _journal(tmp_path), 2, proc)
     signalled = time.monotonic()
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130
     assert "rerun the same command to resume" in err.splitlines()[-1]
@@ -244,3 +247,37 @@ def test_second_ctrl_c_stops_at_once(env: dict[str, str], tmp_path: Path,
     assert proc.returncode == 130
     assert "stopped at once" in err
     assert "Traceback" not in err
+
+
+def test_a_teacher_that_dies_mid_run_fails_rows_not_the_run_and_a_moved_one_resumes(
+        env: dict[str, str], tmp_path: Path, teacher: tuple[FakeTeacher, Served],
+        retriever: tuple[FakeRetriever, Served], capsys: pytest.CaptureFixture[str]) -> None:
+    fake, served = teacher
+    fake.behaviour.delay = 0.02
+    n = 12
+    inp, out = _input(tmp_path, n), tmp_path / "o.parquet"
+
+    def die(_body: dict) -> None:
+        if len(fake.requests) == 8:
+            threading.Thread(target=served.close).start()
+
+    fake.on_request = die
+    assert _generate(inp, out, "--concurrency", "3", "--max-retries", "2") == 3
+    done, failed = _keys(out), [(f["input_index"], f["rollout_index"]) for f in _failures(out)]
+    assert done and failed
+    assert sorted(done + failed) == [(i, 0) for i in range(n)]  # every row in one place, exactly once
+    assert {f["cause"] for f in _failures(out)} == {"connection"}
+    assert "gave up after 3 attempts" in _failures(out)[0]["error"]
+    assert "the run is incomplete" in capsys.readouterr().err
+
+    # the teacher comes back elsewhere: URLs are not part of the run's identity, so it resumes
+    again = FakeTeacher()
+    moved = Served(again.app())
+    try:
+        assert main(["generate", "--input_file", str(inp), "--output_file", str(out), *FAST,
+                     "--vllm_url", f"{moved.url}/v1"]) == 0
+    finally:
+        moved.close()
+    assert _keys(out) == [(i, 0) for i in range(n)]
+    assert _failures(out) == []
+    assert again.chat_calls == 2 * len(failed)  # only the failed rollouts were generated again

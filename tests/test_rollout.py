@@ -90,7 +90,8 @@ def test_model_mistakes_are_observations_and_the_run_goes_on(teacher: tuple[Fake
     # the model saw the error as a tool result before its next turn
     seen = teacher[0].requests[2]["messages"]
     assert seen[-1]["role"] == "tool" and error in seen[-1]["content"]
-    assert len(retriever[0].requests) == 1  # only the good search; errors never reach the server
+    # the start-up probe, then only the good search: errors never reach the server
+    assert [r["queries"] for r in retriever[0].requests] == [["test"], ["capital of France"]]
 
 
 def test_several_calls_in_one_turn_are_folded_into_one(teacher: tuple[FakeTeacher, Served],
