@@ -28,7 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hfdistill import bm25
+from hfdistill import bm25, bm25_index
 
 SEED = 1234
 VOCAB_SIZE = 300_000
@@ -138,7 +138,7 @@ def step_build(corpus: Path, index_dir: Path) -> dict:
     r = bm25.BM25Retriever.load(corpus, index_dir, rebuild=True)
     build_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    bm25._full_hash(corpus)
+    bm25_index.full_hash(corpus)
     hash_s = time.perf_counter() - t0
     r.close()
     return {"build_s": build_s, "full_hash_s": hash_s, "build_rss_mb": peak_rss_mb()}

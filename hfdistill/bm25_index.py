@@ -1,0 +1,367 @@
+"""The BM25 index of a Search-R1 JSONL corpus: parsing passages, analysing terms, building and
+reusing the index directory (`manifest.json` written last, the whole directory swapped in at once).
+
+Terms follow Lucene's English analyzer, as Search-R1's pyserini BM25 index does: lowercase,
+Lucene's 33 English stopwords, Snowball English (Porter2) stems when PyStemmer is installed,
+and k1=0.9, b=0.4 (Anserini's defaults).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import time
+from array import array
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import bm25s
+import numpy as np
+from bm25s.stopwords import STOPWORDS_EN
+
+from hfdistill.errors import ConfigError, CorpusError
+from hfdistill.types import Document
+
+try:
+    import Stemmer
+except ImportError:  # optional: without it terms are not stemmed (recorded in the manifest)
+    Stemmer = None
+
+__all__ = ["Analyzer", "build_index", "full_hash", "parse_passage", "reusable"]
+
+logger = logging.getLogger(__name__)
+
+INDEX_FORMAT = 1
+BM25_PARAMS = {"method": "lucene", "k1": 0.9, "b": 0.4}
+_TOKEN_RE = re.compile(r"(?u)\b\w\w+\b")  # bm25s's and scikit-learn's default word pattern
+_PROGRESS_EVERY_S = 5.0
+_HASH_CHUNK = 1 << 20
+
+
+# ---------------------------------------------------------------- passages
+
+
+def parse_passage(raw: bytes | str, where: str) -> Document:
+    """Parse one corpus line into a Document; `where` (e.g. `corpus.jsonl line 17`) prefixes errors."""
+    try:
+        obj = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CorpusError(f"{where}: not valid JSON ({e})") from None
+    if not isinstance(obj, dict):
+        raise CorpusError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+    doc_id = _passage_id(obj, where)
+    if "contents" in obj:
+        contents = _string_field(obj, "contents", where)
+        title, _, text = contents.partition("\n")
+        return Document(id=doc_id, title=_unquote(title), text=text, contents=contents)
+    if "title" in obj and "text" in obj:
+        title = _unquote(_string_field(obj, "title", where))
+        text = _string_field(obj, "text", where)
+        return Document(id=doc_id, title=title, text=text, contents=f'"{title}"\n{text}')
+    raise CorpusError(f'{where}: missing "contents" (or "title"+"text")')
+
+
+def _passage_id(obj: dict[str, Any], where: str) -> str:
+    if "id" not in obj:
+        raise CorpusError(f'{where}: missing "id"')
+    value = obj["id"]
+    # Integer ids are common in hand-made corpora and convert without ambiguity.
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise CorpusError(f'{where}: "id" must be a string or an integer, got {type(value).__name__}')
+    return str(value)
+
+
+def _string_field(obj: dict[str, Any], key: str, where: str) -> str:
+    value = obj[key]
+    if not isinstance(value, str):
+        raise CorpusError(f'{where}: "{key}" must be a string, got {type(value).__name__}')
+    return value
+
+
+def _unquote(title: str) -> str:
+    title = title.strip()
+    if len(title) >= 2 and title[0] == title[-1] == '"':
+        return title[1:-1]
+    return title
+
+
+# ---------------------------------------------------------------- terms
+
+
+class Analyzer:
+    """Text -> terms: lowercase, \\w\\w+ words, minus stopwords, stemmed when PyStemmer is there."""
+
+    def __init__(self) -> None:
+        self._stopwords = frozenset(STOPWORDS_EN)
+        self._stemmer = Stemmer.Stemmer("english") if Stemmer is not None else None
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        """What the manifest records: an index built by another analyzer is rebuilt."""
+        stemmer = "snowball-english" if self._stemmer is not None else None
+        return {"pattern": _TOKEN_RE.pattern, "stopwords": "lucene-en-33", "stemmer": stemmer}
+
+    def terms(self, text: str) -> list[str]:
+        words = [w for w in _TOKEN_RE.findall(text.lower()) if w not in self._stopwords]
+        return self._stemmer.stemWords(words) if self._stemmer is not None else words
+
+    def term_ids(self, text: str, vocab: dict[str, int]) -> list[int]:
+        """Ids of the known terms of a query; unknown terms cannot match anything."""
+        return [vocab[t] for t in self.terms(text) if t in vocab]
+
+
+class _VocabBuilder:
+    """Grows the term vocabulary during a build, caching word -> term id (or -1 for a stopword)."""
+
+    def __init__(self, analyzer: Analyzer) -> None:
+        self._analyzer = analyzer
+        self.vocab: dict[str, int] = {}
+        self._word_ids: dict[str, int] = {}
+
+    def ids(self, text: str) -> list[int]:
+        cache = self._word_ids
+        out = []
+        for word in _TOKEN_RE.findall(text.lower()):
+            tid = cache.get(word)
+            if tid is None:
+                tid = cache[word] = self._new_word(word)
+            if tid >= 0:
+                out.append(tid)
+        return out
+
+    def _new_word(self, word: str) -> int:
+        terms = self._analyzer.terms(word)
+        if not terms:
+            return -1
+        return self.vocab.setdefault(terms[0], len(self.vocab))
+
+
+# ---------------------------------------------------------------- corpus fingerprint
+
+
+@dataclass(frozen=True, slots=True)
+class _Fingerprint:
+    """What identifies a corpus file: stat plus a sampled hash (cheap); the full hash is the tie-break."""
+
+    size: int
+    mtime_ns: int
+    sample_hash: str
+
+    @classmethod
+    def of(cls, path: Path) -> _Fingerprint:
+        st = path.stat()
+        return cls(size=st.st_size, mtime_ns=st.st_mtime_ns, sample_hash=_sample_hash(path, st.st_size))
+
+
+def _sample_hash(path: Path, size: int, blocks: int = 16, block: int = 1 << 16) -> str:
+    """Hash of `blocks` evenly spaced 64 KiB blocks (first and last included): ~1 MiB read."""
+    h = hashlib.blake2b(digest_size=16)
+    with path.open("rb") as f:
+        for i in range(blocks):
+            f.seek(max(0, (size - block) * i // (blocks - 1)))
+            h.update(f.read(block))
+    return h.hexdigest()
+
+
+def full_hash(path: Path) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    with path.open("rb") as f:
+        while chunk := f.read(_HASH_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------- build
+
+
+@dataclass(slots=True)
+class _Scan:
+    """One pass over the corpus: passage byte spans, term ids per passage (flat), vocabulary, hash."""
+
+    spans: np.ndarray
+    token_ids: np.ndarray
+    token_indptr: np.ndarray
+    vocab: dict[str, int]
+    full_hash: str
+
+
+class _TokenIdDocs(Sequence):
+    """The term ids of passage i as a list, made on demand: bm25s wants lists, memory wants one array."""
+
+    def __init__(self, flat: np.ndarray, indptr: np.ndarray) -> None:
+        self._flat, self._indptr = flat, indptr
+
+    def __len__(self) -> int:
+        return len(self._indptr) - 1
+
+    def __getitem__(self, i):  # type: ignore[override]
+        return self._flat[self._indptr[i] : self._indptr[i + 1]].tolist()
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for i in range(len(self)):
+            yield self[i]
+
+
+def _scan_corpus(corpus: Path, analyzer: Analyzer) -> _Scan:
+    builder = _VocabBuilder(analyzer)
+    spans, tokens, indptr = array("q"), array("i"), array("q", [0])
+    digest = hashlib.blake2b(digest_size=16)
+    progress = _Progress(corpus)
+    offset = 0
+    with corpus.open("rb") as f:
+        for lineno, line in enumerate(f, start=1):
+            digest.update(line)
+            start, offset = offset, offset + len(line)
+            if not line.strip():
+                continue  # blank lines (a trailing newline, say) are not passages
+            doc = parse_passage(line, f"{corpus} line {lineno}")
+            tokens.extend(builder.ids(doc.contents))
+            indptr.append(len(tokens))
+            spans.extend((start, offset))
+            progress.tick(len(indptr) - 1, offset)
+    if len(indptr) == 1:
+        raise CorpusError(f"{corpus}: the corpus has no passages; expected one JSON object per line")
+    return _Scan(
+        spans=np.frombuffer(spans, dtype=np.int64).reshape(-1, 2),
+        token_ids=np.frombuffer(tokens, dtype=np.int32),
+        token_indptr=np.frombuffer(indptr, dtype=np.int64),
+        vocab=builder.vocab,
+        full_hash=digest.hexdigest(),
+    )
+
+
+class _Progress:
+    """Logs indexing progress at most every few seconds."""
+
+    def __init__(self, corpus: Path) -> None:
+        self._corpus, self._total = corpus, max(1, corpus.stat().st_size)
+        self._t0 = self._last = time.monotonic()
+
+    def tick(self, passages: int, done_bytes: int) -> None:
+        now = time.monotonic()
+        if now - self._last < _PROGRESS_EVERY_S:
+            return
+        self._last = now
+        logger.info("indexing %s: %d passages, %.0f%% of the file, %.0fs", self._corpus.name, passages,
+                    100 * done_bytes / self._total, now - self._t0)
+
+
+def _build_model(scan: _Scan) -> bm25s.BM25:
+    model = bm25s.BM25(**BM25_PARAMS)
+    docs = _TokenIdDocs(scan.token_ids, scan.token_indptr)
+    vocab = scan.vocab or {"": 0}  # bm25s needs one column even when every passage is stopwords
+    # Passages with no terms have length 0 (0/0 when all are empty); they get no scores, so no warning.
+    with np.errstate(divide="ignore", invalid="ignore"):
+        model.scores = model.build_index_from_ids(list(vocab.values()), docs, show_progress=False)
+    model.vocab_dict = vocab
+    model.unique_token_ids_set = set(vocab.values())
+    return model
+
+
+def build_index(corpus: Path, index_dir: Path) -> None:
+    """Index `corpus` into a temp dir beside `index_dir`, then swap it in: a killed build leaves no index."""
+    t0 = time.monotonic()
+    before = _Fingerprint.of(corpus)
+    analyzer = Analyzer()
+    scan = _scan_corpus(corpus, analyzer)
+    logger.info("indexing %s: %d passages read, computing BM25 scores", corpus.name, len(scan.spans))
+    model = _build_model(scan)
+    if _Fingerprint.of(corpus) != before:
+        raise CorpusError(f"{corpus}: the file changed while it was being indexed; try again")
+    tmp = _make_temp_dir(index_dir)
+    try:
+        model.save(str(tmp), show_progress=False)
+        np.save(tmp / "spans.npy", scan.spans)
+        manifest = _manifest(corpus, before, scan, analyzer, time.monotonic() - t0)
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))  # last: marks the index complete
+        _swap_in(tmp, index_dir)
+    except OSError as e:
+        raise ConfigError(f"cannot write the BM25 index {index_dir}: {e}; free space or pass --index-dir") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # only left when something failed before the swap
+    logger.info("indexed %s: %d passages in %.1fs -> %s", corpus.name, len(scan.spans),
+                time.monotonic() - t0, index_dir)
+
+
+def _make_temp_dir(index_dir: Path) -> Path:
+    try:
+        index_dir.parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".{index_dir.name}.tmp-", dir=index_dir.parent))
+    except OSError as e:
+        raise ConfigError(f"cannot write the BM25 index next to {index_dir}: {e}; pass --index-dir") from None
+
+
+def _swap_in(tmp: Path, index_dir: Path) -> None:
+    old = None
+    if index_dir.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{index_dir.name}.old-", dir=index_dir.parent))
+        os.replace(index_dir, old)
+    os.replace(tmp, index_dir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _manifest(corpus: Path, fp: _Fingerprint, scan: _Scan, analyzer: Analyzer, seconds: float) -> dict:
+    return {
+        "format": INDEX_FORMAT,
+        "corpus": str(corpus.resolve()),
+        "size": fp.size,
+        "mtime_ns": fp.mtime_ns,
+        "sample_hash": fp.sample_hash,
+        "full_hash": scan.full_hash,
+        "documents": len(scan.spans),
+        "analyzer": analyzer.spec,
+        "bm25": BM25_PARAMS,
+        "bm25s_version": bm25s.__version__,
+        "build_seconds": round(seconds, 2),
+        "built_at": time.time(),
+    }
+
+
+# ---------------------------------------------------------------- reuse
+
+
+def reusable(index_dir: Path, corpus: Path) -> bool:
+    """True when `index_dir` holds a complete index of this exact corpus file, built by this analyzer."""
+    manifest = _read_manifest(index_dir)
+    if manifest is None:
+        return False
+    wanted = {"format": INDEX_FORMAT, "analyzer": Analyzer().spec, "bm25": BM25_PARAMS}
+    if any(manifest.get(k) != v for k, v in wanted.items()):
+        logger.info("index %s was built with other settings; rebuilding", index_dir)
+        return False
+    fp = _Fingerprint.of(corpus)
+    if fp.size != manifest.get("size"):
+        return False
+    if fp.mtime_ns == manifest.get("mtime_ns") and fp.sample_hash == manifest.get("sample_hash"):
+        return True
+    # Same size, new mtime (a copy, a touch): only the full hash tells an edit from a no-op.
+    if full_hash(corpus) != manifest.get("full_hash"):
+        return False
+    manifest.update(mtime_ns=fp.mtime_ns, sample_hash=fp.sample_hash)
+    _write_atomic(index_dir / "manifest.json", json.dumps(manifest, indent=1))
+    return True
+
+
+def _read_manifest(index_dir: Path) -> dict[str, Any] | None:
+    try:
+        manifest = json.loads((index_dir / "manifest.json").read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        logger.warning("ignoring unreadable index manifest in %s: %s", index_dir, e)
+        return None
+    return manifest if isinstance(manifest, dict) else None
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
