@@ -222,6 +222,9 @@ def _print_summary(result: Any) -> None:
     print(f"  mean assistant turns {s.mean(s.turns):.2f}, mean searches {s.mean(s.searches):.2f}, "
           f"tool-call errors seen by the model {s.tool_errors}", file=out)
     print(f"  tokens: prompt {s.prompt_tokens:,}, completion {s.completion_tokens:,}", file=out)
+    per_endpoint = ", ".join(f"{k} {v:,}" for k, v in sorted(s.calls_by_endpoint.items()))
+    print(f"  teacher calls {s.teacher_calls:,}" + (f" ({per_endpoint})" if len(s.calls_by_endpoint) > 1 else "")
+          + f", retried {s.teacher_retries:,}", file=out)
     if s.accuracy is not None:
         print(f"  answered {s.answered}, exact match {s.correct}/{s.scored} = {s.accuracy:.3f}", file=out)
     if s.rollouts_failed or s.questions_skipped:

@@ -122,6 +122,9 @@ def _run_rollouts(distiller: Distiller, ds: datasets.Dataset, journal: Journal, 
                           cache_file_name=str(run.run_dir / "map.arrow"), desc="hfdistill")
     finally:
         stats = monitor.finish()
+        teacher = distiller.teacher_stats
+        stats.teacher_calls, stats.teacher_retries = teacher.calls, teacher.retries
+        stats.calls_by_endpoint = dict(teacher.by_endpoint)
         for cache in run.run_dir.glob("map*.arrow"):  # map's own (empty) output
             cache.unlink(missing_ok=True)
     write_failures(failures_path(run.output), distiller.failures)

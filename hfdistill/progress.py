@@ -28,6 +28,9 @@ class RunStats:
     tool_errors: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    teacher_calls: int = 0  # made by this run (resumed rollouts made none)
+    teacher_retries: int = 0
+    calls_by_endpoint: dict[str, int] = field(default_factory=dict)
     answered: int = 0
     scored: int = 0
     correct: int = 0
@@ -66,7 +69,9 @@ class RunStats:
             "searches": {str(k): v for k, v in sorted(self.searches.items())},
             "mean_turns": round(self.mean(self.turns), 3), "mean_searches": round(self.mean(self.searches), 3),
             "tool_errors": self.tool_errors, "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens, "answered": self.answered, "scored": self.scored,
+            "completion_tokens": self.completion_tokens, "teacher_calls": self.teacher_calls,
+            "teacher_retries": self.teacher_retries, "calls_by_endpoint": dict(self.calls_by_endpoint),
+            "answered": self.answered, "scored": self.scored,
             "correct": self.correct, "accuracy": self.accuracy, "wall_seconds": round(self.wall_seconds, 1),
         }
 

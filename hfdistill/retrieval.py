@@ -71,7 +71,6 @@ class HttpRetriever:
         self.url = url
         self.policy = policy
         self._session: aiohttp.ClientSession | None = None
-        self.requests = 0
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -112,7 +111,6 @@ class HttpRetriever:
         except ValueError as e:
             raise RetrievalError(f"retrieval server {self.url} answered invalid JSON ({e})",
                                  cause="retrieval_bad_response") from None
-        self.requests += 1
         try:
             return parse_search_response(payload, n_queries)
         except ValueError as e:

@@ -47,9 +47,9 @@ class Endpoint:
     client: openai.AsyncOpenAI
     http: httpx2.AsyncClient  # the client's own aiohttp-backed HTTP client, for the hot path
     chat_url: httpx2.URL
+    name: str  # host:port, for statistics (never credentials)
     outstanding: int = 0
     down_until: float = 0.0
-    requests: int = 0
 
     def healthy(self, now: float) -> bool:
         return self.down_until <= now
@@ -95,7 +95,7 @@ class EndpointPool:
 
 @dataclass
 class TeacherStats:
-    """Counters the progress line reads."""
+    """Counters the progress line and the summary read (shared by the teachers of every loop)."""
 
     calls: int = 0
     prompt_tokens: int = 0
@@ -124,7 +124,8 @@ class Teacher:
         http = openai.DefaultAioHttpClient(limits=_unlimited(), timeout=self.config.retry.timeout)
         client = openai.AsyncOpenAI(base_url=url, api_key=self.config.api_key, max_retries=0,
                                     timeout=self.config.retry.timeout, http_client=http)
-        return Endpoint(url, client, http, httpx2.URL(f"{url}/chat/completions"))
+        chat_url = httpx2.URL(f"{url}/chat/completions")
+        return Endpoint(url, client, http, chat_url, f"{chat_url.host}:{chat_url.port or ''}".rstrip(":"))
 
     @property
     def in_flight(self) -> int:
@@ -237,8 +238,8 @@ class Teacher:
         if response.status_code >= 400:
             raise _status_error(response.status_code, payload, response.headers.get("retry-after"), endpoint.url)
         reply = _reply(payload, endpoint.url)
-        endpoint.requests += 1
         self.stats.calls += 1
+        self.stats.by_endpoint[endpoint.name] = self.stats.by_endpoint.get(endpoint.name, 0) + 1
         self.stats.prompt_tokens += reply.usage.prompt_tokens
         self.stats.completion_tokens += reply.usage.completion_tokens
         return reply

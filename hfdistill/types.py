@@ -53,21 +53,6 @@ class Message:
             "name": self.name,
         }
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Message:
-        calls = tuple(
-            ToolCall(id=c["id"], name=c["function"]["name"], arguments=c["function"]["arguments"])
-            for c in (d.get("tool_calls") or ())
-        )
-        return cls(
-            role=d["role"],
-            content=d.get("content") or "",
-            reasoning_content=d.get("reasoning_content"),
-            tool_calls=calls,
-            tool_call_id=d.get("tool_call_id"),
-            name=d.get("name"),
-        )
-
 
 @dataclass(frozen=True, slots=True)
 class Document:

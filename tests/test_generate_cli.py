@@ -152,6 +152,7 @@ def test_progress_and_summary_go_to_stderr(env: dict[str, str], real_layout: Pat
     assert "stop reasons: answer 3" in captured.err
     assert "mean assistant turns 2.00, mean searches 1.00" in captured.err
     assert "tokens: prompt" in captured.err and "done in" in captured.err
+    assert "teacher calls 7, retried 0" in captured.err  # 3 rollouts x 2 turns, and the protocol probe
 
 
 @pytest.mark.parametrize(

@@ -43,7 +43,8 @@ def _keys(out: Path) -> list[tuple[int, int]]:
 
 
 def test_transient_teacher_failures_are_retried(env: dict[str, str], tmp_path: Path,
-                                                teacher: tuple[FakeTeacher, Served]) -> None:
+                                                teacher: tuple[FakeTeacher, Served],
+                                                capsys: pytest.CaptureFixture[str]) -> None:
     fake, _ = teacher
     fake.faults += [Fault(500), Fault(429, retry_after="1"), Fault(drop=True), Fault(503, delay=3.0)]
     out = tmp_path / "o.parquet"
@@ -53,6 +54,7 @@ def test_transient_teacher_failures_are_retried(env: dict[str, str], tmp_path: P
     assert len(fake.requests) == 4 + 2  # four failed attempts, then the two turns
     assert _keys(out) == [(0, 0)]
     assert _failures(out) == []
+    assert "teacher calls 2, retried 4" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

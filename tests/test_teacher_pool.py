@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import datasets
 import pytest
 
 from hfdistill import DistillConfig, Distiller, RetryPolicy
+from hfdistill.cli import main
 from hfdistill.errors import ConfigError
+from tests.conftest import write_jsonl
 from tests.fakes import FakeRetriever, FakeTeacher, Served, TeacherBehaviour
 
 
@@ -92,3 +95,18 @@ def test_endpoints_must_serve_the_same_model(retriever: tuple[FakeRetriever, Ser
     finally:
         sa.close()
         sb.close()
+
+
+def test_the_summary_counts_calls_per_endpoint(two_teachers: list[tuple[FakeTeacher, Served]],
+                                               retriever: tuple[FakeRetriever, Served], tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"question": f"Question number {i}?"} for i in range(12)])
+    urls = ",".join(f"{s.url}/v1" for _, s in two_teachers)
+    assert main(["generate", "--vllm_url", urls, "--retrieval_url", f"{retriever[1].url}/retrieve",
+                 "--input_file", str(inp), "--output_file", str(tmp_path / "o.parquet"),
+                 "--tool-call-mode", "native"]) == 0
+    err = capsys.readouterr().err
+    counts = [fake.chat_calls for fake, _ in two_teachers]
+    hosts = sorted(f"127.0.0.1:{s.port} {n}" for (_, s), n in zip(two_teachers, counts, strict=True))
+    assert f"teacher calls {sum(counts)} ({hosts[0]}, {hosts[1]}), retried 0" in err
+    assert all(counts)
