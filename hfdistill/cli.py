@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (repeatable)")
-    p.add_argument("-q", "--quiet", action="count", default=0, help="less log output")
+    p.add_argument("-q", "--quiet", action="count", default=0, help="less log output (and no progress line)")
 
 
 def _flag(p: argparse.ArgumentParser | argparse._ArgumentGroup, name: str, **kwargs: Any) -> None:
@@ -182,7 +182,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     config = _config(args, seed)
     options = GenerateOptions(input_file=seed["input_file"], output_file=seed["output_file"],
                               max_samples=seed["max_samples"], batch_size=seed["batch_size"], keep=args.keep,
-                              overwrite=args.overwrite, command=_command_line(args.argv))
+                              overwrite=args.overwrite, command=_command_line(args.argv), progress=not args.quiet)
     if args.push_to_hub:
         from hfdistill.hub import check_push_target
 

@@ -87,8 +87,9 @@ class Monitor:
     """Counts rollouts as they finish and prints a throttled progress line to stderr."""
 
     def __init__(self, total: int, *, stream: TextIO | None = None, interval: float | None = None,
-                 gauges: Callable[[], dict[str, float]] | None = None) -> None:
+                 gauges: Callable[[], dict[str, float]] | None = None, enabled: bool = True) -> None:
         self.stats = RunStats(rollouts_total=total)
+        self.enabled = enabled
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty()
         self.interval = interval if interval is not None else (0.5 if self.tty else 10.0)
@@ -122,6 +123,8 @@ class Monitor:
         self.tick()
 
     def tick(self, force: bool = False) -> None:
+        if not self.enabled:
+            return
         now = time.monotonic()
         if force or now - self._last >= self.interval:
             self._last = now

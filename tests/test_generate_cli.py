@@ -140,6 +140,7 @@ def test_python_dash_m_runs_the_cli(env: dict[str, str], real_layout: Path, tmp_
                           env={**os.environ}, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == ""  # data goes to files, logs to stderr
+    assert "rollouts (" not in proc.stderr and "stop reasons: answer 3" in proc.stderr  # -q: summary only
     assert pq.read_table(out).num_rows == len(QUESTIONS)
 
 
