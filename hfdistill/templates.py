@@ -102,11 +102,15 @@ class Templates:
 
     def render(self, name: str, **context: Any) -> str:
         """Render a template; an unknown variable is a TemplateError naming template and variable."""
+        template = self._get(name)
         try:
-            return self._get(name).render(**context).strip()
+            return template.render(**context).strip()
         except jinja2.UndefinedError as e:
             raise TemplateError(f"template {self._source_path(name)} uses an unknown variable: {e.message}; "
                                 f"available: {', '.join(sorted(context)) or 'none'}") from None
+        except Exception as e:  # noqa: BLE001 - a template's expressions can raise anything; it is the user's
+            raise TemplateError(f"template {self._source_path(name)} failed: {type(e).__name__}: {e}; fix the "
+                                "template") from None
 
     def _source_path(self, name: str) -> str:
         template = self._get(name)

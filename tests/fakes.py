@@ -290,7 +290,8 @@ class FakeRetriever:
         words = set(re.findall(r"\w+", query.lower()))
         ranked = sorted(((len(words & set(re.findall(r"\w+", d["contents"].lower()))), d) for d in self.corpus),
                         key=lambda x: -x[0])[:topk]
-        return [{"document": d, "score": float(s)} if scores else d for s, d in ranked]
+        # Like BM25, a passage sharing no word with the query is not a result.
+        return [{"document": d, "score": float(s)} if scores else d for s, d in ranked if s > 0]
 
 
 # ---------------------------------------------------------------- serving

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import datasets
@@ -154,3 +155,20 @@ def test_num_rollouts_and_empty_questions(teacher: tuple[FakeTeacher, Served],
     assert distiller.monitor.stats.questions_skipped == 1
     assert distiller.failures[0]["cause"] == "empty_question"
     assert not any(m["content"].strip() == "Question:" for r in teacher[0].requests for m in r["messages"])
+
+
+def test_a_rollout_that_fails_is_recorded_and_the_others_go_on(teacher: tuple[FakeTeacher, Served],
+                                                              retriever: tuple[FakeRetriever, Served],
+                                                              tmp_path: Path) -> None:
+    # A user template that works on the start-up sample but breaks on a query with no results.
+    (tmp_path / "tool_observation.j2").write_text("{{ results[0].documents[0].title }}")
+    teacher[0].script("Nothing matches this?", Search(["zzzz qqqq"]), Answer("x"))
+    ds = datasets.Dataset.from_list([{"question": q} for q in (Q, "Nothing matches this?", Q + " Again?")])
+    config = DistillConfig(vllm_url=f"{teacher[1].url}/v1", retrieval_url=f"{retriever[1].url}/retrieve",
+                           template_dir=str(tmp_path))
+    with Distiller(config) as distiller:
+        rows = distiller.map(ds).to_list()
+    assert [r["input_index"] for r in rows] == [0, 2]
+    [failure] = distiller.failures
+    assert (failure["input_index"], failure["cause"]) == (1, "TemplateError")
+    assert "tool_observation.j2" in failure["error"]

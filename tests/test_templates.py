@@ -61,6 +61,7 @@ def test_override_by_file_name(tmp_path: Path) -> None:
                      r"'querstion' is undefined", id="unknown-variable"),
         pytest.param("system_prompt.j2", "{% if %}", r"system_prompt\.j2 line 1", id="syntax-error"),
         pytest.param("tool_observation.j2", "{{ results[0].documents[0].url }}", r"unknown variable", id="bad-field"),
+        pytest.param("tool_error.j2", "{{ 1 // 0 }}", r"tool_error\.j2 failed: ZeroDivisionError", id="raises"),
     ],
 )
 def test_bad_templates_fail_before_any_work(tmp_path: Path, name: str, source: str, match: str) -> None:
