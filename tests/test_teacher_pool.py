@@ -27,13 +27,12 @@ def two_teachers() -> Iterator[list[tuple[FakeTeacher, Served]]]:
         served.close()
 
 
-def _run(urls: list[str], retriever: Served, n: int, **kw: object) -> Distiller:
+def _run(urls: list[str], retriever: Served, n: int, **kw: object) -> tuple[Distiller, list[dict]]:
     ds = datasets.Dataset.from_list([{"question": f"Question number {i}?"} for i in range(n)])
     config = DistillConfig(vllm_url=",".join(f"{u}/v1" for u in urls), retrieval_url=f"{retriever.url}/retrieve",
                            tool_call_mode="native", **kw)
     distiller = Distiller(config)
-    distiller.rows = distiller.map(ds, batch_size=4).to_list()  # type: ignore[attr-defined]
-    return distiller
+    return distiller, distiller.map(ds, batch_size=4).to_list()
 
 
 def _questions(fake: FakeTeacher) -> set[str]:
@@ -44,8 +43,8 @@ def test_both_endpoints_share_the_work_and_rollouts_stick(two_teachers: list[tup
                                                           retriever: tuple[FakeRetriever, Served]) -> None:
     for fake, _ in two_teachers:
         fake.behaviour.delay = 0.05
-    distiller = _run([s.url for _, s in two_teachers], retriever[1], 40, concurrency=8)
-    assert len(distiller.rows) == 40 and not distiller.failures
+    distiller, rows = _run([s.url for _, s in two_teachers], retriever[1], 40, concurrency=8)
+    assert len(rows) == 40 and not distiller.failures
     a, b = (fake for fake, _ in two_teachers)
     assert 0.35 <= len(a.requests) / (len(a.requests) + len(b.requests)) <= 0.65
     # every conversation's turns went to one server, so its prefix cache is reused
@@ -73,14 +72,14 @@ def test_an_endpoint_that_dies_is_taken_out_and_its_rollouts_continue_elsewhere(
             threading.Thread(target=dying_served.close).start()
 
     dying.on_request = kill_after_some
-    distiller = _run([two_teachers[0][1].url, dying_served.url], retriever[1], 30, concurrency=8,
+    distiller, rows = _run([two_teachers[0][1].url, dying_served.url], retriever[1], 30, concurrency=8,
                      retry=RetryPolicy(attempts=4, backoff=0.05))
     assert killed.is_set()
-    assert len(distiller.rows) == 30 and not distiller.failures
+    assert len(rows) == 30 and not distiller.failures
     # conversations that had started on the dying server were finished by the other one, whole
     moved = _questions(dying) & _questions(alive)
     assert moved
-    for row in distiller.rows:
+    for row in rows:
         assert row["stop_reason"] == "answer"
 
 
