@@ -117,6 +117,9 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     _flag(d, "template_dir", help="directory whose templates override the built-ins by file name")
     _flag(d, "keep", choices=("all", "answered", "correct"), default="all",
           help="rows to write: all, those ending in <answer>, or exact matches (default all)")
+    _flag(d, "keep_malformed", action="store_true",
+          help="also write rows in which the model wrote a tool call that is not even JSON (flagged "
+               "malformed_call; held back by default so the student does not learn to write one)")
     _flag(d, "overwrite", action="store_true", help="discard an existing output and its run, start over")
     h = p.add_argument_group("publishing (checked before the run, pushed after a complete one)")
     _flag(h, "push_to_hub", metavar="USER/NAME", help="push the output and its dataset card to this Hub repo")
@@ -184,7 +187,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     config = _config(args, seed)
     options = GenerateOptions(input_file=seed["input_file"], output_file=seed["output_file"],
                               max_samples=seed["max_samples"], batch_size=seed["batch_size"], keep=args.keep,
-                              overwrite=args.overwrite, command=_command_line(args.argv), progress=not args.quiet)
+                              keep_malformed=args.keep_malformed, overwrite=args.overwrite,
+                              command=_command_line(args.argv), progress=not args.quiet)
     if args.push_to_hub:
         from hfdistill.hub import check_push_target
 
@@ -219,7 +223,10 @@ def _print_summary(result: Any) -> None:
     print(f"[hfdistill] done in {_duration(s.wall_seconds)}: {s.rows} rollouts finished, "
           f"{result.kept_rows} kept (--keep {keep}) and written to {result.output}", file=out)
     print(f"  generated {s.rollouts_done}, resumed from the journal {s.rollouts_reused}, "
-          f"skipped questions {s.questions_skipped}", file=out)
+          f"skipped questions {s.questions_skipped} (blank)", file=out)
+    if sum(result.held_back.values()):
+        held = ", ".join(f"{k} {v}" for k, v in result.held_back.items() if v)
+        print(f"  held back: {held} (--keep-malformed writes them)", file=out)
     print(f"  stop reasons: {reasons}", file=out)
     print(f"  mean assistant turns {s.mean(s.turns):.2f}, mean searches {s.mean(s.searches):.2f}, "
           f"tool-call errors seen by the model {s.tool_errors}", file=out)
@@ -229,7 +236,7 @@ def _print_summary(result: Any) -> None:
           + f", retried {s.teacher_retries:,}", file=out)
     if s.accuracy is not None:
         print(f"  answered {s.answered}, exact match {s.correct}/{s.scored} = {s.accuracy:.3f}", file=out)
-    if s.rollouts_failed or s.questions_skipped:
+    if not result.complete:
         causes = ", ".join(f"{k} {v}" for k, v in s.failures.most_common())
         print(f"  failed {s.rollouts_failed} ({causes or 'none'}) -> {result.failures}", file=out)
     if not result.complete:

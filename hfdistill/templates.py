@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+import jinja2.meta
 
 from hfdistill.errors import TemplateError
 
@@ -115,6 +116,11 @@ class Templates:
     def _source_path(self, name: str) -> str:
         template = self._get(name)
         return template.filename or name
+
+    def variables(self, name: str) -> set[str]:
+        """The variables template `name` reads from its context (for what a rendering depends on)."""
+        source, _, _ = self._env.loader.get_source(self._env, name)  # type: ignore[union-attr]
+        return jinja2.meta.find_undeclared_variables(self._env.parse(source))
 
     def check(self, tools: list[dict[str, Any]]) -> None:
         """Render every template once with sample values, so mistakes surface before any work."""
