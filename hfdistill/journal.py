@@ -111,8 +111,7 @@ class _Log:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._size = self._scan()
-            self._writer: BinaryIO = open(path, "ab")  # noqa: SIM115 - lives as long as the log
-            self._reader: BinaryIO = open(path, "rb")  # noqa: SIM115
+            self._open()
         except OSError as e:
             raise JournalError(f"cannot use the run journal {path} ({e.strerror or e}); check the output "
                                "directory is writable") from None
@@ -135,6 +134,10 @@ class _Log:
                 self._index_line(line, offset, number)
                 offset += len(line)
         return offset
+
+    def _open(self) -> None:
+        self._writer: BinaryIO | None = open(self.path, "ab")  # noqa: SIM115 - lives as long as the log
+        self._reader: BinaryIO | None = open(self.path, "rb")  # noqa: SIM115
 
     def _index_line(self, line: bytes, offset: int, number: int) -> None:
         try:
@@ -160,6 +163,9 @@ class _Log:
         line = json.dumps(record.encode(), ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
         offset = self._size
         try:
+            if self._writer is None:  # compacted away when it held nothing
+                self._open()
+            assert self._writer is not None
             self._writer.write(line)
             self._writer.flush()  # in the OS after this: survives SIGKILL of this process
             if time.monotonic() - self._last_sync > _FSYNC_SECONDS:
@@ -172,6 +178,7 @@ class _Log:
         return offset
 
     def _read(self, offset: int) -> RolloutRecord | TurnRecord:
+        assert self._reader is not None
         self._reader.seek(offset)
         line = self._reader.readline()
         try:
@@ -181,11 +188,12 @@ class _Log:
                                "program wrote to it: rerun the same command to rebuild its index") from None
 
     def close(self) -> None:
-        if not self._writer.closed:
+        if self._writer is not None and not self._writer.closed:
             self._writer.flush()
             os.fsync(self._writer.fileno())
             self._writer.close()
-        self._reader.close()
+        if self._reader is not None:
+            self._reader.close()
 
 
 class Journal(_Log):
@@ -277,5 +285,6 @@ class Checkpoints(_Log):
         self.bad_lines = []
         self._size = self._scan()
         self._live_bytes = self._size
-        self._writer = open(self.path, "ab")  # noqa: SIM115
-        self._reader = open(self.path, "rb")  # noqa: SIM115
+        self._writer = self._reader = None
+        if live:
+            self._open()
