@@ -120,7 +120,7 @@ def test_num_proc_above_one_is_refused_clearly(teacher: tuple[FakeTeacher, Serve
     with pytest.raises(ConfigError, match="num_proc"):
         distiller.map(ds, num_proc=2)
     # a bare map in worker processes would lose its failures (they stay in the workers' copies): refused too
-    with pytest.raises(Exception, match=r"worker process .*num_proc=1"):  # noqa: PT011 - datasets re-raises it
+    with pytest.raises(Exception, match=r"worker process .*num_proc=1"):
         ds.map(distiller.map_batch, batched=True, batch_size=2, num_proc=2, remove_columns=ds.column_names)
     assert teacher[0].chat_calls == 0
 
