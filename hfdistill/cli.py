@@ -182,6 +182,8 @@ def _config(args: argparse.Namespace, seed: dict[str, Any]) -> DistillConfig:
 
 def _cmd_generate(args: argparse.Namespace) -> int:
     from hfdistill.generate import GenerateOptions, generate
+    from hfdistill.process import run_settings
+    from hfdistill.types import StopRequest
 
     seed = _seed_values(args)
     config = _config(args, seed)
@@ -193,7 +195,9 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         from hfdistill.hub import check_push_target
 
         check_push_target(args.push_to_hub, license=args.license, token=args.hf_token)
-    result = generate(config, options)
+    stop = StopRequest()
+    with run_settings(stop):  # process-wide settings are the CLI's to change (and restore)
+        result = generate(config, options, stop=stop)
     if not result.skipped_as_done:
         _print_summary(result)
     if args.push_to_hub and result.complete:

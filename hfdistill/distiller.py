@@ -33,7 +33,7 @@ from hfdistill.rollout import RolloutSpec, TurnStep, rollout
 from hfdistill.rows import build_table, extra_info_of, output_features, output_schema, result_of
 from hfdistill.teacher import Route, Teacher, TeacherStats
 from hfdistill.templates import Templates
-from hfdistill.types import RolloutJob
+from hfdistill.types import RolloutJob, StopRequest
 
 __all__ = ["Distiller"]
 
@@ -96,7 +96,7 @@ class Distiller:
         self._recorder: Recorder = self._collector
         self._runtimes: list[_Runtime] = []
         self._embedded: Retriever | None = None
-        self._stopping = False
+        self._stop = StopRequest()
         self._prepared = False  # the teacher endpoints were checked (once per distiller, not per loop)
         self._copy = False  # unpickled in another process (a datasets worker): its recorder is not the caller's
 
@@ -168,18 +168,18 @@ class Distiller:
 
     def stop(self) -> None:
         """Start no new rollouts; those in flight finish and are recorded."""
-        self._stopping = True
+        self._stop.requested = True
 
     @property
     def stopping(self) -> bool:
-        return self._stopping
+        return self._stop.requested
 
-    def map(self, ds: datasets.Dataset, *, recorder: Recorder | None = None, batch_size: int = 16,
-            **map_kwargs: Any) -> datasets.Dataset:
+    def map(self, ds: datasets.Dataset, *, recorder: Recorder | None = None, stop: StopRequest | None = None,
+            batch_size: int = 16, **map_kwargs: Any) -> datasets.Dataset:
         """`ds.map` with everything set right: batched, indexed, typed, input columns removed.
 
         With a `recorder` (e.g. a journaling run), rollouts are reported to it instead of the
-        returned dataset's rows and `failures`.
+        returned dataset's rows and `failures`; once `stop` is requested no new rollout starts.
         """
         if (map_kwargs.get("num_proc") or 1) > 1:
             raise ConfigError("Distiller.map runs in one process (num_proc=1): its window already keeps the "
@@ -187,6 +187,7 @@ class Distiller:
                               "instead of num_proc")
         self.bind_input(ds.features)
         self._recorder = recorder or self._collector
+        self._stop = stop or self._stop
         try:
             # Arrow batches stay zero-copy slices of the input until admitted (see map_batch).
             with _all_batches_scheduled():
@@ -300,10 +301,10 @@ class Distiller:
         if prior is not None and prior.result is not None:
             return self._recorder.finished(job, prior.result, model=prior.model, protocol=prior.protocol,
                                            reused=True)
-        if self._stopping:
+        if self.stopping:
             return None
         async with runtime.window:
-            if self._stopping:
+            if self.stopping:
                 return None
             self._recorder.started(job)
             result = await self._generate(runtime, job, prior.steps if prior is not None else ())
