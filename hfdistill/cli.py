@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from hfdistill.config import TOOL_CALL_MODES, DistillConfig, RetryPolicy
+from hfdistill.curation import options as curation
 from hfdistill.errors import ConfigError, HfdistillError
 from hfdistill.templates import OBSERVATION_FORMATS
 
@@ -115,12 +116,13 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     _flag(d, "question_field", help="dotted path of the question, e.g. extra_info.question (default: found)")
     _flag(d, "answer_field", help="dotted path of the golden answers (default: found)")
     _flag(d, "template_dir", help="directory whose templates override the built-ins by file name")
-    _flag(d, "keep", choices=("all", "answered", "correct"), default="all",
-          help="rows to write: all, those ending in <answer>, or exact matches (default all)")
+    _flag(d, "keep", default="all", help=curation.KEEP_HELP)
     _flag(d, "keep_malformed", action="store_true",
           help="also write rows in which the model wrote a tool call that is not even JSON (flagged "
                "malformed_call; held back by default so the student does not learn to write one)")
     _flag(d, "overwrite", action="store_true", help="discard an existing output and its run, start over")
+    curation.add_judge_arguments(p, _flag)
+    curation.add_curation_arguments(p, _flag)
     h = p.add_argument_group("publishing (checked before the run, pushed after a complete one)")
     _flag(h, "push_to_hub", metavar="USER/NAME", help="push the output and its dataset card to this Hub repo")
     _flag(h, "private", action="store_true", default=None, help="create the Hub repo private")
@@ -177,6 +179,7 @@ def _config(args: argparse.Namespace, seed: dict[str, Any]) -> DistillConfig:
         num_rollouts=args.num_rollouts, concurrency=args.concurrency, question_field=args.question_field,
         answer_field=args.answer_field,
         retry=RetryPolicy(attempts=args.max_retries + 1, timeout=args.request_timeout, backoff=args.retry_backoff),
+        judge=curation.judge_from_args(args, os.environ),
     )
 
 
@@ -190,7 +193,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     options = GenerateOptions(input_file=seed["input_file"], output_file=seed["output_file"],
                               max_samples=seed["max_samples"], batch_size=seed["batch_size"], keep=args.keep,
                               keep_malformed=args.keep_malformed, overwrite=args.overwrite,
-                              command=_command_line(args.argv), progress=not args.quiet)
+                              command=_command_line(args.argv), progress=not args.quiet,
+                              curation=curation.curation_from_args(args))
     if args.push_to_hub:
         from hfdistill.hub import check_push_target
 
@@ -240,11 +244,20 @@ def _print_summary(result: Any) -> None:
           + f", retried {s.teacher_retries:,}", file=out)
     if s.accuracy is not None:
         print(f"  answered {s.answered}, exact match {s.correct}/{s.scored} = {s.accuracy:.3f}", file=out)
+    _print_funnel(result.record)
     if not result.complete:
         causes = ", ".join(f"{k} {v}" for k, v in s.failures.most_common())
         print(f"  failed {s.rollouts_failed} ({causes or 'none'}) -> {result.failures}", file=out)
     if not result.complete:
-        print("  the run is incomplete: rerun the same command to retry the failed rollouts", file=out)
+        print("  the run is incomplete: rerun the same command to retry the failed rollouts (and judgements)",
+              file=out)
+
+
+def _print_funnel(record: dict[str, Any]) -> None:
+    from hfdistill.curation.funnel import funnel_lines
+
+    if record.get("funnel"):
+        print("  yield:\n" + "\n".join(f"    {line}" for line in funnel_lines(record["funnel"])), file=sys.stderr)
 
 
 def _duration(seconds: float) -> str:

@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 from hfdistill.errors import ConfigError
 from hfdistill.templates import OBSERVATION_FORMATS
 
-__all__ = ["DEFAULT_CONCURRENCY_PER_ENDPOINT", "TOOL_CALL_MODES", "DistillConfig", "RetryPolicy"]
+__all__ = ["DEFAULT_CONCURRENCY_PER_ENDPOINT", "TOOL_CALL_MODES", "DistillConfig", "JudgeConfig", "RetryPolicy"]
 
 TOOL_CALL_MODES = ("auto", "native", "text")
 # vLLM queues what exceeds its sequence slots at no cost, while rollouts spend part of their
@@ -32,6 +32,21 @@ class RetryPolicy:
         if retry_after is not None:
             return min(max(retry_after, 0.0), self.max_backoff * 4)
         return min(self.max_backoff, self.backoff * 2 ** (attempt - 1)) * (0.5 + rand / 2)
+
+
+@dataclass(frozen=True)
+class JudgeConfig:
+    """The LLM judge: an OpenAI-compatible server (it may be the teacher's own). Not a rollout option:
+    changing it re-judges, never regenerates."""
+
+    url: str
+    model: str | None = None  # None: the id the server lists
+    api_key: str = dataclasses.field(default="EMPTY", repr=False, compare=False)
+    max_tokens: int = 1024  # a rationale and the verdict; a reasoning judge needs room to think
+
+    def __post_init__(self) -> None:
+        _check_url("--judge-url", self.url.rstrip("/"))
+        _positive("judge max_tokens", self.max_tokens)
 
 
 @dataclass(frozen=True)
@@ -60,6 +75,7 @@ class DistillConfig:
     question_field: str | None = None
     answer_field: str | None = None
     retry: RetryPolicy = dataclasses.field(default_factory=RetryPolicy)
+    judge: JudgeConfig | None = None  # judges each rollout's answer when set (see curation)
 
     def __post_init__(self) -> None:
         self._check_urls()

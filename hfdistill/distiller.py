@@ -24,8 +24,11 @@ import datasets
 import pyarrow as pa
 
 from hfdistill.config import DistillConfig
-from hfdistill.errors import ConfigError, HfdistillError, RolloutError
+from hfdistill.curation.judge import JUDGE_KEY, JudgePrompt, judgeable, stored_verdict
+from hfdistill.curation.select import with_pass_rates
+from hfdistill.errors import ConfigError, HfdistillError, JudgeError, RolloutError
 from hfdistill.inputs import FieldPlan, plan_fields
+from hfdistill.judge import Judge, JudgeItem, JudgeStats
 from hfdistill.prompts import Prompts
 from hfdistill.recorder import Collector, Prior, Recorder
 from hfdistill.retrieval import HttpRetriever, Retriever
@@ -50,10 +53,13 @@ class _Runtime:
     window: asyncio.Semaphore
     lock: asyncio.Lock
     admission: asyncio.Semaphore | None = None  # sized from the first batch (see map_batch)
+    judge: Judge | None = None
 
     async def aclose(self) -> None:
         await self.teacher.aclose()
         await self.retriever.aclose()
+        if self.judge is not None:
+            await self.judge.aclose()
 
 
 def _batch_budget(window: int, rollouts_per_batch: int) -> int:
@@ -92,7 +98,11 @@ class Distiller:
         self.model: str | None = config.model
         self.mode: str | None = None if config.tool_call_mode == "auto" else config.tool_call_mode
         self.teacher_stats = TeacherStats()  # shared by the teachers of every loop this distiller runs in
-        self._collector = Collector(self.tools)
+        judge = config.judge
+        self.judge_prompt = JudgePrompt.build(templates, judge.model) if judge is not None else None
+        self.judge_model: str | None = judge.model if judge is not None else None
+        self.judge_stats = JudgeStats()
+        self._collector = Collector(self.tools, judge_spec=self.judge_spec)
         self._recorder: Recorder = self._collector
         self._runtimes: list[_Runtime] = []
         self._embedded: Retriever | None = None
@@ -118,6 +128,19 @@ class Distiller:
     @property
     def tools(self) -> list[dict[str, Any]]:
         return self.prompts.tools
+
+    @property
+    def judge_spec(self) -> str | None:
+        """Which judge a stored verdict must come from to count (None: no judge configured)."""
+        return self.judge_prompt.spec if self.judge_prompt is not None else None
+
+    def new_judge(self) -> Judge | None:
+        """A judge client for the running event loop (None without --judge-url)."""
+        if self.config.judge is None or self.judge_prompt is None:
+            return None
+        judge = Judge(self.config.judge, self.judge_prompt, self.config.retry, self.judge_stats)
+        judge.model = self.judge_model
+        return judge
 
     @property
     def failures(self) -> list[dict[str, Any]]:
@@ -217,13 +240,16 @@ class Distiller:
             retriever = self._retriever()  # first: loading a corpus index may fail, and owns no socket
             teacher = Teacher(self.config.replace(model=self.model), self.tools, self.teacher_stats)
             teacher.mode = self.mode
-            runtime = _Runtime(loop, teacher, retriever, asyncio.Semaphore(self.config.window), asyncio.Lock())
+            runtime = _Runtime(loop, teacher, retriever, asyncio.Semaphore(self.config.window), asyncio.Lock(),
+                               judge=self.new_judge())
             self._runtimes.append(runtime)
         if not self._prepared:
             async with runtime.lock:
                 if not self._prepared:
                     await self._probe(runtime)
         runtime.teacher.model, runtime.teacher.mode = self.model, self.mode
+        if runtime.judge is not None:
+            runtime.judge.model = self.judge_model
         return runtime
 
     async def _probe(self, runtime: _Runtime) -> None:
@@ -232,6 +258,8 @@ class Distiller:
         await runtime.teacher.prepare()
         if isinstance(runtime.retriever, HttpRetriever):
             await runtime.retriever.probe()
+        if runtime.judge is not None:
+            self.judge_model = await runtime.judge.prepare()
         self.model, self.mode = runtime.teacher.model, runtime.teacher.mode
         self._prepared = True
         log.info("teacher %s (%s protocol) at %d endpoint(s); %d rollouts in flight at most", self.model,
@@ -272,7 +300,8 @@ class Distiller:
                 self.plan = plan_fields(rows[0], self.config.question_field, self.config.answer_field)
             jobs = self._jobs(rows, indices)
             results = await asyncio.gather(*(self._run(runtime, job) for job in jobs))
-        return build_table([r for r in results if r is not None], schema)
+        return build_table(with_pass_rates([r for r in results if r is not None], judged=self.judge_spec is not None),
+                           schema)
 
     def _schema_of(self, batch: dict[str, list[Any]] | pa.Table) -> pa.Schema:
         """The output schema when `map` was not given the input's features: `extra_info` typed from the batch."""
@@ -308,9 +337,28 @@ class Distiller:
                 return None
             self._recorder.started(job)
             result = await self._generate(runtime, job, prior.steps if prior is not None else ())
+            if result is not None:  # judged in the same slot: the verdict is journaled with the rollout
+                result = await self._judged(runtime, job, result)
         if result is None:
             return None
         return self._recorder.finished(job, result, model=self.model, protocol=self.mode, reused=False)
+
+    async def _judged(self, runtime: _Runtime, job: RolloutJob, result: dict[str, Any]) -> dict[str, Any]:
+        """`result` with the judge's verdict, when a judge is configured and there is something to judge.
+
+        A judge that fails for good leaves the rollout unjudged (counted; the next run asks again).
+        """
+        spec = self.judge_spec
+        if (runtime.judge is None or spec is None or stored_verdict(result, spec) is not None
+                or not judgeable(result["prediction"], job.golden_answers)):
+            return result
+        try:
+            verdict = await runtime.judge.verdict(JudgeItem(job.question, result["prediction"], job.golden_answers))
+        except JudgeError as e:
+            self.judge_stats.failed(e.cause)
+            log.debug("judge failed on rollout %s of row %s: %s", job.rollout_index, job.input_index, e)
+            return result
+        return {**result, JUDGE_KEY: verdict.stored(spec)}
 
     def _usable(self, prior: Prior | None) -> Prior | None:
         """What an earlier attempt left, if this teacher made it: a result, or turns in this protocol."""

@@ -7,7 +7,8 @@
     ├── ServiceError            a server failed; says whether a retry may help
     │   ├── TeacherError        the teacher server failed or refused a request
     │   │   └── ContextLengthError  the conversation no longer fits the model's context
-    │   └── RetrievalError      the retrieval server or embedded retriever failed
+    │   ├── RetrievalError      the retrieval server or embedded retriever failed
+    │   └── JudgeError          the LLM judge failed or answered no verdict (its rollout stays unjudged)
     ├── RolloutError            a rollout stopped on one of the two above; its row is a failure
     ├── CorpusError             a retrieval corpus line cannot be read (exit 2)
     ├── JournalError            the run directory cannot be used
@@ -30,6 +31,7 @@ __all__ = [
     "InputError",
     "Interrupted",
     "JournalError",
+    "JudgeError",
     "RetrievalError",
     "RolloutError",
     "RunLockedError",
@@ -104,6 +106,12 @@ class RetrievalError(ServiceError):
     """The retrieval server failed or answered something that is not the Search-R1 shape."""
 
     default_cause = "retrieval"
+
+
+class JudgeError(ServiceError):
+    """The LLM judge failed, refused a request, or answered without a verdict."""
+
+    default_cause = "judge"
 
 
 class RolloutError(HfdistillError):

@@ -8,6 +8,8 @@ of every rollout the input owes. Rerunning the same command resumes; a finished 
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import logging
 import os
 import time
@@ -22,6 +24,8 @@ import datasets
 
 from hfdistill import __version__
 from hfdistill.config import DistillConfig
+from hfdistill.curation.pipeline import CurationOptions, Curator
+from hfdistill.curation.select import KEEP_VALUES, parse_keep
 from hfdistill.distiller import Distiller
 from hfdistill.errors import ConfigError, Interrupted, JournalError
 from hfdistill.identity import InputItems, RunIdentity, identify, rollout_options, scan_items
@@ -35,7 +39,7 @@ from hfdistill.types import StopRequest
 __all__ = ["EXIT_INCOMPLETE", "KEEP_MODES", "GenerateOptions", "GenerateResult", "generate"]
 
 log = logging.getLogger(__name__)
-KEEP_MODES = ("all", "answered", "correct")
+KEEP_MODES = KEEP_VALUES
 EXIT_INCOMPLETE = 3
 _INPUT_CHUNK = 512  # input rows read at a time while writing the output
 
@@ -48,8 +52,11 @@ class GenerateOptions:
     output_file: str
     max_samples: int = -1
     batch_size: int = 16
-    keep: str = "all"
+    keep: str = "all"  # comma-separated KEEP_MODES
     keep_malformed: bool = False  # also write rows with a tool call that was not even JSON (flagged)
+    # --select, --max-length, --downsample-solved, ...: applied when the file is written, like `keep`
+    # (whose two fields above win over the ones in here)
+    curation: CurationOptions = dataclasses.field(default_factory=CurationOptions)
     overwrite: bool = False
     command: str = ""  # the command line, recorded for reproduction
     progress: bool = True  # the progress line on stderr
@@ -57,8 +64,12 @@ class GenerateOptions:
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ConfigError(f"--batch_size must be >= 1, got {self.batch_size}")
-        if self.keep not in KEEP_MODES:
-            raise ConfigError(f"--keep must be one of {', '.join(KEEP_MODES)}, got {self.keep!r}")
+        parse_keep(self.keep)
+
+    @property
+    def curate(self) -> CurationOptions:
+        """Every output-time option in one value."""
+        return dataclasses.replace(self.curation, keep=parse_keep(self.keep), keep_malformed=self.keep_malformed)
 
 
 @dataclass
@@ -98,8 +109,7 @@ def _generate(config: DistillConfig, options: GenerateOptions, output: Path, sto
     items = scan_items(ds, distiller.plan, with_golden=distiller.prompts.uses_golden_answers)
     identity = identify(rollout_options(config, templates=distiller.prompts.templates.digest(),
                                         corpus=distiller.corpus_digest()), output)
-    view = {"keep": options.keep, "keep_malformed": options.keep_malformed, "num_rollouts": config.num_rollouts}
-    done = identity.existing(items.digest, view, options.overwrite)
+    done = identity.existing(items.digest, _view(distiller, options), options.overwrite)
     if done is not None:  # a finished command needs no server
         log.info("%s is already complete (%s rows, same input and options); nothing to do. Pass --overwrite to "
                  "generate it again", output, done.get("rows"))
@@ -109,6 +119,10 @@ def _generate(config: DistillConfig, options: GenerateOptions, output: Path, sto
     monitor = Monitor(len(ds) * config.num_rollouts, gauges=distiller.gauges, enabled=options.progress)
     started = time.monotonic()
     with Run(identity, items, config.num_rollouts, monitor) as run:
+        if distiller.judge_prompt is not None:  # what earlier runs journaled without a verdict
+            from hfdistill.judging import judge_journal
+
+            judge_journal(distiller, ds, run)
         if run.pending:
             live = _run_rollouts(distiller, ds, run, options, stop)
         else:
@@ -156,36 +170,48 @@ class _Counts:
 
 def _write_output(distiller: Distiller, ds: datasets.Dataset, run: Run, options: GenerateOptions,
                   identity: RunIdentity, counts: _Counts) -> GenerateResult:
-    """Stream the journaled rollouts, in input order, through the keep filter into the output file."""
+    """Stream the journaled rollouts, in input order, question by question through curation into the file."""
     stats = _stats_from(counts.live)
     stats.questions_skipped = counts.items.blank
     stats.rollouts_failed = len(counts.account.failed)  # lost rollouts included
     stats.failures = Counter(f["cause"] for f in counts.account.failed)
-    held_back = {MALFORMED_CALL: 0}
     models: dict[str, str | None] = {}
     records: list[dict[str, Any]] = []
+    curator = _curator(distiller, options.curate)
+    funnel = curator.funnel
+    funnel.questions, funnel.skipped = len(counts.items), counts.items.blank
+    funnel.rollouts = (len(counts.items) - counts.items.blank) * distiller.config.num_rollouts
+    funnel.failed = stats.rollouts_failed
     rows = _journal_rows(distiller, ds, run, stats, models)
-
-    def kept() -> Iterator[dict[str, Any]]:
-        for row in rows:
-            if MALFORMED_CALL in row["quality_flags"] and not options.keep_malformed:
-                held_back[MALFORMED_CALL] += 1
-            elif _kept(row, options.keep):
-                yield row
+    kept = (row for _, group in itertools.groupby(rows, key=lambda r: r["input_index"])
+            for row in curator.group(list(group)))
 
     def record(written: int) -> dict[str, Any]:
-        records.append(_record(distiller, identity, options, counts, stats, written=written, held_back=held_back,
-                               models=models))
+        if distiller.judge_prompt is not None:
+            funnel.correct_by = f"LLM judge {distiller.judge_model or models.get('judge') or ''}".strip()
+        records.append(_record(distiller, identity, options, counts, stats, written=written,
+                               held_back={MALFORMED_CALL: funnel.held_back}, models=models,
+                               funnel=funnel.to_dict()))
         return records[-1]
 
     assert distiller.schema is not None
-    written = write_parquet(kept(), identity.output, distiller.schema, record=record)
+    written = write_parquet(kept, identity.output, distiller.schema, record=record)
     if stats.rows != counts.account.finished:  # the file must hold what the account says, no less
         raise JournalError(f"{identity.output} was written from {stats.rows} journaled rollouts, but the run accounts "
                            f"for {counts.account.finished}; rerun the same command to write it again")
     return GenerateResult(identity.output, failures_path(identity.output), stats,
-                          complete=not counts.account.failed, kept_rows=written, held_back=dict(held_back),
-                          record=records[-1])
+                          complete=bool(records[-1]["complete"]), kept_rows=written,
+                          held_back={MALFORMED_CALL: funnel.held_back}, record=records[-1])
+
+
+def _curator(distiller: Distiller, options: CurationOptions) -> Curator:
+    counter = None
+    if options.student_tokenizer:
+        from hfdistill.curation.tokens import StudentTokens
+
+        counter = StudentTokens.load(options.student_tokenizer).count
+    judged = distiller.judge_prompt is not None
+    return Curator(options, judged=judged, correct_by="LLM judge" if judged else "exact match", count_tokens=counter)
 
 
 def _journal_rows(distiller: Distiller, ds: datasets.Dataset, run: Run, stats: RunStats,
@@ -206,10 +232,12 @@ def _journal_rows(distiller: Distiller, ds: datasets.Dataset, run: Run, stats: R
                 recorded = run.journal.get(key)
                 out = shape_row(recorded.result, question=plan.question_of(row), golden_answers=plan.answers_of(row),
                                 tools=distiller.tools, extra_info=extra_info_of(row, index), input_index=index,
-                                rollout_index=key[1])
+                                rollout_index=key[1], judge_spec=distiller.judge_spec)
                 stats.add_result(recorded.result, out["exact_match"])
                 models.setdefault("model", recorded.model)
                 models.setdefault("protocol", recorded.protocol)
+                if out["judge_correct"] is not None:
+                    models.setdefault("judge", recorded.result["judge"].get("model"))
                 yield out
 
 
@@ -222,23 +250,23 @@ def _stats_from(live: RunStats) -> RunStats:
                     calls_by_endpoint=live.calls_by_endpoint, wall_seconds=live.wall_seconds)
 
 
-def _kept(row: dict[str, Any], keep: str) -> bool:
-    if keep == "answered":
-        return row["stop_reason"] == "answer"
-    if keep == "correct":
-        return row["exact_match"] is True
-    return True
+def _view(distiller: Distiller, options: GenerateOptions) -> dict[str, Any]:
+    """What a file's rows depend on beyond the rollouts: a file of another view is rewritten from the journal."""
+    return {**options.curate.view(), "num_rollouts": distiller.config.num_rollouts, "judge": distiller.judge_spec}
 
 
 def _record(distiller: Distiller, identity: RunIdentity, options: GenerateOptions, counts: _Counts,
             stats: RunStats, *, written: int, held_back: dict[str, int],
-            models: dict[str, str | None]) -> dict[str, Any]:
+            models: dict[str, str | None], funnel: dict[str, Any]) -> dict[str, Any]:
     """The generation record stored in the output file (read by `card` and `push`)."""
     c, plan, items = distiller.config, distiller.plan, counts.items
+    judge = c.judge
     return {
         "hfdistill_version": __version__, "fingerprint": identity.fingerprint,
-        "complete": not counts.account.failed, "input_digest": items.digest,
-        "view": {"keep": options.keep, "keep_malformed": options.keep_malformed, "num_rollouts": c.num_rollouts},
+        "complete": not counts.account.failed and not funnel["judge_failed"], "input_digest": items.digest,
+        "view": _view(distiller, options), "curation": options.curate.view(), "funnel": funnel,
+        "judge": None if judge is None else {"model": distiller.judge_model or models.get("judge"),
+                                             "host": urlsplit(judge.url).hostname, "spec": distiller.judge_spec},
         "teacher": {"model": distiller.model or models.get("model"),
                     "hosts": [urlsplit(u).hostname for u in c.endpoints],
                     "protocol": distiller.mode or models.get("protocol")},

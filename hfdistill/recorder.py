@@ -53,6 +53,7 @@ class Collector:
     tools: list[dict[str, Any]]
     failures: list[dict[str, Any]] = field(default_factory=list)
     skipped_rows: list[dict[str, Any]] = field(default_factory=list)
+    judge_spec: str | None = None  # whose verdicts fill judge_correct
 
     def prior(self, job: RolloutJob) -> Prior | None:
         return None
@@ -67,7 +68,8 @@ class Collector:
     def finished(self, job: RolloutJob, result: dict[str, Any], *, model: str | None, protocol: str | None,
                  reused: bool) -> dict[str, Any]:
         return shape_row(result, question=job.question, golden_answers=job.golden_answers, tools=self.tools,
-                         extra_info=job.extra_info, input_index=job.input_index, rollout_index=job.rollout_index)
+                         extra_info=job.extra_info, input_index=job.input_index, rollout_index=job.rollout_index,
+                         judge_spec=self.judge_spec)
 
     def failed(self, job: RolloutJob, cause: str, turn: int, error: str) -> None:
         self.failures.append(failure_entry(job, cause, turn, error))

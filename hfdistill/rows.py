@@ -12,6 +12,8 @@ from typing import Any
 import datasets
 import pyarrow as pa
 
+from hfdistill.curation.flags import MALFORMED_CALL, quality_flags
+from hfdistill.curation.judge import stored_verdict
 from hfdistill.scoring import score
 from hfdistill.types import Trajectory
 
@@ -26,9 +28,6 @@ __all__ = [
     "result_of",
     "shape_row",
 ]
-
-# A turn whose tool call was not even JSON: the student should not learn to write it (see README).
-MALFORMED_CALL = "malformed_call"
 
 _TOOL_CALL_TYPE = pa.struct([
     ("id", pa.string()),
@@ -50,6 +49,9 @@ _FIXED_FIELDS = [
     ("exact_match", pa.bool_()),
     ("sub_match", pa.bool_()),
     ("f1", pa.float64()),
+    ("judge_correct", pa.bool_()),  # the LLM judge's verdict; null when not judged
+    ("judge_rationale", pa.string()),
+    ("pass_rate", pa.float64()),  # the fraction of the question's rollouts that are correct
     ("stop_reason", pa.string()),
     ("assistant_turns", pa.int32()),
     ("num_tool_calls", pa.int32()),
@@ -57,6 +59,7 @@ _FIXED_FIELDS = [
     ("num_queries", pa.int32()),
     ("quality_flags", pa.list_(pa.string())),
     ("usage", pa.struct([("prompt_tokens", pa.int64()), ("completion_tokens", pa.int64())])),
+    ("num_tokens", pa.int64()),  # the row's length as verl renders it for the student (--student-tokenizer)
     ("rollout_index", pa.int32()),
     ("input_index", pa.int64()),
 ]
@@ -93,11 +96,6 @@ def result_of(traj: Trajectory) -> dict[str, Any]:
     }
 
 
-def quality_flags(result: Mapping[str, Any]) -> list[str]:
-    """Flags of a rollout result, computed from the result alone."""
-    return [MALFORMED_CALL] if result.get("num_malformed_calls") else []
-
-
 def extra_info_of(row: Mapping[str, Any], input_index: int | None) -> Any:
     """The input's `extra_info` as is (null stays null); `{index}` when the input has no such column."""
     return row.get("extra_info", {"index": input_index})
@@ -105,9 +103,15 @@ def extra_info_of(row: Mapping[str, Any], input_index: int | None) -> Any:
 
 def shape_row(result: Mapping[str, Any], *, question: str, golden_answers: Sequence[str],
               tools: list[dict[str, Any]], extra_info: Any, input_index: int | None,
-              rollout_index: int) -> dict[str, Any]:
-    """An output row from a rollout result and the input row it came from."""
+              rollout_index: int, judge_spec: str | None = None) -> dict[str, Any]:
+    """An output row from a rollout result and the input row it came from.
+
+    `judge_spec` names the judge whose journaled verdict fills `judge_correct` (None: no judge).
+    `pass_rate` and `num_tokens` are filled when a file is curated (they need the question's other
+    rollouts, and the student's tokenizer).
+    """
     s = score(result["prediction"], golden_answers)
+    verdict = stored_verdict(result, judge_spec) if judge_spec else None
     return {
         "messages": result["messages"],
         "tools": tools,
@@ -117,6 +121,9 @@ def shape_row(result: Mapping[str, Any], *, question: str, golden_answers: Seque
         "exact_match": s.exact_match,
         "sub_match": s.sub_match,
         "f1": s.f1,
+        "judge_correct": verdict.correct if verdict else None,
+        "judge_rationale": verdict.rationale if verdict else None,
+        "pass_rate": None,
         "stop_reason": result["stop_reason"],
         "assistant_turns": result["assistant_turns"],
         "num_tool_calls": result["num_tool_calls"],
@@ -124,6 +131,7 @@ def shape_row(result: Mapping[str, Any], *, question: str, golden_answers: Seque
         "num_queries": result["num_queries"],
         "quality_flags": quality_flags(result),
         "usage": result["usage"],
+        "num_tokens": None,
         "rollout_index": rollout_index,
         "input_index": input_index,
         "extra_info": extra_info,

@@ -162,6 +162,14 @@ class Run:
             self.checkpoints.discard(key)
         self.monitor.finished(result, score(result["prediction"], job.golden_answers).exact_match, reused=reused)
 
+    def amend(self, key: Key, **fields: Any) -> None:
+        """Journal `key`'s rollout again with `fields` added to its result (a judge's verdict): the new
+        record replaces the old one, so a later run reads the verdict and never asks again."""
+        assert self.journal is not None
+        record = self.journal.get(key)
+        self.journal.append(RolloutRecord(key, record.question, record.model, record.protocol,
+                                          {**record.result, **fields}))
+
     def failed(self, job: RolloutJob, cause: str, turn: int, error: str) -> None:
         self._failed.add(self.key(job))
         self.failures.append(failure_entry(job, cause, turn, error))

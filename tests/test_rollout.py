@@ -108,7 +108,8 @@ def test_model_mistakes_are_observations_and_the_run_goes_on(teacher: tuple[Fake
     assert "Query: capital of France" in _observations(row)[1]
     assert _answers_a_call(row["messages"])  # no orphan tool message, whatever the mistake
     malformed = isinstance(bad, Raw)
-    assert row["quality_flags"] == (["malformed_call"] if malformed else [])
+    # every mistake is a tool_error; a call that is not even JSON is also a malformed_call
+    assert row["quality_flags"] == (["tool_error", "malformed_call"] if malformed else ["tool_error"])
     # the model saw the error as a tool result before its next turn (in its own format for a non-JSON call)
     seen = teacher[0].requests[2]["messages"]
     if malformed:

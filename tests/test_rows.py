@@ -34,7 +34,7 @@ def test_scores_come_from_the_golden_answers(golden: tuple[str, ...], em: bool |
 
 def test_a_non_json_call_flags_the_row() -> None:
     assert quality_flags(RESULT) == []
-    assert _row({**RESULT, "num_malformed_calls": 1})["quality_flags"] == ["malformed_call"]
+    assert _row({**RESULT, "num_malformed_calls": 1})["quality_flags"] == ["tool_error", "malformed_call"]
 
 
 @pytest.mark.parametrize(("row", "expected"), [

@@ -1,0 +1,144 @@
+"""Quality flags of one trajectory: pure functions of its stored messages and counts.
+
+Each flag names a reason a rollout may not be worth training on, after the filters peers apply
+(SPEC §10: SimpleDeepSearcher's format and reasoning checks, NeMo's dropped truncations). Flags are
+computed when a file is written, never journaled, so a new word budget needs no teacher call.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+__all__ = [
+    "DEFAULT_MAX_STEP_WORDS",
+    "EMPTY_OBSERVATION",
+    "FLAGS",
+    "LENGTH",
+    "LONG_REASONING",
+    "MALFORMED_CALL",
+    "MALFORMED_TAGS",
+    "NO_ANSWER",
+    "REPETITION",
+    "TOOL_ERROR",
+    "UNCLOSED_THINK",
+    "quality_flags",
+]
+
+LENGTH = "length"  # cut off: a reply hit max_tokens, or the conversation outgrew the context
+NO_ANSWER = "no_answer"  # no <answer> in the final assistant message
+TOOL_ERROR = "tool_error"  # the model called an unknown tool, without a query, or wrote a non-JSON call
+MALFORMED_CALL = "malformed_call"  # the kind of tool_error that is not even JSON (held back by default)
+UNCLOSED_THINK = "unclosed_think"  # a <think> that is never closed
+MALFORMED_TAGS = "malformed_tags"  # unbalanced <answer>/<tool_call>/</think>, several answers, a forged observation
+REPETITION = "repetition"  # repeated word n-grams, a runaway of "wait"/"hmm", or the same search twice
+LONG_REASONING = "long_reasoning"  # a step's reasoning longer than the word budget
+EMPTY_OBSERVATION = "empty_observation"  # a search that returned nothing
+FLAGS = (LENGTH, NO_ANSWER, TOOL_ERROR, MALFORMED_CALL, UNCLOSED_THINK, MALFORMED_TAGS, REPETITION,
+         LONG_REASONING, EMPTY_OBSERVATION)
+
+# SimpleDeepSearcher keeps a step under 300 words and at most 3 hesitations.
+DEFAULT_MAX_STEP_WORDS = 300
+_MAX_HESITATIONS = 3
+_NGRAM, _NGRAM_REPEATS = 6, 3  # a 6-word phrase three times in one step reads as a loop
+_HESITATION = re.compile(r"\b(wait|hmm+|alternatively)\b", re.IGNORECASE)
+_WORD = re.compile(r"\w+")
+_TAGS = ("answer", "tool_call")
+_ERROR_PREFIX = "Error:"
+
+
+def quality_flags(result: Mapping[str, Any], *, max_step_words: int = DEFAULT_MAX_STEP_WORDS) -> list[str]:
+    """Every flag that applies to a rollout result (or an output row), in the order of `FLAGS`."""
+    messages: Sequence[Mapping[str, Any]] = result["messages"]
+    assistant = [m for m in messages if m.get("role") == "assistant"]
+    found = {
+        LENGTH: result.get("stop_reason") in ("length", "context"),
+        NO_ANSWER: not result.get("prediction"),
+        TOOL_ERROR: bool(result.get("num_tool_errors")) or _malformed(result),
+        MALFORMED_CALL: _malformed(result),
+        UNCLOSED_THINK: any(_unclosed_think(m) for m in assistant),
+        MALFORMED_TAGS: _malformed_tags(assistant),
+        REPETITION: any(_repetitive(_step_text(m)) for m in assistant) or _repeated_search(assistant),
+        LONG_REASONING: any(_words(_reasoning(m)) > max_step_words for m in assistant),
+        EMPTY_OBSERVATION: any(_empty_observation(m) for m in messages if m.get("role") == "tool"),
+    }
+    return [flag for flag in FLAGS if found[flag]]
+
+
+def _malformed(result: Mapping[str, Any]) -> bool:
+    """A call that was not even JSON: counted in a journaled result; in a row, its error came back as a
+    `user` turn in the model's own format (see rollout), the only user turn after the question."""
+    if "num_malformed_calls" in result:
+        return bool(result["num_malformed_calls"])
+    users = [m for m in result["messages"] if m.get("role") == "user"]
+    return any(str(m.get("content") or "").startswith("<tool_response>") for m in users[1:])
+
+
+def _text(m: Mapping[str, Any]) -> str:
+    return str(m.get("content") or "")
+
+
+def _reasoning(m: Mapping[str, Any]) -> str:
+    """The step's thinking: `reasoning_content`, or a <think> block left inline in the content."""
+    if m.get("reasoning_content"):
+        return str(m["reasoning_content"])
+    inline = re.search(r"<think>(.*?)(?:</think>|$)", _text(m), re.S)
+    return inline.group(1) if inline else ""
+
+
+def _step_text(m: Mapping[str, Any]) -> str:
+    return f"{m.get('reasoning_content') or ''}\n{_text(m)}"
+
+
+def _words(text: str) -> int:
+    return len(_WORD.findall(text))
+
+
+def _unclosed_think(m: Mapping[str, Any]) -> bool:
+    return any(t.count("<think>") > t.count("</think>") for t in (_text(m), str(m.get("reasoning_content") or "")))
+
+
+def _malformed_tags(assistant: Sequence[Mapping[str, Any]]) -> bool:
+    for m in assistant:
+        text = _text(m)
+        if text.count("</think>") > text.count("<think>") or "<tool_response>" in text:
+            return True  # a stray close, or an observation the model wrote itself
+        if any(text.count(f"<{tag}>") != text.count(f"</{tag}>") for tag in _TAGS) or text.count("<answer>") > 1:
+            return True
+    return any("<answer>" in _text(m) for m in assistant[:-1])  # answered, then went on
+
+
+def _repetitive(text: str) -> bool:
+    if len(_HESITATION.findall(text)) > _MAX_HESITATIONS:
+        return True
+    words = [w.lower() for w in _WORD.findall(text)]
+    grams = Counter(tuple(words[i:i + _NGRAM]) for i in range(len(words) - _NGRAM + 1))
+    return bool(grams) and max(grams.values()) >= _NGRAM_REPEATS
+
+
+def _repeated_search(assistant: Iterable[Mapping[str, Any]]) -> bool:
+    seen: set[str] = set()
+    for m in assistant:
+        for call in m.get("tool_calls") or ():
+            arguments = call["function"]["arguments"]
+            if arguments in seen:
+                return True
+            seen.add(arguments)
+    return False
+
+
+def _empty_observation(m: Mapping[str, Any]) -> bool:
+    """Recognises both built-in observation formats: `(no results)` (seed) and an empty verl result."""
+    text = _text(m).strip()
+    if not text or "\n(no results)" in f"\n{text}":
+        return True
+    if text.startswith(_ERROR_PREFIX) or not text.startswith("{"):
+        return False
+    try:
+        result = json.loads(text).get("result")
+    except (ValueError, AttributeError):
+        return False
+    return isinstance(result, str) and any(not part.strip() for part in result.split("\n---\n"))
