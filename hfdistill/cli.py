@@ -65,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_inspect(sub)
     _add_card(sub)
     _add_push(sub)
+    _add_curate(sub)
     return parser
 
 
@@ -360,6 +361,28 @@ def _cmd_push(args: argparse.Namespace) -> int:
                overwrite_card=args.overwrite_card)
     print(url)
     return 0
+
+
+def _add_curate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("curate", help="re-curate an output file (judge, filter, select) without the teacher",
+                       description="Judge, flag, filter and select the rows of an hfdistill output again, with the "
+                                   "options of generate's curation, and write them atomically to -o.")
+    _common(p)
+    curation.add_curate_arguments(p, _flag)
+    p.set_defaults(func=_cmd_curate)
+
+
+def _cmd_curate(args: argparse.Namespace) -> int:
+    from hfdistill.curate import curate
+
+    options = curation.curation_from_args(args, keep=args.keep, keep_malformed=args.keep_malformed)
+    retry = RetryPolicy(attempts=args.max_retries + 1, timeout=args.request_timeout, backoff=args.retry_backoff)
+    result = curate(args.path, args.output, options, judge=curation.judge_from_args(args, os.environ),
+                    template_dir=args.template_dir, retry=retry, window=args.concurrency,
+                    command=_command_line(args.argv))
+    print(f"[hfdistill] wrote {result.rows} rows to {result.output}", file=sys.stderr)
+    _print_funnel(result.record)
+    return result.exit_code
 
 
 def _setup_logging(level: int) -> None:

@@ -127,3 +127,31 @@ def test_a_failing_judge_is_retried_then_counted_and_the_next_run_asks_again(tmp
     judge[0].verdicts = {}
     assert _run(tmp_path, teacher[1], retriever[1], judge[1], "--keep", "correct")[0] == 0
     assert {r["question"] for r in _rows(out)} == {PARIS, BERLIN}  # judged on the rerun, nothing regenerated
+
+
+def test_the_judge_prompt_is_a_strict_template_the_user_can_override(tmp_path: Path,
+                                                                     teacher: tuple[FakeTeacher, Served],
+                                                                     retriever: tuple[FakeRetriever, Served],
+                                                                     judge: tuple[FakeJudge, Served]) -> None:
+    _script(teacher[0])
+    templates = tmp_path / "templates"
+    templates.mkdir()
+    (templates / "judge_prompt.j2").write_text("Is {{ predicted }} right?")
+    rc, _ = _run(tmp_path, teacher[1], retriever[1], judge[1], "--template-dir", str(templates))
+    assert rc == 2 and teacher[0].chat_calls == 0 and judge[0].calls == 0  # refused before any call
+    (templates / "judge_prompt.j2").write_text(
+        "Question: {{ question }}\nLabeled answer: {{ golden_answers[0] }}\nPredicted answer: {{ prediction }}")
+    rc, out = _run(tmp_path, teacher[1], retriever[1], judge[1], "--template-dir", str(templates))
+    assert judge[0].prompts[0].startswith("Question: ") and rc == 3  # "Roma" still gets garbage
+    assert (read_record(out)["judge"]["calls"], read_record(out)["judge"]["retries"]) == (10, 2)  # Roma asked twice
+
+
+def test_downsampling_solved_questions_is_reproducible(tmp_path: Path, teacher: tuple[FakeTeacher, Served],
+                                                       retriever: tuple[FakeRetriever, Served]) -> None:
+    _script(teacher[0])
+    rc, out = _run(tmp_path, teacher[1], retriever[1], None, "--downsample-solved", "0")
+    assert rc == 0
+    assert {r["question"] for r in _rows(out)} == {EIFFEL, ROME}  # PARIS and BERLIN were solved by every rollout
+    assert read_record(out)["funnel"]["downsampled"] == 4
+    rc, out = _run(tmp_path, teacher[1], retriever[1], None, "--downsample-solved", "1")
+    assert len(_rows(out)) == 8

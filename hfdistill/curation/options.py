@@ -16,7 +16,8 @@ from hfdistill.curation.pipeline import CurationOptions
 from hfdistill.curation.select import KEEP_VALUES, SELECT_MODES
 from hfdistill.errors import ConfigError
 
-__all__ = ["KEEP_HELP", "add_curation_arguments", "add_judge_arguments", "curation_from_args", "judge_from_args"]
+__all__ = ["KEEP_HELP", "add_curate_arguments", "add_curation_arguments", "add_judge_arguments", "curation_from_args",
+           "judge_from_args"]
 
 Flag = Callable[..., None]  # cli._flag: adds --snake_case and --dash-case spellings
 KEEP_HELP = (f"rows to write, one or more of {', '.join(KEEP_VALUES)} separated by commas (e.g. correct,clean): "
@@ -46,6 +47,21 @@ def add_curation_arguments(p: argparse.ArgumentParser, flag: Flag) -> None:
     flag(g, "downsample_seed", type=int, default=0, help="seed of --downsample-solved (default 0)")
     flag(g, "max_step_words", type=int, default=DEFAULT_MAX_STEP_WORDS,
          help=f"a step thinking longer than this is flagged long_reasoning (default {DEFAULT_MAX_STEP_WORDS})")
+
+
+def add_curate_arguments(p: argparse.ArgumentParser, flag: Flag) -> None:
+    """Everything `hfdistill curate` takes: the files, what to keep, the judge, curation, and HTTP settings."""
+    p.add_argument("path", help="an output parquet file written by hfdistill")
+    p.add_argument("-o", "--output", required=True, help="the curated parquet file to write (may be the same file)")
+    flag(p, "keep", default="all", help=KEEP_HELP)
+    flag(p, "keep_malformed", action="store_true", help="also write rows with a tool call that is not even JSON")
+    flag(p, "template_dir", help="directory whose judge_prompt.j2 overrides the built-in")
+    add_judge_arguments(p, flag)
+    flag(p, "concurrency", type=int, default=64, help="judge calls in flight (default 64)")
+    flag(p, "request_timeout", type=float, default=600.0, help="seconds per judge request (default 600)")
+    flag(p, "max_retries", type=int, default=4, help="retries of a transient judge failure (default 4)")
+    flag(p, "retry_backoff", type=float, default=1.0, help="seconds before the first retry, doubling (default 1)")
+    add_curation_arguments(p, flag)
 
 
 def curation_from_args(args: argparse.Namespace, **keep: Any) -> CurationOptions:

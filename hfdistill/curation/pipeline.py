@@ -58,9 +58,10 @@ class Curator:
     """Applies `CurationOptions` question by question and keeps the funnel's counts."""
 
     def __init__(self, options: CurationOptions, *, judged: bool, correct_by: str,
-                 count_tokens: TokenCount | None = None) -> None:
+                 count_tokens: TokenCount | None = None, rates_from_rows: bool = False) -> None:
         self.options = options
         self.judged = judged
+        self.rates_from_rows = rates_from_rows  # the rows hold part of each question's rollouts: keep their rates
         self.count_tokens = count_tokens
         self.funnel = Funnel(correct_by=correct_by, budget=options.max_length)
 
@@ -68,8 +69,8 @@ class Curator:
         """The rows of one question, annotated; returns those the file keeps."""
         o = self.options
         correct = [self._annotate(row) for row in rows]
-        rate = pass_rate(correct)
-        tokens = self.count_tokens(rows) if self.count_tokens and rows else [None] * len(rows)
+        rate = rows[0]["pass_rate"] if self.rates_from_rows and rows else pass_rate(correct)
+        tokens = self.count_tokens(rows) if self.count_tokens and rows else [r.get("num_tokens") for r in rows]
         for row, c, n in zip(rows, correct, tokens, strict=True):
             row["pass_rate"], row["num_tokens"] = rate, n
             failed = self.judged and c is None and judgeable(row["prediction"], row["golden_answers"])
