@@ -140,3 +140,25 @@ def test_a_bare_map_types_rows_whatever_extra_info_holds(teacher: tuple[FakeTeac
     distiller.close()
     assert out["extra_info"] == [r["extra_info"] for r in rows]  # kept as is, null included
     assert out.features["extra_info"] == ds.features["extra_info"]
+
+
+def test_distiller_map_judges_in_the_window_and_fills_pass_rates(teacher: tuple[FakeTeacher, Served],
+                                                                retriever: tuple[FakeRetriever, Served],
+                                                                real_layout: Path) -> None:
+    from hfdistill.config import JudgeConfig
+    from tests.fake_judge import JUDGE_MODEL, FakeJudge
+
+    judge = FakeJudge()
+    judge.verdicts = {"Paris": "incorrect"}  # the scripted teacher answers "Paris" to every question
+    served = Served(judge.app())
+    try:
+        config = _config(teacher[1], retriever[1], num_rollouts=2, judge=JudgeConfig(url=f"{served.url}/v1"))
+        with Distiller(config) as distiller:
+            out = distiller.map(datasets.load_dataset("parquet", data_files=str(real_layout), split="train"))
+    finally:
+        served.close()
+    rows = out.to_list()
+    assert [r["exact_match"] for r in rows] == [True, True, False, False, False, False]
+    assert all(r["judge_correct"] is False for r in rows) and judge.calls == 6
+    assert [r["pass_rate"] for r in rows] == [0.0] * 6  # the judge decides, not exact match
+    assert distiller.judge_model == JUDGE_MODEL

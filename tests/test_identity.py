@@ -59,3 +59,11 @@ def test_an_output_not_written_by_hfdistill_is_never_replaced(tmp_path: Path) ->
     with pytest.raises(ConfigError, match="not written by hfdistill"):
         identity.existing("digest", {}, overwrite=False)
     assert identity.existing("digest", {}, overwrite=True) is None and not out.exists()
+
+
+def test_judge_options_are_not_rollout_options() -> None:
+    from hfdistill.config import JudgeConfig
+
+    plain = DistillConfig()
+    judged = plain.replace(judge=JudgeConfig(url="http://judge:8000/v1", model="big-judge"))
+    assert rollout_options(judged, templates={}, corpus=None) == rollout_options(plain, templates={}, corpus=None)
