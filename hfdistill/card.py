@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 from huggingface_hub import DatasetCard, DatasetCardData
 
 from hfdistill.atomic import atomic_write_text
+from hfdistill.curation.funnel import funnel_context
 from hfdistill.errors import ConfigError, InputError, TemplateError
 from hfdistill.output import read_record
 from hfdistill.progress import format_duration
@@ -271,35 +272,9 @@ def _context(record: Mapping[str, Any], sample: Mapping[str, Any] | None, repo_i
         "created": record.get("created", "unknown"),
         "fingerprint": str(record.get("fingerprint", ""))[:16],
         "templates": sorted(record.get("templates", {}).get("sha256", {}).items()),
-        **_curation(record),
+        **funnel_context(record),
     }
 
-
-_STAGES = {"questions": "questions in the input", "skipped": "skipped (blank question)", "rollouts": "rollouts",
-           "failed": "failed (not in the data)", "answered": "answered (ended with `<answer>`)",
-           "correct": "correct", "clean": "clean (correct, no quality flag)",
-           "within_budget": "within the token budget", "selected": "selected (the rows of this dataset)"}
-
-
-def _curation(record: Mapping[str, Any]) -> dict[str, Any]:
-    """The funnel section's values (None for a file written before there was one)."""
-    funnel = record.get("funnel")
-    if not funnel:
-        return {"funnel": None}
-    stages = []
-    for s in funnel["stages"]:
-        label = _STAGES.get(s["stage"], s["stage"])
-        if s["stage"] == "within_budget":
-            label += f" (≤ {funnel['budget']:,} tokens)" if funnel.get("budget") else " (no budget set)"
-        share = "" if s["stage"] in ("questions", "skipped") or s["of_rollouts"] is None else \
-            f"{100 * s['of_rollouts']:.1f}%"
-        stages.append({"label": label, "count": s["count"], "share": share})
-    searches = [{**a, "accuracy": f"{a['accuracy']:.3f}" if a["accuracy"] is not None else "-"}
-                for a in funnel.get("accuracy_by_searches", [])]
-    options = record.get("curation") or {}
-    return {"funnel": stages, "correct_by": funnel.get("correct_by", "exact match"), "by_searches": searches,
-            "judge_failed": funnel.get("judge_failed", 0), "unknown": funnel.get("unknown", 0),
-            "curation": [(k, v) for k, v in options.items() if v not in (None, False)]}
 
 
 def _md(value: Any) -> str:

@@ -255,13 +255,10 @@ def _print_summary(result: Any) -> None:
 
 
 def _print_funnel(record: dict[str, Any]) -> None:
-    from hfdistill.curation.funnel import funnel_lines
+    from hfdistill.curation.funnel import summary_lines
 
-    judge = record.get("judge") or {}
-    if "calls" in judge:
-        print(f"  judge {judge['model']}: {judge['calls']:,} calls, retried {judge['retries']:,}", file=sys.stderr)
-    if record.get("funnel"):
-        print("  yield:\n" + "\n".join(f"    {line}" for line in funnel_lines(record["funnel"])), file=sys.stderr)
+    for line in summary_lines(record):
+        print(f"  {line}", file=sys.stderr)
 
 
 def _duration(seconds: float) -> str:

@@ -24,11 +24,11 @@ import datasets
 import pyarrow as pa
 
 from hfdistill.config import DistillConfig
-from hfdistill.curation.judge import JUDGE_KEY, JudgePrompt, judgeable, stored_verdict
+from hfdistill.curation.judge import JudgePrompt
 from hfdistill.curation.select import with_pass_rates
-from hfdistill.errors import ConfigError, HfdistillError, JudgeError, RolloutError
+from hfdistill.errors import ConfigError, HfdistillError, RolloutError
 from hfdistill.inputs import FieldPlan, plan_fields
-from hfdistill.judge import Judge, JudgeItem, JudgeStats
+from hfdistill.judge import Judge, JudgeItem, JudgeStats, judge_result
 from hfdistill.prompts import Prompts
 from hfdistill.recorder import Collector, Prior, Recorder
 from hfdistill.retrieval import HttpRetriever, Retriever
@@ -337,28 +337,12 @@ class Distiller:
                 return None
             self._recorder.started(job)
             result = await self._generate(runtime, job, prior.steps if prior is not None else ())
-            if result is not None:  # judged in the same slot: the verdict is journaled with the rollout
-                result = await self._judged(runtime, job, result)
+            if result is not None and runtime.judge is not None:  # in the same slot: journaled together
+                item = JudgeItem(job.question, result["prediction"], job.golden_answers)
+                result = await judge_result(runtime.judge, item, result)
         if result is None:
             return None
         return self._recorder.finished(job, result, model=self.model, protocol=self.mode, reused=False)
-
-    async def _judged(self, runtime: _Runtime, job: RolloutJob, result: dict[str, Any]) -> dict[str, Any]:
-        """`result` with the judge's verdict, when a judge is configured and there is something to judge.
-
-        A judge that fails for good leaves the rollout unjudged (counted; the next run asks again).
-        """
-        spec = self.judge_spec
-        if (runtime.judge is None or spec is None or stored_verdict(result, spec) is not None
-                or not judgeable(result["prediction"], job.golden_answers)):
-            return result
-        try:
-            verdict = await runtime.judge.verdict(JudgeItem(job.question, result["prediction"], job.golden_answers))
-        except JudgeError as e:
-            self.judge_stats.failed(e.cause)
-            log.debug("judge failed on rollout %s of row %s: %s", job.rollout_index, job.input_index, e)
-            return result
-        return {**result, JUDGE_KEY: verdict.stored(spec)}
 
     def _usable(self, prior: Prior | None) -> Prior | None:
         """What an earlier attempt left, if this teacher made it: a result, or turns in this protocol."""

@@ -13,15 +13,16 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import openai
 
 from hfdistill.config import JudgeConfig, RetryPolicy
-from hfdistill.curation.judge import JudgePrompt, Verdict, parse_verdict
+from hfdistill.curation.judge import JUDGE_KEY, JudgePrompt, Verdict, judgeable, parse_verdict, stored_verdict
 from hfdistill.errors import ConfigError, JudgeError
 from hfdistill.retry import parse_retry_after, with_retries
 
-__all__ = ["Judge", "JudgeItem", "JudgeStats", "judge_many"]
+__all__ = ["Judge", "JudgeItem", "JudgeStats", "judge_many", "judge_result"]
 
 log = logging.getLogger(__name__)
 
@@ -137,3 +138,20 @@ async def judge_many(judge: Judge, items: Sequence[JudgeItem], window: int) -> l
                 return e
 
     return list(await asyncio.gather(*(one(item) for item in items)))
+
+
+async def judge_result(judge: Judge, item: JudgeItem, result: dict[str, Any]) -> dict[str, Any]:
+    """`result` with this judge's verdict stored in it, when there is something to judge and it has none.
+
+    A judge that fails for good leaves the rollout unjudged (counted; the next run asks again).
+    """
+    spec = judge.prompt.spec
+    if stored_verdict(result, spec) is not None or not judgeable(item.prediction, item.golden_answers):
+        return result
+    try:
+        verdict = await judge.verdict(item)
+    except JudgeError as e:
+        judge.stats.failed(e.cause)
+        log.debug("the judge failed on %r: %s", item.question[:80], e)
+        return result
+    return {**result, JUDGE_KEY: verdict.stored(spec)}

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Funnel", "funnel_lines"]
+__all__ = ["Funnel", "funnel_context", "funnel_lines", "summary_lines"]
 
 
 @dataclass
@@ -97,4 +97,42 @@ def funnel_lines(funnel: Mapping[str, Any]) -> list[str]:
         out.append(f"accuracy by searches (correct/rollouts): {searches}")
     if funnel["judge_failed"]:
         out.append(f"unjudged (the judge failed; judge_correct null, rerun to ask again): {funnel['judge_failed']:,}")
+    return out
+
+
+_CARD_STAGES = {"questions": "questions in the input", "skipped": "skipped (blank question)", "rollouts": "rollouts",
+           "failed": "failed (not in the data)", "answered": "answered (ended with `<answer>`)",
+           "correct": "correct", "clean": "clean (correct, no quality flag)",
+           "within_budget": "within the token budget", "selected": "selected (the rows of this dataset)"}
+
+
+def funnel_context(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The values of the card's Curation section (`funnel` None for a file written before there was one)."""
+    funnel = record.get("funnel")
+    if not funnel:
+        return {"funnel": None}
+    stages = []
+    for s in funnel["stages"]:
+        label = _CARD_STAGES.get(s["stage"], s["stage"])
+        if s["stage"] == "within_budget":
+            label += f" (≤ {funnel['budget']:,} tokens)" if funnel.get("budget") else " (no budget set)"
+        share = "" if s["stage"] in ("questions", "skipped") or s["of_rollouts"] is None else \
+            f"{100 * s['of_rollouts']:.1f}%"
+        stages.append({"label": label, "count": s["count"], "share": share})
+    searches = [{**a, "accuracy": f"{a['accuracy']:.3f}" if a["accuracy"] is not None else "-"}
+                for a in funnel.get("accuracy_by_searches", [])]
+    options = record.get("curation") or {}
+    return {"funnel": stages, "correct_by": funnel.get("correct_by", "exact match"), "by_searches": searches,
+            "judge_failed": funnel.get("judge_failed", 0), "unknown": funnel.get("unknown", 0),
+            "curation": [(k, v) for k, v in options.items() if v not in (None, False)]}
+
+
+def summary_lines(record: Mapping[str, Any]) -> list[str]:
+    """The end-of-run summary's judge and yield lines, from a file's record."""
+    out = []
+    judge = record.get("judge") or {}
+    if "calls" in judge:
+        out.append(f"judge {judge['model']}: {judge['calls']:,} calls, retried {judge['retries']:,}")
+    if record.get("funnel"):
+        out += ["yield:", *(f"  {line}" for line in funnel_lines(record["funnel"]))]
     return out
