@@ -77,7 +77,8 @@ _LICENSE_ID = re.compile(r"[a-z0-9][a-z0-9.+-]*")
 _FILE_SUFFIXES = (".parquet", ".jsonl", ".json", ".csv", ".arrow")
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
 _SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD", re.I)
-_SECRET_FLAGS = ("--api-key", "--api_key", "--token", "--hf-token", "--hf_token")
+_SECRET_FLAGS = ("--api-key", "--api_key", "--token", "--hf-token", "--hf_token", "--judge-api-key",
+                 "--judge_api_key")
 _REDACTED = "REDACTED"
 
 STOP_REASON_MEANINGS = {

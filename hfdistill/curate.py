@@ -28,6 +28,7 @@ from hfdistill.errors import InputError, JudgeError
 from hfdistill.judge import Judge, JudgeItem, judge_many
 from hfdistill.output import check_output_path, read_record, write_parquet
 from hfdistill.rows import output_schema
+from hfdistill.run import OutputLock
 from hfdistill.templates import Templates
 
 __all__ = ["CurateResult", "curate"]
@@ -55,6 +56,14 @@ def curate(source: str | Path, output: str | Path, options: CurationOptions, *, 
     if record is None:
         raise InputError(f"{source} has no hfdistill generation record; pass a file written by hfdistill")
     out = check_output_path(output)
+    with OutputLock(out, command):  # never beside a run (or another curate) writing the same file
+        return _curate(Path(source), out, record, options, judge=judge, template_dir=template_dir,
+                       retry=retry or RetryPolicy(), window=window, command=command)
+
+
+def _curate(source: Path, out: Path, record: dict[str, Any], options: CurationOptions, *,
+            judge: JudgeConfig | None, template_dir: str | None, retry: RetryPolicy, window: int,
+            command: str) -> CurateResult:
     table = pq.read_table(source)
     rows = table.to_pylist()
     for row in rows:
@@ -62,7 +71,7 @@ def curate(source: str | Path, output: str | Path, options: CurationOptions, *, 
             row.setdefault(column, None)
     spec, model = None, None
     if judge is not None:
-        spec, model = _judge_rows(rows, judge, record, template_dir, retry or RetryPolicy(), window)
+        spec, model = _judge_rows(rows, judge, record, template_dir, retry, window)
     curator = _curator(options, record, judge=judge, model=model, whole=record.get("rows") == record.get("rollouts"))
     kept = (row for _, group in itertools.groupby(rows, key=lambda r: r["input_index"])
             for row in curator.group(list(group)))

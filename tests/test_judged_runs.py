@@ -59,8 +59,9 @@ def test_the_judge_decides_correctness_row_by_row(tmp_path: Path, teacher: tuple
                                                   retriever: tuple[FakeRetriever, Served],
                                                   judge: tuple[FakeJudge, Served]) -> None:
     _script(teacher[0])
-    rc, out = _run(tmp_path, teacher[1], retriever[1], judge[1])
+    rc, out = _run(tmp_path, teacher[1], retriever[1], judge[1], "--judge-api-key", "sk-judge-secret")
     assert rc == 3  # the judge answered garbage on ROME's rollouts: kept unjudged, and the run says so
+    assert "sk-judge-secret" not in json.dumps(read_record(out))  # the record (and the card) are public
     rows = _rows(out)
     by_q = {r["question"]: r for r in rows}
     assert len(rows) == 8
