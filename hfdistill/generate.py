@@ -116,6 +116,7 @@ def _generate(config: DistillConfig, options: GenerateOptions, output: Path, sto
         return GenerateResult(output, failures_path(output), RunStats(), complete=True, skipped_as_done=True,
                               kept_rows=int(done.get("rows", 0)), record=done)
     identity.note_other_runs()
+    curator = _curator(distiller, options.curate)  # loads the student's tokenizer: a bad one fails before any call
     monitor = Monitor(len(ds) * config.num_rollouts, gauges=distiller.gauges, enabled=options.progress)
     started = time.monotonic()
     with Run(identity, items, config.num_rollouts, monitor) as run:
@@ -137,7 +138,7 @@ def _generate(config: DistillConfig, options: GenerateOptions, output: Path, sto
             raise Interrupted(f"interrupted: {len(run.journal or ())} rollouts are recorded in {identity.run_dir}; "
                               "rerun the same command to resume")
         live.wall_seconds = time.monotonic() - started
-        return _write_output(distiller, ds, run, options, identity, _Counts(live, account, items))
+        return _write_output(distiller, ds, run, options, identity, _Counts(live, account, items), curator)
 
 
 def _run_rollouts(distiller: Distiller, ds: datasets.Dataset, run: Run, options: GenerateOptions,
@@ -169,7 +170,7 @@ class _Counts:
 
 
 def _write_output(distiller: Distiller, ds: datasets.Dataset, run: Run, options: GenerateOptions,
-                  identity: RunIdentity, counts: _Counts) -> GenerateResult:
+                  identity: RunIdentity, counts: _Counts, curator: Curator) -> GenerateResult:
     """Stream the journaled rollouts, in input order, question by question through curation into the file."""
     stats = _stats_from(counts.live)
     stats.questions_skipped = counts.items.blank
@@ -177,7 +178,6 @@ def _write_output(distiller: Distiller, ds: datasets.Dataset, run: Run, options:
     stats.failures = Counter(f["cause"] for f in counts.account.failed)
     models: dict[str, str | None] = {}
     records: list[dict[str, Any]] = []
-    curator = _curator(distiller, options.curate)
     funnel = curator.funnel
     funnel.questions, funnel.skipped = len(counts.items), counts.items.blank
     funnel.rollouts = (len(counts.items) - counts.items.blank) * distiller.config.num_rollouts

@@ -109,3 +109,16 @@ def test_num_tokens_is_the_length_verl_trains_on_for_every_row_kind(files: dict[
         assert report["ok"], report
         lengths = [r["seq_len"] for r in report["row_reports"]]
         assert [r["num_tokens"] for r in _rows(files[config])] == lengths
+
+
+def test_a_tokenizer_that_cannot_load_fails_before_any_teacher_call(tmp_path: Path,
+                                                                    teacher: tuple[FakeTeacher, Served],
+                                                                    retriever: tuple[FakeRetriever, Served],
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    inp = tmp_path / "q.jsonl"
+    inp.write_text(json.dumps({"question": "What is the capital of France?", "golden_answers": ["Paris"]}) + "\n")
+    rc = main(["generate", "--vllm_url", f"{teacher[1].url}/v1", "--retrieval_url", f"{retriever[1].url}/retrieve",
+               "--input_file", str(inp), "--output_file", str(tmp_path / "o.parquet"), "-q",
+               "--student-tokenizer", str(tmp_path / "no-such-tokenizer")])
+    assert rc == 2 and teacher[0].chat_calls == 0
+    assert "--student-tokenizer" in capsys.readouterr().err
