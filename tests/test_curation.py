@@ -75,6 +75,8 @@ def test_a_clean_trajectory_has_no_flag_and_the_word_budget_is_an_option() -> No
      False, "r"),
     ("They name the same man.\n\nCorrect", True, "They name the same man."),
     ("Judgement: incorrect.", False, "Judgement:"),
+    ("The prediction names another city, so it is not correct.", False,
+     "The prediction names another city, so it is"),
 ])
 def test_verdicts_are_parsed_from_json_or_a_last_word(reply: str, correct: bool, rationale: str) -> None:
     assert parse_verdict(reply) == (correct, rationale)

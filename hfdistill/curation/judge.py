@@ -23,7 +23,7 @@ JUDGE_KEY = "judge"  # where a verdict lives in a journaled result
 _SAMPLE = {"question": "Who designed the Eiffel Tower?", "prediction": "Gustave Eiffel",
            "golden_answers": ["Alexandre Gustave Eiffel", "Eiffel"]}
 _THINK = re.compile(r"<think>.*?</think>", re.S)
-_LAST_WORD = re.compile(r"\b(correct|incorrect)\b\W*$", re.IGNORECASE)
+_LAST_WORD = re.compile(r"\b(not\s+)?(correct|incorrect)\b\W*$", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -55,8 +55,8 @@ def parse_verdict(text: str) -> tuple[bool, str]:
         if isinstance(value, str) and value.strip().lower() in ("correct", "incorrect"):
             return value.strip().lower() == "correct", str(candidate.get("rationale") or "").strip()
     last = _LAST_WORD.search(body)
-    if last:
-        return last.group(1).lower() == "correct", body[: last.start()].strip()
+    if last:  # "... is not correct." reads as incorrect
+        return (last.group(2).lower() == "correct") != bool(last.group(1)), body[: last.start()].strip()
     raise ValueError(f"no verdict in the judge's reply: {text[:200]!r}")
 
 
