@@ -122,3 +122,16 @@ def test_a_tokenizer_that_cannot_load_fails_before_any_teacher_call(tmp_path: Pa
                "--student-tokenizer", str(tmp_path / "no-such-tokenizer")])
     assert rc == 2 and teacher[0].chat_calls == 0
     assert "--student-tokenizer" in capsys.readouterr().err
+
+
+def test_flags_on_a_real_generated_file(files: dict[str, Path]) -> None:
+    flags = {r["question"]: r["quality_flags"] for r in _rows(files["qwen"])}
+    assert flags == {
+        "What is the capital of France?": [],
+        "Which city is the capital of France?": [],
+        "Where does the French president live?": ["empty_observation"],  # the fake corpus knows no Elysee
+        "What is the largest city of France?": ["tool_error", "malformed_call"],
+        "Which river flows through Paris?": ["tool_error"],  # an unknown tool, then an empty query list
+        "What is the population of Paris?": ["length", "no_answer"],
+        "Is Paris nice?": ["no_answer"],
+    }
