@@ -59,8 +59,11 @@ class Judge:
         self.stats = stats if stats is not None else JudgeStats()
         self.model = config.model
         self.url = config.url.rstrip("/")
+        # The aiohttp transport (at most 100 connections: plenty for short judge calls): 1000 rollouts x 3
+        # against loopback servers took 26 s with the SDK's default transport, 10-13 s with this one.
         self._client = openai.AsyncOpenAI(base_url=self.url, api_key=config.api_key, max_retries=0,
-                                          timeout=retry.timeout)
+                                          timeout=retry.timeout,
+                                          http_client=openai.DefaultAioHttpClient(timeout=retry.timeout))
 
     async def aclose(self) -> None:
         await self._client.close()
