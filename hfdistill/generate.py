@@ -182,7 +182,7 @@ def _write_output(distiller: Distiller, ds: datasets.Dataset, run: Run, options:
     funnel.questions, funnel.skipped = len(counts.items), counts.items.blank
     funnel.rollouts = (len(counts.items) - counts.items.blank) * distiller.config.num_rollouts
     funnel.failed = stats.rollouts_failed
-    rows = _journal_rows(distiller, ds, run, stats, models)
+    rows = _journal_rows(distiller, ds, run, stats, models, curator.options.max_step_words)
     kept = (row for _, group in itertools.groupby(rows, key=lambda r: r["input_index"])
             for row in curator.group(list(group)))
 
@@ -211,11 +211,12 @@ def _curator(distiller: Distiller, options: CurationOptions) -> Curator:
 
         counter = StudentTokens.load(options.student_tokenizer).count
     judged = distiller.judge_prompt is not None
-    return Curator(options, judged=judged, correct_by="LLM judge" if judged else "exact match", count_tokens=counter)
+    return Curator(options, judged=judged, correct_by="LLM judge" if judged else "exact match", count_tokens=counter,
+                   flags_ready=True)  # shape_row flags each journaled result with these options
 
 
 def _journal_rows(distiller: Distiller, ds: datasets.Dataset, run: Run, stats: RunStats,
-                  models: dict[str, str | None]) -> Iterator[dict[str, Any]]:
+                  models: dict[str, str | None], max_step_words: int) -> Iterator[dict[str, Any]]:
     """Output rows in (input, rollout) order: the journal merged with the input, streamed, counted."""
     assert distiller.plan is not None and run.journal is not None
     plan, finished, n = distiller.plan, run.finished_keys(), distiller.config.num_rollouts
@@ -232,7 +233,7 @@ def _journal_rows(distiller: Distiller, ds: datasets.Dataset, run: Run, stats: R
                 recorded = run.journal.get(key)
                 out = shape_row(recorded.result, question=plan.question_of(row), golden_answers=plan.answers_of(row),
                                 tools=distiller.tools, extra_info=extra_info_of(row, index), input_index=index,
-                                rollout_index=key[1], judge_spec=distiller.judge_spec)
+                                rollout_index=key[1], judge_spec=distiller.judge_spec, max_step_words=max_step_words)
                 stats.add_result(recorded.result, out["exact_match"])
                 models.setdefault("model", recorded.model)
                 models.setdefault("protocol", recorded.protocol)

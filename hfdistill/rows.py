@@ -12,7 +12,7 @@ from typing import Any
 import datasets
 import pyarrow as pa
 
-from hfdistill.curation.flags import MALFORMED_CALL, quality_flags
+from hfdistill.curation.flags import DEFAULT_MAX_STEP_WORDS, MALFORMED_CALL, quality_flags
 from hfdistill.curation.judge import stored_verdict
 from hfdistill.scoring import score
 from hfdistill.types import Trajectory
@@ -103,7 +103,8 @@ def extra_info_of(row: Mapping[str, Any], input_index: int | None) -> Any:
 
 def shape_row(result: Mapping[str, Any], *, question: str, golden_answers: Sequence[str],
               tools: list[dict[str, Any]], extra_info: Any, input_index: int | None,
-              rollout_index: int, judge_spec: str | None = None) -> dict[str, Any]:
+              rollout_index: int, judge_spec: str | None = None,
+              max_step_words: int = DEFAULT_MAX_STEP_WORDS) -> dict[str, Any]:
     """An output row from a rollout result and the input row it came from.
 
     `judge_spec` names the judge whose journaled verdict fills `judge_correct` (None: no judge).
@@ -129,7 +130,7 @@ def shape_row(result: Mapping[str, Any], *, question: str, golden_answers: Seque
         "num_tool_calls": result["num_tool_calls"],
         "num_tool_errors": result["num_tool_errors"],
         "num_queries": result["num_queries"],
-        "quality_flags": quality_flags(result),
+        "quality_flags": quality_flags(result, max_step_words=max_step_words),
         "usage": result["usage"],
         "num_tokens": None,
         "rollout_index": rollout_index,

@@ -156,3 +156,15 @@ def test_downsampling_solved_questions_is_reproducible(tmp_path: Path, teacher: 
     assert read_record(out)["funnel"]["downsampled"] == 4
     rc, out = _run(tmp_path, teacher[1], retriever[1], None, "--downsample-solved", "1")
     assert len(_rows(out)) == 8
+
+
+def test_the_word_budget_is_an_output_time_option(tmp_path: Path, teacher: tuple[FakeTeacher, Served],
+                                                  retriever: tuple[FakeRetriever, Served]) -> None:
+    _script(teacher[0])
+    rc, out = _run(tmp_path, teacher[1], retriever[1], None)
+    assert rc == 0 and not any("long_reasoning" in r["quality_flags"] for r in _rows(out))
+    calls = teacher[0].chat_calls
+    rc, out = _run(tmp_path, teacher[1], retriever[1], None, "--max-step-words", "3")
+    assert rc == 0 and teacher[0].chat_calls == calls
+    assert all("long_reasoning" in r["quality_flags"] for r in _rows(out))  # "I know enough now." is 4 words
+    assert read_record(out)["curation"]["max_step_words"] == 3

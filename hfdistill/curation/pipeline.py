@@ -58,10 +58,12 @@ class Curator:
     """Applies `CurationOptions` question by question and keeps the funnel's counts."""
 
     def __init__(self, options: CurationOptions, *, judged: bool, correct_by: str,
-                 count_tokens: TokenCount | None = None, rates_from_rows: bool = False) -> None:
+                 count_tokens: TokenCount | None = None, rates_from_rows: bool = False,
+                 flags_ready: bool = False) -> None:
         self.options = options
         self.judged = judged
         self.rates_from_rows = rates_from_rows  # the rows hold part of each question's rollouts: keep their rates
+        self.flags_ready = flags_ready  # the rows' flags were computed with these options (from the journal)
         self.count_tokens = count_tokens
         self.funnel = Funnel(correct_by=correct_by, budget=options.max_length)
 
@@ -87,7 +89,8 @@ class Curator:
         return [rows[i] for i in survivors]
 
     def _annotate(self, row: dict[str, Any]) -> bool | None:
-        row["quality_flags"] = quality_flags(row, max_step_words=self.options.max_step_words)
+        if not self.flags_ready:
+            row["quality_flags"] = quality_flags(row, max_step_words=self.options.max_step_words)
         return correctness(row, judged=self.judged)
 
     def _passes(self, row: dict[str, Any], correct: bool | None) -> bool:
