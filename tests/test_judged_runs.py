@@ -125,6 +125,7 @@ def test_a_failing_judge_is_retried_then_counted_and_the_next_run_asks_again(tmp
     assert {r["question"] for r in rows} == {BERLIN}  # unjudged is unknown: not kept as correct
     funnel = read_record(out)["funnel"]
     assert funnel["judge_failed"] == 2 and funnel["unknown"] == 2
+    assert judge[0].calls == 6 + 2 * 2  # each 500 retried once (--max-retries 1), then given up
     judge[0].verdicts = {}
     assert _run(tmp_path, teacher[1], retriever[1], judge[1], "--keep", "correct")[0] == 0
     assert {r["question"] for r in _rows(out)} == {PARIS, BERLIN}  # judged on the rerun, nothing regenerated
