@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 # vLLM tries stop strings in list order: the longer one first, or "<tool_response>" always wins and the
 # newline the model wrote before it stays at the end of the turn.
-TEXT_STOP = ["\n<tool_response>", "<tool_response>"]
+STOP = ["\n<tool_response>", "<tool_response>"]
 # A prompt of exactly max-model-len tokens leaves no room for output: vLLM 0.32 answers
 # "max_tokens must be at least 1, got 0" rather than its context-length message.
 _CONTEXT_RE = re.compile(r"maximum context length|context length|context window|too long|max_model_len"
@@ -236,8 +236,9 @@ class Teacher:
                     params[name] = getattr(c, name)
             if self.mode == "native":
                 params["tools"] = self.tools
-            else:
-                params["stop"] = TEXT_STOP
+            # In both protocols: a model that goes on to invent the tool's result is cut there (vLLM's tool
+            # parser still reads the call before it), rather than generating tokens that are thrown away.
+            params["stop"] = STOP
             self._params = (key, json.dumps(params, ensure_ascii=False).encode()[:-1])
         return self._params[1]
 

@@ -81,6 +81,8 @@ def test_native_mode_sends_back_the_call_as_the_server_returned_it(serve: Any,
                                                                    retriever: tuple[FakeRetriever, Served]) -> None:
     fake, served = serve(TeacherBehaviour(), Search(["Zürich"], key="query"), Answer("Paris"))
     _, [row] = distill(served, retriever[1], tool_call_mode="native")
+    # stop strings in native mode too (a model inventing the tool's result is cut), the longer one first
+    assert all(r["stop"] == ["\n<tool_response>", "<tool_response>"] for r in fake.requests)
     stored = row["messages"][2]["tool_calls"][0]
     assert json.loads(stored["function"]["arguments"]) == {"query_list": ["Zürich"]}  # verl's name, stored
     sent = fake.requests[1]["messages"][2]
