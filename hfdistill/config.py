@@ -27,6 +27,9 @@ class RetryPolicy:
     backoff: float = 1.0  # seconds before the first retry; doubles each time
     max_backoff: float = 30.0
     timeout: float = 1800.0  # per request; vLLM may queue a request behind hundreds of others
+    # While a teacher request is open longer than this, the server is probed this often; two failed
+    # probes in a row fail its open requests (a stopped vLLM may hold sockets open without answering).
+    stall_probe: float = 20.0
 
     def delay(self, attempt: int, rand: float, retry_after: float | None = None) -> float:
         """Seconds to wait before attempt `attempt + 1`; `rand` is uniform in [0, 1)."""
@@ -85,6 +88,8 @@ class DistillConfig:
             raise ConfigError(f"--observation-format must be one of {', '.join(OBSERVATION_FORMATS)}, "
                               f"got {self.observation_format!r}")
         _positive("retry attempts", self.retry.attempts)
+        if self.retry.stall_probe <= 0:
+            raise ConfigError(f"the stall probe interval must be > 0 seconds, got {self.retry.stall_probe}")
         if self.retry.timeout <= 0:
             raise ConfigError(f"--request-timeout must be > 0 seconds, got {self.retry.timeout}")
 

@@ -94,7 +94,7 @@ async def rollout(question: str, golden_answers: Sequence[str], *, chat: ChatFn,
         if stop is not None:
             traj.usage.add(reply.usage)
             traj.assistant_turns += 1
-            content = parsed.text if stop == "length" else parsed.content
+            content = parsed.text if stop in ("length", "context") else parsed.content
             traj.messages.append(Message("assistant", content, parsed.reasoning))
             traj.stop_reason = stop
             break
@@ -123,7 +123,7 @@ def _apply(step: TurnStep, traj: Trajectory, wire: list[dict[str, Any]]) -> None
 
 def _stop_reason(reply: TeacherReply, parsed: ParsedTurn) -> str | None:
     if reply.finish_reason == "length":
-        return "length"
+        return "context" if reply.context_full else "length"
     if parsed.answer is not None:
         return "answer"
     if not parsed.calls:
@@ -154,19 +154,35 @@ async def _act(call: SearchCall | CallError, reply: TeacherReply, parsed: Parsed
         # render for a tool message. The row is flagged (see rows.quality_flags).
         stored = (Message("assistant", parsed.text, parsed.reasoning),
                   Message("user", tool_response(observation)))
-    wire = _wire_turn(reply, parsed, stored_call, observation, spec.text_protocol)
+    wire = _wire_turn(reply, stored_call, observation, spec.text_protocol)
     return TurnStep(stored, tuple(wire), reply.usage, **counts)
 
 
-def _wire_turn(reply: TeacherReply, parsed: ParsedTurn, call: ToolCall | None, observation: str,
+def _wire_turn(reply: TeacherReply, call: ToolCall | None, observation: str,
                text_protocol: bool) -> list[dict[str, Any]]:
-    """The turn as the server should see it next time, kept close to what the model generated."""
-    if text_protocol or call is None:
-        # The model's own text (think and <tool_call> included) keeps the prefix cache warm; the
-        # result goes back as Tongyi's ReAct loop sends it.
-        return [{"role": "assistant", "content": reply.content},
-                {"role": "user", "content": tool_response(observation)}]
-    assistant: dict[str, Any] = {"role": "assistant", "content": parsed.content, "tool_calls": [call.to_dict()]}
-    if parsed.reasoning:
-        assistant["reasoning_content"] = parsed.reasoning
-    return [assistant, {"role": "tool", "tool_call_id": call.id, "content": observation}]
+    """The turn as the server should see it next time: what the model wrote, as far as the protocol allows.
+
+    The teacher then reasons from the context it generated, and vLLM's prefix cache serves the turn.
+    """
+    result = tool_response(observation)
+    if text_protocol or not reply.tool_calls:
+        # Text protocol (or a call vLLM's parser left in the text): the model's own text, thinking and
+        # <tool_call> included; the result goes back as Tongyi's ReAct loop sends it (the Qwen3 template
+        # renders a tool message exactly so).
+        assistant: dict[str, Any] = {"role": "assistant", "content": _as_written(reply)}
+        return [assistant, {"role": "user", "content": result}]
+    # The calls exactly as the server returned them (name, id, the arguments string), unless several
+    # were folded into one search: one result cannot answer several calls, so the folded call goes back.
+    calls = reply.tool_calls if len(reply.tool_calls) == 1 or call is None else (call,)
+    assistant = {"role": "assistant", "content": reply.content, "tool_calls": [c.to_dict() for c in calls]}
+    if reply.reasoning is not None:
+        assistant["reasoning_content"] = reply.reasoning
+    return [assistant, {"role": "tool", "tool_call_id": calls[0].id, "content": observation}]
+
+
+def _as_written(reply: TeacherReply) -> str:
+    """The completion's text as generated: a reasoning parser moves the `<think>` block out of `content`
+    (vLLM keeps the newlines on both sides), so it is put back where the model wrote it."""
+    if reply.reasoning is None:
+        return reply.content
+    return f"<think>{reply.reasoning}</think>{reply.content}"
