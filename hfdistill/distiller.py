@@ -33,6 +33,7 @@ from hfdistill.rollout import RolloutSpec, TurnStep, rollout
 from hfdistill.rows import build_table, extra_info_of, output_features, output_schema, result_of
 from hfdistill.teacher import Route, Teacher, TeacherStats
 from hfdistill.templates import Templates
+from hfdistill.tools import SearchTool, ToolContext
 from hfdistill.types import RolloutJob, StopRequest
 
 __all__ = ["Distiller"]
@@ -49,6 +50,7 @@ class _Runtime:
     retriever: Retriever
     window: asyncio.Semaphore
     lock: asyncio.Lock
+    tools: ToolContext
     admission: asyncio.Semaphore | None = None  # sized from the first batch (see map_batch)
 
     async def aclose(self) -> None:
@@ -86,7 +88,8 @@ class Distiller:
     def __init__(self, config: DistillConfig) -> None:
         self.config = config
         templates = Templates(config.template_dir, observation=config.observation_format)
-        self.prompts = Prompts.build(templates, config.query_arg)
+        tools = [SearchTool(config.query_arg, observation_template=templates.observation)]
+        self.prompts = Prompts.build(templates, tools)
         self.plan: FieldPlan | None = None
         self.schema: pa.Schema | None = None
         self.model: str | None = config.model
@@ -217,7 +220,9 @@ class Distiller:
             retriever = self._retriever()  # first: loading a corpus index may fail, and owns no socket
             teacher = Teacher(self.config.replace(model=self.model), self.tools, self.teacher_stats)
             teacher.mode = self.mode
-            runtime = _Runtime(loop, teacher, retriever, asyncio.Semaphore(self.config.window), asyncio.Lock())
+            topk = self.config.topk
+            tools = ToolContext(search=lambda queries: retriever.search(queries, topk), render=self.prompts.render)
+            runtime = _Runtime(loop, teacher, retriever, asyncio.Semaphore(self.config.window), asyncio.Lock(), tools)
             self._runtimes.append(runtime)
         if not self._prepared:
             async with runtime.lock:
@@ -326,7 +331,6 @@ class Distiller:
 
     async def _generate(self, runtime: _Runtime, job: RolloutJob, resume: Sequence[TurnStep]) -> dict[str, Any] | None:
         spec = RolloutSpec(self.prompts, self.config.max_assistant_turns, runtime.teacher.mode == "text")
-        topk = self.config.topk
         turns = iter(range(len(resume) + 1, spec.max_turns + 1))
 
         def on_turn(step: TurnStep) -> None:
@@ -334,8 +338,7 @@ class Distiller:
 
         try:
             traj = await rollout(job.question, job.golden_answers, spec=spec, resume=resume, on_turn=on_turn,
-                                 chat=functools.partial(runtime.teacher.chat, route=Route()),
-                                 search=lambda queries: runtime.retriever.search(queries, topk))
+                                 chat=functools.partial(runtime.teacher.chat, route=Route()), tools=runtime.tools)
         except RolloutError as e:
             self._recorder.failed(job, e.cause, e.turn, str(e))
             return None
