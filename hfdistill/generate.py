@@ -49,6 +49,7 @@ class GenerateOptions:
     overwrite: bool = False
     command: str = ""  # the command line, recorded for reproduction
     progress: bool = True  # the progress line on stderr
+    log_interval: float = 30.0  # seconds between progress lines when stderr is not a terminal
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -112,7 +113,7 @@ def _run_rollouts(distiller: Distiller, ds: datasets.Dataset, journal: Journal, 
                   options: GenerateOptions) -> RunStats:
     """Every (question, rollout) not in the journal yet, through `Distiller.map` (the API's path)."""
     rollouts = len(ds) * distiller.config.num_rollouts
-    monitor = Monitor(rollouts, gauges=distiller.gauges, enabled=options.progress)
+    monitor = Monitor(rollouts, gauges=distiller.gauges, enabled=options.progress, log_interval=options.log_interval)
     distiller.journal, distiller.monitor = journal, monitor
     distiller.emit_rows = False  # the journal holds every result; the output is written from it
     log.info("distilling %d questions x %d rollouts", len(ds), distiller.config.num_rollouts)
