@@ -91,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generate(sub)
     _add_serve_retriever(sub)
     _add_inspect(sub)
+    _add_report(sub)
     _add_card(sub)
     _add_push(sub)
     return parser
@@ -348,6 +349,35 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
     for row in load_rows(args.path, args.row, args.n):
         print(render_conversation(row))
+    return 0
+
+
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    from hfdistill.report import DEFAULT_MAX_ROWS
+
+    p = sub.add_parser("report", help="write one HTML page with charts and a browsable list of conversations",
+                       description="Write a self-contained HTML report of an output file: the funnel, stop "
+                                   "reasons, turns, searches, accuracy by searches and tokens as charts over every "
+                                   "row, and a filterable list of conversations (a seeded sample of --max-rows "
+                                   "rows). Open it in any browser; it makes no network request.")
+    _common(p)
+    p.add_argument("path", help="an output parquet file")
+    p.add_argument("-o", "--output", help="HTML file to write (default: OUTPUT.report.html next to the input)")
+    p.add_argument("--max-rows", type=int, default=DEFAULT_MAX_ROWS,
+                   help=f"conversations embedded in the page, a random sample (default {DEFAULT_MAX_ROWS}); the "
+                        "charts always count every row")
+    p.add_argument("--seed", type=int, default=0, help="seed of that sample (default 0)")
+    p.set_defaults(func=_cmd_report)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from hfdistill.report import write_report
+
+    output = args.output or str(Path(args.path).with_suffix(".report.html"))
+    report = write_report(args.path, output, max_rows=args.max_rows, seed=args.seed)
+    sample = f"all {report.rows:,}" if report.sampled == report.rows else f"a sample of {report.sampled:,}"
+    log.info("wrote %s (%.1f MB): charts over %s rows, %s conversations in the list", report.path,
+             report.size / 1e6, f"{report.rows:,}", sample)
     return 0
 
 
