@@ -190,20 +190,21 @@ def _record_view(record: dict[str, Any] | None) -> list[list[str]]:
 
 
 def _sampled_rows(parquet: pq.ParquetFile, picked: list[int], columns: set[str]) -> list[dict[str, Any]]:
-    """The picked rows, read one row group at a time (a 100k-row file's messages never all in memory)."""
+    """The picked rows, read a batch at a time: a 100k-row file's messages are never all in memory."""
     wanted = [c for c in (*_SAMPLE_COLUMNS, *_OPTIONAL_SCALARS) if c in columns]
     out: list[dict[str, Any]] = []
     start, k = 0, 0
-    for group in range(parquet.num_row_groups):
-        size = parquet.metadata.row_group(group).num_rows
+    for batch in parquet.iter_batches(batch_size=2048, columns=wanted):
         local = []
-        while k < len(picked) and picked[k] < start + size:
+        while k < len(picked) and picked[k] < start + batch.num_rows:
             local.append(picked[k] - start)
             k += 1
         if local:
-            table = parquet.read_row_group(group, columns=wanted).take(pa.array(local))
-            out.extend(_compact(start + i, row) for i, row in zip(local, table.to_pylist(), strict=True))
-        start += size
+            taken = batch.take(pa.array(local)).to_pylist()
+            out.extend(_compact(start + i, row) for i, row in zip(local, taken, strict=True))
+        start += batch.num_rows
+        if k == len(picked):
+            break
     return out
 
 
