@@ -14,6 +14,7 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -88,7 +89,9 @@ def test_the_command_writes_next_to_the_input_by_default(distilled: Path, capsys
                                               ".ci/run installs it")
 def test_the_page_in_a_headless_browser(distilled: Path, tmp_path: Path) -> None:
     sync_api = pytest.importorskip("playwright.sync_api", reason="the test extra's playwright is not installed")
-    page_path = write_report(distilled, tmp_path / "report.html").path
+    flagged = _with_flags(distilled, tmp_path / "flagged.parquet")
+    page_path = write_report(flagged, tmp_path / "report.html").path
+    sampled_path = write_report(flagged, tmp_path / "sampled.html", max_rows=4).path
     stop_reasons = Counter(pq.read_table(distilled).column("stop_reason").to_pylist())
     artifacts = Path(os.environ.get("HFDISTILL_TEST_ARTIFACTS") or tmp_path)
     artifacts.mkdir(parents=True, exist_ok=True)
@@ -106,7 +109,8 @@ def test_the_page_in_a_headless_browser(distilled: Path, tmp_path: Path) -> None
             page.on("request", lambda r: fetched.append(r.url) if not r.url.startswith(("file:", "data:")) else None)
             page.goto(page_path.resolve().as_uri())
             charts = page.locator(".chart")
-            assert charts.count() == 6
+            assert charts.count() == 7  # with the quality flags
+            assert "Tongyi-DeepResearch" in page.locator("#record").inner_text()  # from the generation record
             for i in range(charts.count()):  # every chart has drawn bars
                 assert charts.nth(i).locator("svg rect.bar").count() > 0, charts.nth(i).inner_text()
             assert page.locator("#match-count").inner_text() == "10 conversations"
@@ -119,6 +123,9 @@ def test_the_page_in_a_headless_browser(distilled: Path, tmp_path: Path) -> None
             page.select_option("#f-correct", "wrong")
             assert page.locator("details.conv").count() == 2  # Munich, twice
             page.select_option("#f-correct", "")
+            page.select_option("#f-flag", "no_answer")
+            assert page.locator("#match-count").inner_text() == "4 conversations"  # max_turns + no_tool_call
+            page.select_option("#f-flag", "")
             page.fill("#f-search", "hamlet")
             assert page.locator("details.conv").count() == 2
             assert page.locator("details.conv .q").first.inner_text() == "Who wrote <b>Hamlet</b> & why?"
@@ -135,8 +142,22 @@ def test_the_page_in_a_headless_browser(distilled: Path, tmp_path: Path) -> None
             page.locator("details.conv details.think summary").first.click()
             shot = artifacts / "report.png"
             page.screenshot(path=str(shot), full_page=True)
+            page.goto(sampled_path.resolve().as_uri())  # a sample: the page says so, the charts count all
+            assert "The list holds a random sample of 4" in page.locator("#note").inner_text()
+            assert page.locator("#match-count").inner_text() == "4 conversations"
+            assert page.locator(".stat b").first.inner_text() == "10"
         finally:
             browser.close()
     assert errors == []
     assert fetched == []
     assert shot.stat().st_size > 10_000
+
+
+def _with_flags(path: Path, out: Path) -> Path:
+    """The output with a `quality_flags` column, as a later curation step adds (metadata kept)."""
+    table = pq.read_table(path)
+    flags = [["no_answer"] if s != "answer" else [] for s in table.column("stop_reason").to_pylist()]
+    flagged = table.append_column("quality_flags", pa.array(flags, pa.list_(pa.string())))
+    kept = {k: v for k, v in (pq.read_metadata(path).metadata or {}).items() if k != b"ARROW:schema"}
+    pq.write_table(flagged.replace_schema_metadata(kept), out)
+    return out
