@@ -188,12 +188,19 @@ class Monitor:
 
     def _show(self, *, final: bool) -> None:
         with self._lock:
+            if not self.enabled:
+                return
             now = time.monotonic()
-            if self._bar is not None:
-                self._draw_bar(now, final)
-            else:
-                self.stream.write(self.line(now, final=final) + "\n")
-                self.stream.flush()
+            try:
+                if self._bar is not None:
+                    self._draw_bar(now, final)
+                else:
+                    self.stream.write(self.line(now, final=final) + "\n")
+                    self.stream.flush()
+            except (OSError, ValueError):
+                # stderr is gone (`... 2>&1 | head` whose reader left, a closed terminal): the run
+                # matters more than its progress, so stop displaying and keep counting.
+                self.enabled = False
 
     def _numbers(self, now: float, final: bool) -> dict[str, Any]:
         """Rates for display: smoothed while running, means over the run at the end."""

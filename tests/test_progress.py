@@ -70,3 +70,12 @@ def test_a_silent_monitor_writes_nothing(kwargs: dict) -> None:
 @pytest.mark.parametrize(("seconds", "text"), [(0, "0s"), (59.9, "59s"), (61, "1m01s"), (3600 * 5 + 120, "5h02m")])
 def test_format_duration(seconds: float, text: str) -> None:
     assert format_duration(seconds) == text
+
+
+def test_a_closed_stream_stops_the_display_not_the_run() -> None:
+    m = _monitor(2, log_interval=3600)
+    m.stream.close()  # e.g. `hfdistill generate 2>&1 | head` after head has left
+    m.started()
+    m.finished(RESULT, True)
+    assert m.finish().rollouts_done == 1
+    assert not m.enabled
