@@ -108,44 +108,49 @@ def test_the_page_in_a_headless_browser(distilled: Path, tmp_path: Path) -> None
             page.on("pageerror", lambda e: errors.append(str(e)))
             page.on("request", lambda r: fetched.append(r.url) if not r.url.startswith(("file:", "data:")) else None)
             page.goto(page_path.resolve().as_uri())
+            expect, count_of = sync_api.expect, page.locator("#match-count")
             charts = page.locator(".chart")
-            assert charts.count() == 7  # with the quality flags
-            assert "Tongyi-DeepResearch" in page.locator("#record").inner_text()  # from the generation record
+            expect(charts).to_have_count(7)  # with the quality flags
+            expect(page.locator("#record")).to_contain_text("Tongyi-DeepResearch")  # the generation record
             for i in range(charts.count()):  # every chart has drawn bars
                 assert charts.nth(i).locator("svg rect.bar").count() > 0, charts.nth(i).inner_text()
-            assert page.locator("#match-count").inner_text() == "10 conversations"
+            expect(count_of).to_have_text("10 conversations")
             for reason, count in stop_reasons.items():
                 page.select_option("#f-stop", reason)
-                assert page.locator("#match-count").inner_text() == f"{count} conversation{'s' * (count != 1)}"
-                assert page.locator("details.conv").count() == count
-                assert page.locator(f"details.conv[data-stop='{reason}']").count() == count
+                expect(count_of).to_have_text(f"{count} conversation{'s' * (count != 1)}")
+                expect(page.locator("details.conv")).to_have_count(count)
+                expect(page.locator(f"details.conv[data-stop='{reason}']")).to_have_count(count)
             page.select_option("#f-stop", "")
             page.select_option("#f-correct", "wrong")
-            assert page.locator("details.conv").count() == 2  # Munich, twice
+            expect(page.locator("details.conv")).to_have_count(2)  # Munich, twice
             page.select_option("#f-correct", "")
             page.select_option("#f-flag", "no_answer")
-            assert page.locator("#match-count").inner_text() == "4 conversations"  # max_turns + no_tool_call
+            expect(count_of).to_have_text("4 conversations")  # max_turns and no_tool_call, twice each
             page.select_option("#f-flag", "")
             page.fill("#f-search", "hamlet")
-            assert page.locator("details.conv").count() == 2
-            assert page.locator("details.conv .q").first.inner_text() == "Who wrote <b>Hamlet</b> & why?"
+            expect(page.locator("details.conv")).to_have_count(2)
+            expect(page.locator("details.conv .q").first).to_have_text("Who wrote <b>Hamlet</b> & why?")
             page.fill("#f-search", "France")
+            expect(count_of).to_have_text("2 conversations")
             conv = page.locator("details.conv").first
             conv.locator("summary").click()
-            assert conv.locator("details.think").count() >= 1  # thinking, collapsed
-            assert not conv.locator("details.think").first.evaluate("d => d.open")
-            assert "search(" in conv.locator(".call").first.inner_text()
-            assert "Paris" in conv.locator(".msg.tool").first.inner_text()
-            assert "exact match true" in conv.locator(".scores").inner_text()
+            think = conv.locator("details.think").first  # built when the conversation opens
+            expect(think).to_be_attached()
+            assert not think.evaluate("d => d.open")  # thinking starts collapsed
+            expect(conv.locator(".call").first).to_contain_text("search(")
+            expect(conv.locator(".msg.tool").first).to_contain_text("Paris")
+            expect(conv.locator(".scores")).to_contain_text("exact match true")
             page.fill("#f-search", "")
+            expect(count_of).to_have_text("10 conversations")
             page.locator("details.conv summary").first.click()  # one conversation open in the picture
             page.locator("details.conv details.think summary").first.click()
+            expect(page.locator("details.conv details.think").first).to_have_attribute("open", "")
             shot = artifacts / "report.png"
             page.screenshot(path=str(shot), full_page=True)
             page.goto(sampled_path.resolve().as_uri())  # a sample: the page says so, the charts count all
-            assert "The list holds a random sample of 4" in page.locator("#note").inner_text()
-            assert page.locator("#match-count").inner_text() == "4 conversations"
-            assert page.locator(".stat b").first.inner_text() == "10"
+            expect(page.locator("#note")).to_contain_text("The list holds a random sample of 4")
+            expect(count_of).to_have_text("4 conversations")
+            expect(page.locator(".stat b").first).to_have_text("10")
         finally:
             browser.close()
     assert errors == []
