@@ -11,18 +11,19 @@ from __future__ import annotations
 
 import argparse
 import random
-import resource
+import subprocess
+import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from hfdistill.report import DEFAULT_MAX_ROWS, write_report
+from hfdistill.report import DEFAULT_MAX_ROWS
 
-WORDS = ("paris berlin capital france germany river founded college dubai princess haya city largest "
-         "country europe western population museum history king queen war treaty university").split()
+WORDS = ("paris", "berlin", "capital", "france", "germany", "river", "founded", "college", "dubai", "princess",
+         "haya", "city", "largest", "country", "europe", "western", "population", "museum", "history", "king",
+         "queen", "war", "treaty", "university")
 
 
 def _text(rng: random.Random, n: int) -> str:
@@ -65,13 +66,16 @@ def main() -> None:
             writer.write_table(table.cast(writer.schema))
         assert writer is not None
         writer.close()
-        begin = time.perf_counter()
-        report = write_report(path, Path(tmp) / "report.html", max_rows=args.max_rows)
-        seconds = time.perf_counter() - begin
+        # In a process of its own, so the peak RSS is the report's, not this script's data generation.
+        code = ("import resource, sys, time; from hfdistill.report import write_report; t = time.perf_counter(); "
+                "r = write_report(sys.argv[1], sys.argv[2], max_rows=int(sys.argv[3])); "
+                "print(time.perf_counter() - t, r.size, r.sampled, "
+                "resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+        out = subprocess.run([sys.executable, "-c", code, str(path), str(Path(tmp) / "report.html"),
+                              str(args.max_rows)], capture_output=True, text=True, check=True).stdout.split()
+        seconds, size, sampled, rss_kb = float(out[0]), int(out[1]), int(out[2]), int(out[3])
         print(f"{args.rows:,} rows ({path.stat().st_size / 1e6:.0f} MB parquet): report in {seconds:.2f} s, "
-              f"page {report.size / 1e6:.1f} MB with {report.sampled:,} conversations, "
-              f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
-
+              f"page {size / 1e6:.1f} MB with {sampled:,} conversations, peak RSS {rss_kb / 1024:.0f} MB")
 
 if __name__ == "__main__":
     main()

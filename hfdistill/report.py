@@ -27,6 +27,7 @@ from hfdistill.templates import report_template_path
 __all__ = ["DEFAULT_MAX_ROWS", "Report", "build_report", "write_report"]
 
 DEFAULT_MAX_ROWS = 2000
+_BATCH = 2048  # rows decoded at once when reading the sampled rows
 _MAX_TEXT = 20_000  # characters kept of one message in the page; the file has it all
 _SCALARS = ("stop_reason", "assistant_turns", "num_tool_calls", "exact_match", "usage")
 _OPTIONAL_SCALARS = ("quality_flags",)
@@ -190,21 +191,30 @@ def _record_view(record: dict[str, Any] | None) -> list[list[str]]:
 
 
 def _sampled_rows(parquet: pq.ParquetFile, picked: list[int], columns: set[str]) -> list[dict[str, Any]]:
-    """The picked rows, read a batch at a time: a 100k-row file's messages are never all in memory."""
+    """The picked rows, read a row group at a time (a batch at a time within a big one), skipping
+    groups with no picked row: a 100k-row file's messages are never all in memory. One thread:
+    pyarrow's read-ahead over a whole-file scan doubled the peak memory for no gain in speed."""
     wanted = [c for c in (*_SAMPLE_COLUMNS, *_OPTIONAL_SCALARS) if c in columns]
     out: list[dict[str, Any]] = []
     start, k = 0, 0
-    for batch in parquet.iter_batches(batch_size=2048, columns=wanted):
-        local = []
-        while k < len(picked) and picked[k] < start + batch.num_rows:
-            local.append(picked[k] - start)
-            k += 1
-        if local:
-            taken = batch.take(pa.array(local)).to_pylist()
-            out.extend(_compact(start + i, row) for i, row in zip(local, taken, strict=True))
-        start += batch.num_rows
-        if k == len(picked):
-            break
+    for group in range(parquet.num_row_groups):
+        end = start + parquet.metadata.row_group(group).num_rows
+        if k < len(picked) and picked[k] < end:
+            if end - start <= _BATCH:
+                batches = parquet.read_row_group(group, columns=wanted, use_threads=False).to_batches()
+            else:
+                batches = parquet.iter_batches(batch_size=_BATCH, row_groups=[group], columns=wanted,
+                                               use_threads=False)
+            for batch in batches:
+                local = []
+                while k < len(picked) and picked[k] < start + batch.num_rows:
+                    local.append(picked[k] - start)
+                    k += 1
+                if local:
+                    taken = batch.take(pa.array(local)).to_pylist()
+                    out.extend(_compact(start + i, row) for i, row in zip(local, taken, strict=True))
+                start += batch.num_rows
+        start = end
     return out
 
 
