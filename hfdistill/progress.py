@@ -249,12 +249,17 @@ class Monitor:
         """The longest variant that leaves the bar a few columns and the line short of the terminal's
         width (tqdm would cut it; a full-width line wraps on some terminals)."""
         s, r = self.stats, n["rates"]
-        eta = "done" if final else f"ETA {tqdm.format_interval(n['eta']) if n['eta'] is not None else '?'}"
-        failed = f"{s.rollouts_failed} failed" + (f", {s.rollouts_reused} resumed" if s.rollouts_reused else "")
+        if final:  # an interrupted run ends short of its total
+            eta = "done" if self.processed >= s.rollouts_total else "stopped"
+        else:
+            eta = f"ETA {tqdm.format_interval(n['eta']) if n['eta'] is not None else '?'}"
+        failed = f"{s.rollouts_failed} failed"
+        resumed = f"{failed}, {s.rollouts_reused} resumed" if s.rollouts_reused else failed
         calls, tokens = f"{_num(r['calls'])} calls/s", f"{_num(r['tokens'], compact=True)} tok/s"
-        variants = [[eta, f"{_num(r['rollouts'])} rollouts/s", f"teacher {calls} {tokens}", failed],
-                    [eta, f"{_num(r['rollouts'])}/s", calls, tokens, failed],
-                    [eta, f"{_num(r['rollouts'])}/s", calls, failed],
+        variants = [[eta, f"{_num(r['rollouts'])} rollouts/s", f"teacher {calls} {tokens}", resumed],
+                    [eta, f"{_num(r['rollouts'])}/s", calls, tokens, resumed],
+                    [eta, f"{_num(r['rollouts'])}/s", calls, resumed],
+                    [eta, resumed],
                     [eta, failed]]
         if not n["teacher"]:
             variants = [[p for p in v if "calls/s" not in p and "tok/s" not in p] for v in variants]

@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import io
+import os
+import pty
+import re
+import struct
+import termios
 
+import pyte
 import pytest
 
 from hfdistill.progress import Monitor, Rate, format_duration
@@ -79,3 +87,31 @@ def test_a_closed_stream_stops_the_display_not_the_run() -> None:
     m.finished(RESULT, True)
     assert m.finish().rollouts_done == 1
     assert not m.enabled
+
+
+@pytest.mark.parametrize(("columns", "finished", "expected"), [
+    pytest.param(80, 4, r"^100%\|█+\| 4/4 \[00:00, done, .*0 failed\]$", id="done-80"),
+    pytest.param(80, 1, r"^ 25%\|.*\| 1/4 \[00:00, stopped, .*0 failed\]$", id="interrupted-80"),
+    pytest.param(40, 4, r"^100%\|█+\| 4/4 \[00:00, done, 0 failed\]$", id="done-40"),
+])
+def test_the_final_bar_fits_the_terminal(columns: int, finished: int, expected: str) -> None:
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+    with os.fdopen(slave, "w", encoding="utf-8") as terminal:
+        m = Monitor(4, stream=terminal, gauges=lambda: {"calls": 9, "tokens": 900, "requests": 1},
+                    interval=3600)  # only the first and the final drawing
+        for _ in range(finished):
+            m.started()
+            m.finished(RESULT, True)
+        m.finish()
+    screen = pyte.Screen(columns, 24)
+    stream = pyte.ByteStream(screen)
+    os.set_blocking(master, False)
+    with contextlib.suppress(BlockingIOError, OSError):  # drained: no more bytes, or the slave is closed
+        while data := os.read(master, 65536):
+            stream.feed(data.replace(b"\n", b"\r\n"))
+    os.close(master)
+    bars = [line.rstrip() for line in screen.display if "%|" in line]
+    assert len(bars) == 1, screen.display
+    assert re.match(expected, bars[0]), bars[0]
+    assert len(bars[0]) < columns
