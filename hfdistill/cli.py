@@ -353,8 +353,6 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def _add_report(sub: argparse._SubParsersAction) -> None:
-    from hfdistill.report import DEFAULT_MAX_ROWS
-
     p = sub.add_parser("report", help="write one HTML page with charts and a browsable list of conversations",
                        description="Write a self-contained HTML report of an output file: the funnel, stop "
                                    "reasons, turns, searches, accuracy by searches and tokens as charts over every "
@@ -362,19 +360,22 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
                                    "rows). Open it in any browser; it makes no network request.")
     _common(p)
     p.add_argument("path", help="an output parquet file")
-    p.add_argument("-o", "--output", help="HTML file to write (default: OUTPUT.report.html next to the input)")
-    p.add_argument("--max-rows", type=int, default=DEFAULT_MAX_ROWS,
-                   help=f"conversations embedded in the page, a random sample (default {DEFAULT_MAX_ROWS}); the "
-                        "charts always count every row")
+    p.add_argument("-o", "--output", help="HTML file to write (default: next to the input, its name ending in "
+                                          ".report.html)")
+    # The default is report.DEFAULT_MAX_ROWS, not imported here: pyarrow would slow every command.
+    p.add_argument("--max-rows", type=int, default=None,
+                   help="conversations embedded in the page, a random sample (default 2000); the charts always "
+                        "count every row")
     p.add_argument("--seed", type=int, default=0, help="seed of that sample (default 0)")
     p.set_defaults(func=_cmd_report)
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from hfdistill.report import write_report
+    from hfdistill.report import DEFAULT_MAX_ROWS, write_report
 
     output = args.output or str(Path(args.path).with_suffix(".report.html"))
-    report = write_report(args.path, output, max_rows=args.max_rows, seed=args.seed)
+    max_rows = DEFAULT_MAX_ROWS if args.max_rows is None else args.max_rows
+    report = write_report(args.path, output, max_rows=max_rows, seed=args.seed)
     sample = f"all {report.rows:,}" if report.sampled == report.rows else f"a sample of {report.sampled:,}"
     log.info("wrote %s (%.1f MB): charts over %s rows, %s conversations in the list", report.path,
              report.size / 1e6, f"{report.rows:,}", sample)

@@ -20,7 +20,7 @@ import pytest
 
 from hfdistill.cli import main
 from hfdistill.errors import InputError
-from hfdistill.report import build_report, write_report
+from hfdistill.report import DEFAULT_MAX_ROWS, build_report, write_report
 from tests.conftest import write_jsonl
 from tests.fakes import Answer, FakeTeacher, Say, Search, Served
 
@@ -77,6 +77,12 @@ def test_the_page_is_self_contained_and_counts_every_row(distilled: Path) -> Non
 def test_a_bad_file_is_an_input_error(tmp_path: Path, make, message: str) -> None:
     with pytest.raises(InputError, match=message):
         write_report(make(tmp_path), tmp_path / "r.html")
+
+
+def test_the_help_states_the_default_sample_size(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["report", "--help"])
+    assert f"(default {DEFAULT_MAX_ROWS})" in " ".join(capsys.readouterr().out.split())
 
 
 def test_the_command_writes_next_to_the_input_by_default(distilled: Path, capsys: pytest.CaptureFixture[str]) -> None:
