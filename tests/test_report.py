@@ -98,6 +98,9 @@ def test_the_page_in_a_headless_browser(distilled: Path, tmp_path: Path) -> None
     flagged = _with_flags(distilled, tmp_path / "flagged.parquet")
     page_path = write_report(flagged, tmp_path / "report.html").path
     sampled_path = write_report(flagged, tmp_path / "sampled.html", max_rows=4).path
+    many = tmp_path / "many.parquet"
+    pq.write_table(pa.concat_tables([pq.read_table(distilled)] * 12), many)  # 120 rows: three pages of 50
+    paged_path = write_report(many, tmp_path / "paged.html").path
     stop_reasons = Counter(pq.read_table(distilled).column("stop_reason").to_pylist())
     artifacts = Path(os.environ.get("HFDISTILL_TEST_ARTIFACTS") or tmp_path)
     artifacts.mkdir(parents=True, exist_ok=True)
@@ -157,6 +160,14 @@ def test_the_page_in_a_headless_browser(distilled: Path, tmp_path: Path) -> None
             expect(page.locator("#note")).to_contain_text("The list holds a random sample of 4")
             expect(count_of).to_have_text("4 conversations")
             expect(page.locator(".stat b").first).to_have_text("10")
+            page.goto(paged_path.resolve().as_uri())
+            expect(page.locator("#page")).to_have_text(" page 1 of 3 ")
+            expect(page.locator("details.conv")).to_have_count(50)
+            page.click("#next")
+            page.click("#next")
+            expect(page.locator("#page")).to_have_text(" page 3 of 3 ")
+            expect(page.locator("details.conv")).to_have_count(20)
+            expect(page.locator("#next")).to_be_disabled()
         finally:
             browser.close()
     assert errors == []
