@@ -25,6 +25,7 @@ from typing import Any, Literal
 import jinja2
 import pyarrow.parquet as pq
 from huggingface_hub import DatasetCard, DatasetCardData
+from huggingface_hub.repocard import REGEX_YAML_BLOCK
 
 from hfdistill.atomic import atomic_write_text
 from hfdistill.errors import ConfigError, InputError, TemplateError
@@ -341,14 +342,23 @@ def merge_card(existing: str | None, record: Mapping[str, Any], sample: Mapping[
     """Our card merged into `existing` (a README's text, None if there is none); see the module docstring."""
     if existing is None or not existing.strip():
         return MergedCard(build_card(record, sample, repo_id=repo_id, license=license), "new")
+    existing_meta, existing_text = _split_card(existing)
+    meta = _merge_metadata(existing_meta, card_metadata(record, license=license), license_given=bool(license))
+    body = card_body(record, sample, repo_id=repo_id, license=str(meta.get("license")))
+    text, what = _merge_body(existing_text, body, overwrite=overwrite)
+    return MergedCard(render_card(meta, text), what)  # type: ignore[arg-type]
+
+
+def _split_card(existing: str) -> tuple[dict[str, Any], str]:
+    """A README's metadata and text. One without a YAML block is all text: parsing it with
+    `DatasetCard` would log "Repo card metadata block was not found" at the user."""
+    if not REGEX_YAML_BLOCK.search(existing):
+        return {}, existing
     try:
         card = DatasetCard(existing)
     except (ValueError, TypeError) as e:  # the YAML block is not a mapping, or not YAML at all
         raise InputError(f"the existing README.md has invalid metadata ({e}); fix its YAML block") from None
-    meta = _merge_metadata(card.data.to_dict(), card_metadata(record, license=license), license_given=bool(license))
-    body = card_body(record, sample, repo_id=repo_id, license=str(meta.get("license")))
-    text, what = _merge_body(card.text, body, overwrite=overwrite)
-    return MergedCard(render_card(meta, text), what)  # type: ignore[arg-type]
+    return card.data.to_dict(), card.text
 
 
 # ---------------------------------------------------------------- files

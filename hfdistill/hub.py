@@ -63,8 +63,8 @@ def check_push_target(repo_id: str, *, license: str | None = None, token: str | 
     """
     _check_repo_id(repo_id)
     check_license(license)
-    if token is None and get_token() is None:
-        raise HubError(f"no Hugging Face token found; {_TOKEN_FIX}")
+    if token is None and get_token() is None:  # a usage problem (exit 2), found before any upload or rollout
+        raise ConfigError(f"no Hugging Face token found; {_TOKEN_FIX}")
 
 
 def push_card(repo_id: str, record: dict, sample: dict | None, *, token: str | None = None,

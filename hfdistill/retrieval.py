@@ -11,6 +11,7 @@ import dataclasses
 import json
 from collections.abc import Sequence
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -121,8 +122,12 @@ class HttpRetriever:
 def _status_error(status: int, text: str, url: str, retry_after: str | None) -> RetrievalError:
     transient = status in (408, 425, 429) or status >= 500
     hint = ""
-    if status == 404:
-        hint = "; check RETRIEVAL_URL points at the /retrieve endpoint"
+    if status in (404, 405):
+        hint = "; check RETRIEVAL_URL / --retrieval_url is the retrieval server's /retrieve endpoint"
+        if urlsplit(url).port == 8000:  # RETRIEVAL_URL's default port (the original script's) is also vLLM's
+            hint += (": port 8000 is vLLM's default, so it probably points at the vLLM server; start the retrieval "
+                     "server on another port (e.g. `hfdistill serve-retriever --corpus C.jsonl --port 8001`) and "
+                     "set RETRIEVAL_URL=http://127.0.0.1:8001/retrieve")
     elif status == 422:
         hint = "; the server does not accept Search-R1 requests ({\"queries\": [...], \"topk\": k})"
     return RetrievalError(f"retrieval server {url} answered HTTP {status}: {text.strip()[:200]}{hint}",

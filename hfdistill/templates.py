@@ -12,7 +12,7 @@ import jinja2.meta
 
 from hfdistill.errors import TemplateError
 
-__all__ = ["OBSERVATION_TEMPLATES", "Templates", "card_template_path", "template_dir"]
+__all__ = ["OBSERVATION_TEMPLATES", "Templates", "card_template_path", "report_template_path", "template_dir"]
 
 # --observation-format value -> template file; the default is the original tool's format.
 OBSERVATION_TEMPLATES = {"seed": "tool_observation.j2", "verl": "tool_observation_verl.j2"}
@@ -49,6 +49,11 @@ def template_dir() -> Path:
 def card_template_path() -> Path:
     """The built-in dataset card template (`dataset_card.md`)."""
     return _data_path("dataset_card.md")
+
+
+def report_template_path() -> Path:
+    """The page template of `hfdistill report` (`report.html`)."""
+    return _data_path("report.html")
 
 
 def _tojson(value: Any, indent: int | None = None) -> str:
