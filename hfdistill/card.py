@@ -39,6 +39,7 @@ __all__ = [
     "BEGIN_MARKER",
     "DATA_FILES",
     "END_MARKER",
+    "HUB_ID",
     "LICENSE_PLACEHOLDER",
     "SIZE_CATEGORIES",
     "MergedCard",
@@ -74,8 +75,7 @@ SIZE_CATEGORIES: tuple[tuple[float, str], ...] = (
 _MERGED_LISTS = ("tags", "task_categories", "source_datasets")
 _TAIL_KEYS = ("dataset_info", "configs")
 _LICENSE_ID = re.compile(r"[a-z0-9][a-z0-9.+-]*")
-_FILE_SUFFIXES = (".parquet", ".jsonl", ".json", ".csv", ".arrow")
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
 _SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD", re.I)
 _SECRET_FLAGS = ("--api-key", "--api_key", "--token", "--hf-token", "--hf_token")
 _REDACTED = "REDACTED"
@@ -108,17 +108,11 @@ def size_category(rows: int) -> str:
 def hub_dataset_id(record: Mapping[str, Any]) -> str | None:
     """The input's Hub id (`owner/name`), or None when the input was a local file, glob or folder.
 
-    The record says so if it has `input.kind`; otherwise an `owner/name[:split]` source without a
-    file suffix is taken for a Hub id (a local folder named like that is indistinguishable).
+    The record's `input.kind` says which (generate decides it once, from how it loaded the input).
     """
     source = str(record.get("input", {}).get("source") or "")
-    kind = record.get("input", {}).get("kind")
     name = source.partition(":")[0]
-    if kind is not None:
-        return name if kind == "hub" else None
-    if name.lower().endswith(_FILE_SUFFIXES) or any(ch in name for ch in "*?[~") or name.startswith((".", "/")):
-        return None
-    return name if _HUB_ID.fullmatch(name) else None
+    return name if record.get("input", {}).get("kind") == "hub" and name else None
 
 
 def _teacher_tag(model: str | None) -> str | None:
@@ -237,7 +231,7 @@ def _context(record: Mapping[str, Any], sample: Mapping[str, Any] | None, repo_i
         "license": license,
         "license_is_placeholder": license == LICENSE_PLACEHOLDER,
         "teacher": model,
-        "teacher_link": f"https://huggingface.co/{model}" if _HUB_ID.fullmatch(model) else None,
+        "teacher_link": f"https://huggingface.co/{model}" if HUB_ID.fullmatch(model) else None,
         "input_source": record.get("input", {}).get("source") or "unknown",
         "input_link": f"https://huggingface.co/datasets/{source}" if source else None,
         "questions": record.get("input", {}).get("questions"),

@@ -19,6 +19,7 @@ from typing import Any
 
 from hfdistill.config import OBSERVATION_FORMATS, TOOL_CALL_MODES, DistillConfig, RetryPolicy
 from hfdistill.errors import ConfigError, HfdistillError
+from hfdistill.inputs import DATA_FILES
 
 __all__ = ["main"]
 
@@ -26,15 +27,15 @@ log = logging.getLogger("hfdistill")
 
 # The original tool's interface: (env var, flag, type, default). Dash spellings are accepted too.
 SEED_OPTIONS: list[tuple[str, str, Callable[[str], Any], Any]] = [
-    ("VLLM_URL", "vllm_url", str, "http://localhost:8000/v1"),
-    ("RETRIEVAL_URL", "retrieval_url", str, "http://127.0.0.1:8000/retrieve"),
-    ("MAX_ASSISTANT_TURNS", "max_assistant_turns", int, 3),
+    ("VLLM_URL", "vllm_url", str, DistillConfig.vllm_url),
+    ("RETRIEVAL_URL", "retrieval_url", str, DistillConfig.retrieval_url),
+    ("MAX_ASSISTANT_TURNS", "max_assistant_turns", int, DistillConfig.max_assistant_turns),
     ("MAX_SAMPLES", "max_samples", int, -1),
     ("INPUT_FILE", "input_file", str, "data/hotpotqa_hard_train/train.parquet"),
     ("OUTPUT_FILE", "output_file", str, None),  # None: <input name>_distilled.parquet here
     ("BATCH_SIZE", "batch_size", int, 16),
-    ("TEMPERATURE", "temperature", float, 0.7),
-    ("MAX_TOKENS", "max_tokens", int, 2048),
+    ("TEMPERATURE", "temperature", float, DistillConfig.temperature),
+    ("MAX_TOKENS", "max_tokens", int, DistillConfig.max_tokens),
 ]
 
 
@@ -218,7 +219,7 @@ def default_output(input_file: str) -> str:
     """`data/train.parquet` -> `train_distilled.parquet`; `org/name:split` -> `name_split_distilled.parquet`."""
     base = input_file.rstrip("/").replace(":", "_")
     name = Path(base).name
-    for suffix in (".parquet", ".jsonl", ".json", ".csv", ".arrow"):
+    for suffix in DATA_FILES:
         name = name.removesuffix(suffix)
     return f"{name.replace('*', '') or 'output'}_distilled.parquet"
 

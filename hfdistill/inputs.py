@@ -15,16 +15,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hfdistill.errors import InputError
+from hfdistill.errors import InputError, first_line
 
 if TYPE_CHECKING:
     import datasets
 
-__all__ = ["FieldPlan", "check_source", "describe_fields", "input_kind", "load_input", "plan_fields"]
+__all__ = ["DATA_FILES", "FieldPlan", "check_source", "describe_fields", "input_kind", "load_input", "plan_fields"]
 
 QUESTION_FIELDS = ("extra_info.question", "question", "prompt")
 ANSWER_FIELDS = ("reward_model.ground_truth.target", "golden_answers", "answer", "extra_info.answer")
-_BUILDERS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv", ".arrow": "arrow"}
+# Data file suffix -> the `datasets` builder that reads it.
+DATA_FILES = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv", ".arrow": "arrow"}
 
 
 def load_input(source: str, *, max_samples: int = -1) -> datasets.Dataset:
@@ -84,7 +85,7 @@ def _looks_like_path(source: str) -> bool:
     if slash and Path(namespace).is_dir():
         return True
     suffix = Path(source.split(":")[0]).suffix.lower().lstrip(".")
-    return bool(suffix) and (f".{suffix}" in _BUILDERS or _near_data_suffix(suffix))
+    return bool(suffix) and (f".{suffix}" in DATA_FILES or _near_data_suffix(suffix))
 
 
 def _near_data_suffix(suffix: str) -> bool:
@@ -92,7 +93,7 @@ def _near_data_suffix(suffix: str) -> bool:
     the long ones. Digits never match, so `name.v2` stays a Hub id."""
     if not suffix.isalpha():
         return False
-    for known in (s.lstrip(".") for s in _BUILDERS):
+    for known in (s.lstrip(".") for s in DATA_FILES):
         if _edit_distance(suffix, known) <= (1 if len(known) <= 4 else 2):
             return True
     return False
@@ -111,7 +112,7 @@ def _edit_distance(a: str, b: str) -> int:
 
 def _did_you_mean(path: Path) -> str:
     try:
-        siblings = [p.name for p in path.parent.iterdir() if p.suffix.lower() in _BUILDERS]
+        siblings = [p.name for p in path.parent.iterdir() if p.suffix.lower() in DATA_FILES]
     except OSError:  # the directory is missing or unreadable: no suggestion, the message stands
         return ""
     close = difflib.get_close_matches(path.name, siblings, n=1, cutoff=0.8)
@@ -121,7 +122,7 @@ def _did_you_mean(path: Path) -> str:
 def _check_file(path: Path, source: str) -> None:
     """An empty file or a broken parquet footer, said plainly (the builders raise StopIteration for
     the one and log an Arrow error line of their own for the other)."""
-    if path.suffix.lower() not in _BUILDERS:
+    if path.suffix.lower() not in DATA_FILES:
         return  # _from_files names the supported suffixes
     with path.open("rb") as f:
         head = f.read(4096)
@@ -134,14 +135,14 @@ def _check_file(path: Path, source: str) -> None:
         try:
             rows = pq.read_metadata(path).num_rows
         except (OSError, ValueError) as e:  # ArrowInvalid is a ValueError
-            raise InputError(f"cannot read {source} as parquet: {_first_line(e)}; check it is a complete parquet "
+            raise InputError(f"cannot read {source} as parquet: {first_line(e)}; check it is a complete parquet "
                              "file (was it copied whole?), or point INPUT_FILE / --input_file at another") from None
         if rows == 0:
             raise InputError(f"input {source} has no rows; point INPUT_FILE / --input_file at a non-empty dataset")
 
 
 def _data_files_in(path: Path) -> list[str]:
-    files = sorted(str(p) for p in path.rglob("*") if p.is_file() and p.suffix.lower() in _BUILDERS)
+    files = sorted(str(p) for p in path.rglob("*") if p.is_file() and p.suffix.lower() in DATA_FILES)
     if not files:
         raise InputError(f"directory {path} holds no parquet/jsonl/json/csv files; "
                          "point INPUT_FILE / --input_file at the data files")
@@ -153,15 +154,15 @@ def _from_files(files: Sequence[str], source: str) -> datasets.Dataset:
 
     for f in files:
         _check_file(Path(f), f)
-    kinds = {_BUILDERS.get(Path(f).suffix.lower()) for f in files}
+    kinds = {DATA_FILES.get(Path(f).suffix.lower()) for f in files}
     if None in kinds or len(kinds) != 1:
         raise InputError(f"cannot read {source}: expected files ending in one of "
-                         f"{', '.join(sorted(_BUILDERS))} (all of one kind)")
+                         f"{', '.join(sorted(DATA_FILES))} (all of one kind)")
     builder = kinds.pop()
     try:
         return datasets.load_dataset(builder, data_files=list(files), split="train")
     except Exception as e:  # noqa: BLE001 - builders raise anything (even StopIteration on an empty file)
-        raise InputError(f"cannot read {source} as {builder}: {_first_line(e)}; check the file is valid "
+        raise InputError(f"cannot read {source} as {builder}: {first_line(e)}; check the file is valid "
                          f"{builder}") from None
 
 
@@ -171,7 +172,7 @@ def _from_disk(path: Path) -> datasets.Dataset:
     try:
         loaded = datasets.load_from_disk(str(path))
     except (OSError, ValueError, FileNotFoundError) as e:
-        raise InputError(f"cannot load the saved dataset at {path}: {_first_line(e)}") from None
+        raise InputError(f"cannot load the saved dataset at {path}: {first_line(e)}") from None
     if isinstance(loaded, datasets.DatasetDict):
         split = "train" if "train" in loaded else next(iter(loaded))
         return loaded[split]
@@ -185,17 +186,9 @@ def _from_hub(source: str) -> datasets.Dataset:
     try:
         return datasets.load_dataset(name, split=split or "train")
     except Exception as e:  # noqa: BLE001 - the Hub raises many types; all mean "could not load"
-        raise InputError(f"cannot load {source!r} from the Hugging Face Hub ({_first_line(e)}); check the "
+        raise InputError(f"cannot load {source!r} from the Hugging Face Hub ({first_line(e)}); check the "
                          "dataset id and split, your network and HF_TOKEN, or pass a local file") from None
 
-
-def _first_line(e: BaseException) -> str:
-    """The first line of the innermost cause: datasets wraps the useful Arrow message in a generic
-    "An error occurred while generating the dataset"."""
-    while e.__cause__ is not None:
-        e = e.__cause__
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
 
 
 # ---------------------------------------------------------------- fields

@@ -17,7 +17,7 @@ import aiohttp
 
 from hfdistill.config import RetryPolicy
 from hfdistill.errors import RetrievalError
-from hfdistill.retry import parse_retry_after, with_retries
+from hfdistill.retry import is_transient, parse_retry_after, with_retries
 from hfdistill.types import Document
 
 __all__ = ["HttpRetriever", "Retriever", "document_from_json", "parse_search_response"]
@@ -120,7 +120,7 @@ class HttpRetriever:
 
 
 def _status_error(status: int, text: str, url: str, retry_after: str | None) -> RetrievalError:
-    transient = status in (408, 425, 429) or status >= 500
+    transient = is_transient(status)
     hint = ""
     if status in (404, 405):
         hint = "; check RETRIEVAL_URL / --retrieval_url is the retrieval server's /retrieve endpoint"
