@@ -22,17 +22,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import jinja2
 import pyarrow.parquet as pq
 from huggingface_hub import DatasetCard, DatasetCardData
 from huggingface_hub.repocard import REGEX_YAML_BLOCK
 
 from hfdistill.atomic import atomic_write_text
-from hfdistill.errors import ConfigError, InputError, TemplateError
+from hfdistill.errors import ConfigError, InputError
 from hfdistill.output import read_record
 from hfdistill.progress import format_duration
 from hfdistill.render import load_rows, render_conversation
-from hfdistill.templates import card_template_path
+from hfdistill.templates import card_template_path, render_file
 
 __all__ = [
     "BASE_TAGS",
@@ -274,25 +273,12 @@ def _md(value: Any) -> str:
     return str(value).replace("|", "\\|").replace("\n", " ")
 
 
-def _environment() -> jinja2.Environment:
-    env = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False, trim_blocks=True,
-                             lstrip_blocks=True, keep_trailing_newline=True)
-    env.filters["md"] = _md
-    env.filters["thousands"] = lambda n: f"{int(n):,}"
-    return env
-
-
 def card_body(record: Mapping[str, Any], sample: Mapping[str, Any] | None, *, repo_id: str | None = None,
               license: str = LICENSE_PLACEHOLDER) -> str:
     """The generated body, between the markers; `sample` is one output row (None: no rows)."""
-    path = card_template_path()
-    try:
-        template = _environment().from_string(path.read_text(encoding="utf-8"))
-        text = template.render(**_context(record, sample, repo_id, license))
-    except jinja2.TemplateSyntaxError as e:
-        raise TemplateError(f"template {path} line {e.lineno}: {e.message}; fix the template") from None
-    except jinja2.UndefinedError as e:
-        raise TemplateError(f"template {path} uses an unknown variable: {e.message}") from None
+    text = render_file(card_template_path(), _context(record, sample, repo_id, license),
+                       filters={"md": _md, "thousands": lambda n: f"{int(n):,}"}, trim_blocks=True,
+                       lstrip_blocks=True, keep_trailing_newline=True)
     return f"{BEGIN_MARKER}\n{text.strip()}\n{END_MARKER}"
 
 

@@ -15,14 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import jinja2
 import pyarrow as pa
 import pyarrow.parquet as pq
 from markupsafe import Markup
 
 from hfdistill.errors import InputError
 from hfdistill.output import read_record
-from hfdistill.templates import report_template_path
+from hfdistill.templates import render_file, report_template_path
 
 __all__ = ["DEFAULT_MAX_ROWS", "Report", "build_report", "write_report"]
 
@@ -251,9 +250,9 @@ def _cut(text: str) -> str:
 
 
 def _render(data: dict[str, Any]) -> str:
-    env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
-    template = env.from_string(report_template_path().read_text(encoding="utf-8"))
     # Inside <script>, only "</script" or "<!--" could end the block early: escape every "<", ">", "&".
     payload = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
     payload = payload.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-    return template.render(title=f"hfdistill report: {data['source']}", data_json=Markup(payload))
+    return render_file(report_template_path(), {"title": f"hfdistill report: {data['source']}",
+                                                 "data_json": Markup(payload)}, autoescape=True,
+                       keep_trailing_newline=True)
