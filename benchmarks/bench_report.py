@@ -19,7 +19,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from hfdistill.report import DEFAULT_MAX_ROWS
+from hfdistill.publish.report import DEFAULT_MAX_ROWS
 
 WORDS = ("paris", "berlin", "capital", "france", "germany", "river", "founded", "college", "dubai", "princess",
          "haya", "city", "largest", "country", "europe", "western", "population", "museum", "history", "king",
@@ -67,7 +67,8 @@ def main() -> None:
         assert writer is not None
         writer.close()
         # In a process of its own, so the peak RSS is the report's, not this script's data generation.
-        code = ("import resource, sys, time; from hfdistill.report import write_report; t = time.perf_counter(); "
+        code = ("import resource, sys, time; from hfdistill.publish.report import write_report; "
+                "t = time.perf_counter(); "
                 "r = write_report(sys.argv[1], sys.argv[2], max_rows=int(sys.argv[3])); "
                 "print(time.perf_counter() - t, r.size, r.sampled, "
                 "resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")

@@ -262,7 +262,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
                                   command=_command_line(args.argv), progress=not args.quiet,
                                   log_interval=args.log_interval)
     if args.push_to_hub:
-        from hfdistill.hub import check_push_target
+        from hfdistill.publish.hub import check_push_target
 
         check_push_target(args.push_to_hub, license=args.license, token=args.hf_token)
     stop = StopRequest()
@@ -272,7 +272,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     if not result.skipped_as_done:
         _print_summary(result)
     if args.push_to_hub and result.complete:
-        from hfdistill.hub import push
+        from hfdistill.publish.hub import push
 
         url = push(result.output, args.push_to_hub, private=args.private, token=args.hf_token, license=args.license)
         log.info("pushed %s and its card to %s", result.output, url)
@@ -284,7 +284,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 def _command_line(argv: Sequence[str]) -> str:
     """The command that reproduces this run, for the file's record; secrets are masked."""
-    from hfdistill.card import redact_command
+    from hfdistill.publish.card import redact_command
 
     seed_env = [f"{env}={shlex.quote(os.environ[env])}" for env, *_ in SEED_OPTIONS if os.environ.get(env)]
     return redact_command(" ".join([*seed_env, "hfdistill", *map(shlex.quote, argv)]))
@@ -340,7 +340,7 @@ def _add_serve_retriever(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_serve_retriever(args: argparse.Namespace) -> int:
-    from hfdistill.retriever_server import serve
+    from hfdistill.retrieval.server import serve
 
     serve(args.corpus, host=args.host, port=args.port, index_dir=args.index_dir, topk=args.topk)
     return 0
@@ -356,7 +356,7 @@ def _add_inspect(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    from hfdistill.render import load_rows, render_conversation
+    from hfdistill.publish.render import load_rows, render_conversation
 
     for row in load_rows(args.path, args.row, args.n):
         print(render_conversation(row))
@@ -382,7 +382,7 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from hfdistill.report import DEFAULT_MAX_ROWS, write_report
+    from hfdistill.publish.report import DEFAULT_MAX_ROWS, write_report
 
     output = args.output or str(Path(args.path).with_suffix(".report.html"))
     max_rows = DEFAULT_MAX_ROWS if args.max_rows is None else args.max_rows
@@ -413,7 +413,7 @@ def _add_card(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_card(args: argparse.Namespace) -> int:
-    from hfdistill.card import build_card, load_card_inputs, write_card
+    from hfdistill.publish.card import build_card, load_card_inputs, write_card
 
     if args.output:
         merged = write_card(args.path, args.output, repo_id=args.repo_id, license=args.license,
@@ -442,7 +442,7 @@ def _add_push(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_push(args: argparse.Namespace) -> int:
-    from hfdistill.hub import push
+    from hfdistill.publish.hub import push
 
     url = push(args.path, args.repo_id, private=args.private, token=args.token, license=args.license,
                overwrite_card=args.overwrite_card)

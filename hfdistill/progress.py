@@ -194,7 +194,7 @@ class Monitor:
             try:
                 if self._bar is not None:
                     self._draw_bar(now, final)
-                else:
+                elif final or self.processed < self.stats.rollouts_total:  # the 100 % line comes once, at the end
                     self.stream.write(self.line(now, final=final) + "\n")
                     self.stream.flush()
             except (OSError, ValueError):

@@ -11,7 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 from huggingface_hub import DatasetCard, DatasetCardData
 
-from hfdistill.card import (
+from hfdistill.cli import main
+from hfdistill.publish.card import (
     BEGIN_MARKER,
     END_MARKER,
     LICENSE_PLACEHOLDER,
@@ -23,8 +24,7 @@ from hfdistill.card import (
     redact_command,
     size_category,
 )
-from hfdistill.cli import main
-from hfdistill.render import render_conversation
+from hfdistill.publish.render import render_conversation
 from tests.conftest import QUESTIONS
 from tests.fake_hub import metadata_errors
 from tests.fakes import Answer, FakeRetriever, FakeTeacher, Say, Search, Served

@@ -25,7 +25,7 @@ import pyte
 import pytest
 
 from hfdistill import __version__
-from hfdistill.retrieval import _status_error
+from hfdistill.retrieval.http import _status_error
 from tests.conftest import write_jsonl
 from tests.fakes import FakeRetriever, FakeTeacher, Served, TeacherBehaviour
 
@@ -223,7 +223,7 @@ def distilled_file(env: dict[str, str], tmp_path: Path) -> Path:
 
 def test_a_readme_without_metadata_is_merged_without_a_hub_warning(distilled_file: Path,
                                                                    caplog: pytest.LogCaptureFixture) -> None:
-    from hfdistill.card import load_card_inputs, merge_card
+    from hfdistill.publish.card import load_card_inputs, merge_card
 
     record, sample = load_card_inputs(distilled_file)
     with caplog.at_level("WARNING"):

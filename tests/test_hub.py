@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 from huggingface_hub import DatasetCard
 
-from hfdistill.card import BEGIN_MARKER, END_MARKER
+from hfdistill.publish.card import BEGIN_MARKER, END_MARKER
 from tests.fake_hub import USER, FakeHub, metadata_errors
 from tests.fakes import FakeRetriever, FakeTeacher, Served
 from tests.test_card import distill

@@ -20,7 +20,7 @@ import pytest
 
 from hfdistill.cli import main
 from hfdistill.errors import InputError
-from hfdistill.report import DEFAULT_MAX_ROWS, build_report, write_report
+from hfdistill.publish.report import DEFAULT_MAX_ROWS, build_report, write_report
 from tests.conftest import write_jsonl
 from tests.fakes import Answer, FakeTeacher, Say, Search, Served
 

@@ -30,7 +30,7 @@ from hfdistill.atomic import atomic_write_text
 from hfdistill.errors import ConfigError, InputError
 from hfdistill.output import read_record
 from hfdistill.progress import format_duration
-from hfdistill.render import load_rows, render_conversation
+from hfdistill.publish.render import load_rows, render_conversation
 from hfdistill.templates import card_template_path, render_file
 
 __all__ = [

@@ -24,8 +24,8 @@ from huggingface_hub.errors import (
     RepositoryNotFoundError,
 )
 
-from hfdistill.card import HUB_ID, MergedCard, check_license, load_card_inputs, merge_card
 from hfdistill.errors import ConfigError, HfdistillError, HubError, first_line
+from hfdistill.publish.card import HUB_ID, MergedCard, check_license, load_card_inputs, merge_card
 
 __all__ = ["check_push_target", "push", "push_card"]
 
