@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 from huggingface_hub import DatasetCard, DatasetCardData
 from huggingface_hub.repocard import REGEX_YAML_BLOCK
 
+from hfdistill.atomic import atomic_write_text
 from hfdistill.errors import ConfigError, InputError, TemplateError
 from hfdistill.output import read_record
 from hfdistill.progress import format_duration
@@ -263,6 +264,7 @@ def _context(record: Mapping[str, Any], sample: Mapping[str, Any] | None, repo_i
         "completion_per_rollout": round(counts.get("completion_tokens", 0) / rollouts) if rollouts else 0,
         "failed": counts.get("rollouts_failed", 0),
         "skipped": counts.get("questions_skipped", 0),
+        "held_back": sum((record.get("held_back") or {}).values()),
         "wall": format_duration(counts.get("wall_seconds", 0.0)),
         "sample": _sample(sample),
         "command": redact_command(record["command"]) if record.get("command") else None,
@@ -391,9 +393,7 @@ def write_card(path: str | Path, out: str | Path, *, repo_id: str | None = None,
     try:
         existing = target.read_text(encoding="utf-8-sig") if target.exists() else None
         merged = merge_card(existing, record, sample, repo_id=repo_id, license=license, overwrite=overwrite)
-        tmp = target.with_name(f".{target.name}.tmp")
-        tmp.write_text(merged.text, encoding="utf-8")
-        tmp.replace(target)
+        atomic_write_text(target, merged.text)
     except OSError as e:
         raise ConfigError(f"cannot write the card to {target} ({e.strerror or e}); choose another -o path") from None
     return merged

@@ -17,9 +17,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from hfdistill.config import TOOL_CALL_MODES, DistillConfig, RetryPolicy
+from hfdistill.config import OBSERVATION_FORMATS, TOOL_CALL_MODES, DistillConfig, RetryPolicy
 from hfdistill.errors import ConfigError, HfdistillError
-from hfdistill.templates import OBSERVATION_FORMATS
 
 __all__ = ["main"]
 
@@ -138,7 +137,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     _flag(r, "topk", type=int, default=3, help="documents per query (default 3)")
     _flag(r, "query_arg", choices=("query_list", "query"), default="query_list",
           help="argument name of the search tool's query array (default query_list, as verl)")
-    _flag(r, "observation_format", choices=tuple(OBSERVATION_FORMATS), default="seed",
+    _flag(r, "observation_format", choices=OBSERVATION_FORMATS, default="seed",
           help="tool message format: seed ('Query: ...' + '[i] title: text') or verl ({\"result\": ...})")
     d = p.add_argument_group("data")
     _flag(d, "num_rollouts", type=int, default=1, help="independent rollouts per question (default 1)")
@@ -147,6 +146,9 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     _flag(d, "template_dir", help="directory whose templates override the built-ins by file name")
     _flag(d, "keep", choices=("all", "answered", "correct"), default="all",
           help="rows to write: all, those ending in <answer>, or exact matches (default all)")
+    _flag(d, "keep_malformed", action="store_true",
+          help="also write rows in which the model wrote a tool call that is not even JSON (flagged "
+               "malformed_call; held back by default so the student does not learn to write one)")
     _flag(d, "overwrite", action="store_true", help="discard an existing output and its run, start over")
     h = p.add_argument_group("publishing (checked before the run, pushed after a complete one)")
     _flag(h, "push_to_hub", metavar="USER/NAME", help="push the output and its dataset card to this Hub repo")
@@ -250,17 +252,22 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         config = _config(args, seed)
         check_source(seed["input_file"])  # a mistyped file name fails here, in milliseconds
         from hfdistill.generate import GenerateOptions, generate
+        from hfdistill.process import run_settings
+        from hfdistill.types import StopRequest
 
         options = GenerateOptions(input_file=seed["input_file"], output_file=seed["output_file"],
                                   max_samples=seed["max_samples"], batch_size=seed["batch_size"], keep=args.keep,
-                                  overwrite=args.overwrite, command=_command_line(args.argv),
-                                  progress=not args.quiet, log_interval=args.log_interval)
+                                  keep_malformed=args.keep_malformed, overwrite=args.overwrite,
+                                  command=_command_line(args.argv), progress=not args.quiet,
+                                  log_interval=args.log_interval)
     if args.push_to_hub:
         from hfdistill.hub import check_push_target
 
         check_push_target(args.push_to_hub, license=args.license, token=args.hf_token)
-    with _errors_reported_once():
-        result = generate(config, options)
+    stop = StopRequest()
+    # process-wide settings are the CLI's to change (and restore)
+    with run_settings(stop), _errors_reported_once():
+        result = generate(config, options, stop=stop)
     if not result.skipped_as_done:
         _print_summary(result)
     if args.push_to_hub and result.complete:
@@ -290,7 +297,10 @@ def _print_summary(result: Any) -> None:
     print(f"[hfdistill] done in {_duration(s.wall_seconds)}: {s.rows} rollouts finished, "
           f"{result.kept_rows} kept (--keep {keep}) and written to {result.output}", file=out)
     print(f"  generated {s.rollouts_done}, resumed from the journal {s.rollouts_reused}, "
-          f"skipped questions {s.questions_skipped}", file=out)
+          f"skipped questions {s.questions_skipped} (blank)", file=out)
+    if sum(result.held_back.values()):
+        held = ", ".join(f"{k} {v}" for k, v in result.held_back.items() if v)
+        print(f"  held back: {held} (--keep-malformed writes them)", file=out)
     print(f"  stop reasons: {reasons}", file=out)
     print(f"  mean assistant turns {s.mean(s.turns):.2f}, mean searches {s.mean(s.searches):.2f}, "
           f"tool-call errors seen by the model {s.tool_errors}", file=out)
@@ -300,7 +310,7 @@ def _print_summary(result: Any) -> None:
           + f", retried {s.teacher_retries:,}", file=out)
     if s.accuracy is not None:
         print(f"  answered {s.answered}, exact match {s.correct}/{s.scored} = {s.accuracy:.3f}", file=out)
-    if s.rollouts_failed or s.questions_skipped:
+    if not result.complete:
         causes = ", ".join(f"{k} {v}" for k, v in s.failures.most_common())
         print(f"  failed {s.rollouts_failed} ({causes or 'none'}) -> {result.failures}", file=out)
     if not result.complete:

@@ -11,6 +11,7 @@
     ├── RolloutError            a rollout stopped on one of the two above; its row is a failure
     ├── CorpusError             a retrieval corpus line cannot be read (exit 2)
     ├── JournalError            the run directory cannot be used
+    │   └── RunLockedError      another process is writing the same output
     ├── HubError                pushing to or reading from the Hugging Face Hub failed
     └── Interrupted             the run was stopped by a signal; finished work is kept
 
@@ -31,6 +32,7 @@ __all__ = [
     "JournalError",
     "RetrievalError",
     "RolloutError",
+    "RunLockedError",
     "ServiceError",
     "TeacherError",
     "TemplateError",
@@ -119,6 +121,10 @@ class RolloutError(HfdistillError):
 
 class JournalError(HfdistillError):
     """The run directory or its journal cannot be created, read or written."""
+
+
+class RunLockedError(JournalError):
+    """Another process holds the output (and its run); the message names it."""
 
 
 class HubError(HfdistillError):

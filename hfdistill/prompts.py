@@ -55,6 +55,12 @@ class Prompts:
                    system=templates.render("system_prompt.j2", tools=tools),
                    tools_section=templates.render("tools_section.j2", tools=tools))
 
+    @property
+    def uses_golden_answers(self) -> bool:
+        """Whether the golden answers reach the teacher (a user template may show them)."""
+        return any("golden_answers" in self.templates.variables(name)
+                   for name in ("system_prompt.j2", "user_prompt.j2"))
+
     def system_on_wire(self, text_protocol: bool) -> str:
         return f"{self.system}\n\n{self.tools_section}" if text_protocol else self.system
 

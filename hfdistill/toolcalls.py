@@ -65,7 +65,8 @@ class ParsedTurn:
 def split_thinking(content: str, reasoning: str | None) -> tuple[str, str | None]:
     """Separate `<think>` text from visible content; server-side reasoning wins when present.
 
-    A bare `</think>` with no opening tag means the chat template opened the block in the prompt.
+    A bare `</think>` with no opening tag means the chat template opened the block in the prompt; an
+    opening tag with no closing one means the turn was cut inside its thinking.
     """
     thoughts = []
     if "</think>" in content and "<think>" not in content.split("</think>", 1)[0]:
@@ -73,6 +74,11 @@ def split_thinking(content: str, reasoning: str | None) -> tuple[str, str | None
         thoughts.append(head)
     thoughts.extend(_THINK_RE.findall(content))
     content = _THINK_RE.sub("", content)
+    if "<think>" in content:
+        # An unclosed block: the turn was cut (max_tokens) inside its thinking. What follows the tag
+        # is thinking, never visible content (verl trains on content, and must not see a stray tag).
+        content, cut = content.split("<think>", 1)
+        thoughts.append(cut)
     inline = "\n\n".join(t.strip() for t in thoughts if t.strip()) or None
     if reasoning is not None and reasoning.strip():
         return content.strip(), reasoning.strip()

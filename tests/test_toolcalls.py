@@ -17,6 +17,8 @@ from hfdistill.types import ToolCall
         pytest.param("<think>a</think>Hello", "server", "Hello", "server", id="field-wins"),
         pytest.param("Hello", None, "Hello", None, id="no-thinking"),
         pytest.param("<think>  </think>Hi", None, "Hi", None, id="empty-think"),
+        pytest.param("<think>\nI keep thinking", None, "", "I keep thinking", id="cut-inside-think"),
+        pytest.param("<think>\na\n</think>\n\nb <think>\nmore", None, "b", "a\n\nmore", id="cut-in-second-think"),
     ],
 )
 def test_split_thinking(content: str, reasoning: str | None, visible: str, thinking: str | None) -> None:
