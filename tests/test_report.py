@@ -131,6 +131,9 @@ def test_the_page_in_a_headless_browser(distilled: Path, tmp_path: Path) -> None
                 expect(count_of).to_have_text(f"{count} conversation{'s' * (count != 1)}")
                 expect(page.locator("details.conv")).to_have_count(count)
                 expect(page.locator(f"details.conv[data-stop='{reason}']")).to_have_count(count)
+            page.click(".chart rect[data-pick='no_tool_call']")  # a bar of the stop reasons chart filters too
+            expect(page.locator("#f-stop")).to_have_value("no_tool_call")
+            expect(count_of).to_have_text(f"{stop_reasons['no_tool_call']} conversations")
             page.select_option("#f-stop", "")
             page.select_option("#f-correct", "wrong")
             expect(page.locator("details.conv")).to_have_count(2)  # Munich, twice
