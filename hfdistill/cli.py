@@ -247,14 +247,14 @@ def _config(args: argparse.Namespace, seed: dict[str, Any]) -> DistillConfig:
 
 def _cmd_generate(args: argparse.Namespace) -> int:
     from hfdistill.inputs import check_source
-    from hfdistill.process import run_settings
-    from hfdistill.types import StopRequest
 
     seed = _seed_values(args)
     with _named_as_given(_from_env(args)):
         config = _config(args, seed)
         check_source(seed["input_file"])  # a mistyped file name fails here, in milliseconds
         from hfdistill.generate import GenerateOptions, generate
+        from hfdistill.process import run_settings
+        from hfdistill.types import StopRequest
 
         options = GenerateOptions(input_file=seed["input_file"], output_file=seed["output_file"],
                                   max_samples=seed["max_samples"], batch_size=seed["batch_size"], keep=args.keep,

@@ -145,9 +145,19 @@ class Monitor:
         self._stop = threading.Event()
         self._bar: tqdm | None = None
         self._thread: threading.Thread | None = None
-        if self.enabled:
+        self._finished = False
+        self._display_pending = self.enabled  # read on every event: a plain flag, no lock
+
+    def _start_display(self) -> None:
+        """At the first event, not before: a run with nothing left to do (or one that never reaches its
+        rollouts) leaves no empty bar behind and starts no thread."""
+        with self._lock:
+            if not self._display_pending or self._finished:
+                return
+            self._display_pending = False
             if self.tty:
-                self._bar = tqdm(total=total, file=self.stream, dynamic_ncols=True, mininterval=0, leave=True,
+                self._bar = tqdm(total=self.stats.rollouts_total, file=self.stream, dynamic_ncols=True,
+                                 mininterval=0, leave=True,
                                  bar_format="{percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]")
             self._thread = threading.Thread(target=self._run, name="hfdistill-progress", daemon=True)
             self._thread.start()
@@ -155,9 +165,13 @@ class Monitor:
     # ------------------------------------------------ events (the rollout loop's thread; counters only)
 
     def started(self) -> None:
+        if self._display_pending:
+            self._start_display()
         self.in_flight += 1
 
     def finished(self, result: dict[str, Any], exact_match: bool | None, *, reused: bool = False) -> None:
+        if self._display_pending:
+            self._start_display()
         if reused:
             self.stats.rollouts_reused += 1
         else:
@@ -166,12 +180,16 @@ class Monitor:
         self.stats.add_result(result, exact_match)
 
     def failed(self, cause: str, *, started: bool = True) -> None:
+        if self._display_pending:
+            self._start_display()
         if started:
             self.in_flight -= 1
         self.stats.rollouts_failed += 1
         self.stats.failures[cause] += 1
 
     def skipped(self, rollouts: int) -> None:
+        if self._display_pending:
+            self._start_display()
         self.stats.questions_skipped += 1
         self.stats.rollouts_total -= rollouts
 
@@ -271,10 +289,13 @@ class Monitor:
     def finish(self) -> RunStats:
         """Stop the display, show the final state once, and return the statistics."""
         self.stats.wall_seconds = time.monotonic() - self._start
-        if self._thread is not None:
+        with self._lock:
+            if self._finished:
+                return self.stats
+            thread, self._finished = self._thread, True
+        if thread is not None:
             self._stop.set()
-            self._thread.join()
-            self._thread = None
+            thread.join()
             self._show(final=True)
         return self.stats
 

@@ -31,6 +31,7 @@ from tests.fakes import FakeRetriever, FakeTeacher, Served, TeacherBehaviour
 
 HFDISTILL = [sys.executable, "-m", "hfdistill"]
 PROGRESS_BAR = re.compile(r"\d+%\|")
+PROGRESS_LINE = re.compile(r"^\[hfdistill\] \d+/\d+ rollouts \(\d+\.\d%\)")
 
 
 @pytest.fixture
@@ -90,7 +91,7 @@ def test_progress_in_an_80_column_terminal_is_one_bar(slow_servers: dict[str, st
     bars = [line for line in lines if PROGRESS_BAR.search(line)]
     assert len(bars) == 1, text  # redrawn in place: no stale copies, no wrapped halves
     assert bars[0].startswith("100%|") and "60/60" in bars[0] and "0 failed" in bars[0], bars[0]
-    assert not any("rollouts (" in line for line in lines), text  # no log-style progress line on a terminal
+    assert not any(PROGRESS_LINE.match(line) for line in lines), text  # no log-style progress line on a terminal
     assert "[hfdistill] done in" in text and "stop reasons: answer 60" in text
 
 
@@ -101,7 +102,7 @@ def test_progress_to_a_pipe_is_a_line_every_interval_and_one_at_the_end(slow_ser
                            "--log-interval", "0.1"], env=slow_servers, cwd=tmp_path, capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0, done.stderr
-    lines = [line for line in done.stderr.splitlines() if "rollouts (" in line]
+    lines = [line for line in done.stderr.splitlines() if PROGRESS_LINE.match(line)]
     periodic, final = lines[:-1], lines[-1]
     assert len(periodic) >= 2, done.stderr
     assert all("ETA" in line and "| elapsed" in line for line in periodic)
@@ -116,7 +117,7 @@ def test_quiet_has_no_progress_but_the_summary(slow_servers: dict[str, str], tmp
                                     tmp_path)
     text = "\n".join(_all_lines(screen))
     assert code == 0, text
-    assert not PROGRESS_BAR.search(text) and "stop reasons: answer 4" in text
+    assert not PROGRESS_BAR.search(text) and not PROGRESS_LINE.search(text) and "stop reasons: answer 4" in text
 
 
 # ---------------------------------------------------------------- start-up checks

@@ -115,3 +115,16 @@ def test_the_final_bar_fits_the_terminal(columns: int, finished: int, expected: 
     assert len(bars) == 1, screen.display
     assert re.match(expected, bars[0]), bars[0]
     assert len(bars[0]) < columns
+
+
+def test_a_run_with_no_event_shows_nothing() -> None:
+    """Everything was already recorded: the output is written from the journal, no bar is left behind."""
+    master, slave = pty.openpty()
+    os.set_blocking(master, False)
+    with os.fdopen(slave, "w", encoding="utf-8") as terminal:
+        m = Monitor(4, stream=terminal)
+        assert m.tty and m.enabled
+        m.finish()
+        with pytest.raises(BlockingIOError):  # nothing was written to the terminal
+            os.read(master, 1024)
+    os.close(master)

@@ -22,7 +22,7 @@ from hfdistill.cli import main
 from hfdistill.errors import InputError
 from hfdistill.publish.report import DEFAULT_MAX_ROWS, build_report, write_report
 from tests.conftest import write_jsonl
-from tests.fakes import Answer, FakeTeacher, Say, Search, Served
+from tests.fakes import Answer, FakeTeacher, Raw, Say, Search, Served
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 LAUNCH_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -34,9 +34,10 @@ SCRIPTS = {
     "Who wrote <b>Hamlet</b> & why?": (Answer("Shakespeare"),),  # markup in data stays text
     "What keeps searching?": (Search(["a"]), Search(["b"]), Search(["c"])),  # max_turns
     "What is never answered?": (Say("I cannot tell."),),  # no_tool_call
+    "Which river flows through Paris?": (Raw("<tool_call>\n{search: seine}\n</tool_call>"), Answer("Seine")),
 }
 GOLDEN = {"Which city is the capital of France?": ["Paris"], "Which city is the capital of Germany?": ["Berlin"],
-          "Who wrote <b>Hamlet</b> & why?": ["Shakespeare"]}
+          "Who wrote <b>Hamlet</b> & why?": ["Shakespeare"], "Which river flows through Paris?": ["Seine"]}
 
 
 @pytest.fixture
@@ -46,7 +47,8 @@ def distilled(env: dict[str, str], teacher: tuple[FakeTeacher, Served], tmp_path
     rows = [{"question": q, "golden_answers": GOLDEN.get(q, [])} for q in SCRIPTS]
     source = write_jsonl(tmp_path / "questions.jsonl", rows)
     out = tmp_path / "questions_distilled.parquet"
-    assert main(["generate", "-q", "--input_file", str(source), "--output_file", str(out), "--num-rollouts", "2"]) == 0
+    assert main(["generate", "-q", "--input_file", str(source), "--output_file", str(out), "--num-rollouts", "2",
+                 "--keep-malformed"]) == 0  # the flagged rows too
     return out
 
 
@@ -57,17 +59,18 @@ def _embedded(html: str) -> dict:
 
 
 def test_the_page_is_self_contained_and_counts_every_row(distilled: Path) -> None:
-    html, rows, sampled = build_report(distilled, max_rows=4, seed=1)
+    page = build_report(distilled, max_rows=4, seed=1)
+    html = page.html
     table = pq.read_table(distilled)
-    assert rows == table.num_rows == 10 and sampled == 4
+    assert page.rows == table.num_rows == 12 and page.sampled == 4
     data = _embedded(html)
-    assert len(data["samples"]) == 4 and data["rows"] == 10
+    assert len(data["samples"]) == 4 and data["rows"] == 12
     assert dict(data["summary"]["stop_reasons"]) == dict(Counter(table.column("stop_reason").to_pylist()))
-    assert data["summary"]["scored"] == 6 and data["summary"]["correct"] == 4
+    assert data["summary"]["scored"] == 8 and data["summary"]["correct"] == 6
+    assert dict(data["summary"]["flags"]) == {"malformed_call": 2}  # the call that was not even JSON
     assert not re.search(r"<(link|img|iframe)\b|\bsrc=|https?://(?!www\.w3\.org/2000/svg)", html)  # no fetches
     assert "<b>Hamlet</b>" not in html  # data is escaped inside the JSON block
-    again, *_ = build_report(distilled, max_rows=4, seed=1)
-    assert again == html  # the sample is seeded
+    assert build_report(distilled, max_rows=4, seed=1).html == html  # the sample is seeded
 
 
 @pytest.mark.parametrize(("make", "message"), [
@@ -88,18 +91,17 @@ def test_the_help_states_the_default_sample_size(capsys: pytest.CaptureFixture[s
 def test_the_command_writes_next_to_the_input_by_default(distilled: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["report", str(distilled)]) == 0
     assert distilled.with_suffix(".report.html").is_file()
-    assert "charts over 10 rows, all 10 conversations in the list" in capsys.readouterr().err
+    assert "charts over 12 rows, all 12 conversations in the list" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium); "
                                               ".ci/run installs it")
 def test_the_page_in_a_headless_browser(distilled: Path, tmp_path: Path) -> None:
     sync_api = pytest.importorskip("playwright.sync_api", reason="the test extra's playwright is not installed")
-    flagged = _with_flags(distilled, tmp_path / "flagged.parquet")
-    page_path = write_report(flagged, tmp_path / "report.html").path
-    sampled_path = write_report(flagged, tmp_path / "sampled.html", max_rows=4).path
+    page_path = write_report(distilled, tmp_path / "report.html").path
+    sampled_path = write_report(distilled, tmp_path / "sampled.html", max_rows=4).path
     many = tmp_path / "many.parquet"
-    pq.write_table(pa.concat_tables([pq.read_table(distilled)] * 12), many)  # 120 rows: three pages of 50
+    pq.write_table(pa.concat_tables([pq.read_table(distilled)] * 12), many)  # 144 rows: pages of 50, 50, 44
     paged_path = write_report(many, tmp_path / "paged.html").path
     stop_reasons = Counter(pq.read_table(distilled).column("stop_reason").to_pylist())
     artifacts = Path(os.environ.get("HFDISTILL_TEST_ARTIFACTS") or tmp_path)
@@ -123,18 +125,22 @@ def test_the_page_in_a_headless_browser(distilled: Path, tmp_path: Path) -> None
             expect(page.locator("#record")).to_contain_text("Tongyi-DeepResearch")  # the generation record
             for i in range(charts.count()):  # every chart has drawn bars
                 assert charts.nth(i).locator("svg rect.bar").count() > 0, charts.nth(i).inner_text()
-            expect(count_of).to_have_text("10 conversations")
+            expect(count_of).to_have_text("12 conversations")
             for reason, count in stop_reasons.items():
                 page.select_option("#f-stop", reason)
                 expect(count_of).to_have_text(f"{count} conversation{'s' * (count != 1)}")
                 expect(page.locator("details.conv")).to_have_count(count)
                 expect(page.locator(f"details.conv[data-stop='{reason}']")).to_have_count(count)
+            page.click(".chart rect[data-pick='no_tool_call']")  # a bar of the stop reasons chart filters too
+            expect(page.locator("#f-stop")).to_have_value("no_tool_call")
+            expect(count_of).to_have_text(f"{stop_reasons['no_tool_call']} conversations")
             page.select_option("#f-stop", "")
             page.select_option("#f-correct", "wrong")
             expect(page.locator("details.conv")).to_have_count(2)  # Munich, twice
             page.select_option("#f-correct", "")
-            page.select_option("#f-flag", "no_answer")
-            expect(count_of).to_have_text("4 conversations")  # max_turns and no_tool_call, twice each
+            page.select_option("#f-flag", "malformed_call")
+            expect(count_of).to_have_text("2 conversations")
+            expect(page.locator("details.conv .q").first).to_have_text("Which river flows through Paris?")
             page.select_option("#f-flag", "")
             page.fill("#f-search", "hamlet")
             expect(page.locator("details.conv")).to_have_count(2)
@@ -150,7 +156,7 @@ def test_the_page_in_a_headless_browser(distilled: Path, tmp_path: Path) -> None
             expect(conv.locator(".msg.tool").first).to_contain_text("Paris")
             expect(conv.locator(".scores")).to_contain_text("exact match true")
             page.fill("#f-search", "")
-            expect(count_of).to_have_text("10 conversations")
+            expect(count_of).to_have_text("12 conversations")
             page.locator("details.conv summary").first.click()  # one conversation open in the picture
             page.locator("details.conv details.think summary").first.click()
             expect(page.locator("details.conv details.think").first).to_have_attribute("open", "")
@@ -159,14 +165,14 @@ def test_the_page_in_a_headless_browser(distilled: Path, tmp_path: Path) -> None
             page.goto(sampled_path.resolve().as_uri())  # a sample: the page says so, the charts count all
             expect(page.locator("#note")).to_contain_text("The list holds a random sample of 4")
             expect(count_of).to_have_text("4 conversations")
-            expect(page.locator(".stat b").first).to_have_text("10")
+            expect(page.locator(".stat b").first).to_have_text("12")
             page.goto(paged_path.resolve().as_uri())
             expect(page.locator("#page")).to_have_text(" page 1 of 3 ")
             expect(page.locator("details.conv")).to_have_count(50)
             page.click("#next")
             page.click("#next")
             expect(page.locator("#page")).to_have_text(" page 3 of 3 ")
-            expect(page.locator("details.conv")).to_have_count(20)
+            expect(page.locator("details.conv")).to_have_count(44)
             expect(page.locator("#next")).to_be_disabled()
         finally:
             browser.close()
@@ -174,13 +180,3 @@ def test_the_page_in_a_headless_browser(distilled: Path, tmp_path: Path) -> None
     assert fetched == []
     assert shot.stat().st_size > 10_000
 
-
-def _with_flags(path: Path, out: Path) -> Path:
-    """The output with flags in `quality_flags`, as a curation step sets them (metadata kept)."""
-    table = pq.read_table(path)
-    flags = [["no_answer"] if s != "answer" else [] for s in table.column("stop_reason").to_pylist()]
-    column = table.schema.get_field_index("quality_flags")
-    flagged = table.set_column(column, "quality_flags", pa.array(flags, pa.list_(pa.string())))
-    kept = {k: v for k, v in (pq.read_metadata(path).metadata or {}).items() if k != b"ARROW:schema"}
-    pq.write_table(flagged.replace_schema_metadata(kept), out)
-    return out

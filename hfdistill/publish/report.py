@@ -23,7 +23,7 @@ from hfdistill.errors import InputError
 from hfdistill.output import read_record
 from hfdistill.templates import render_file, report_template_path
 
-__all__ = ["DEFAULT_MAX_ROWS", "Report", "build_report", "write_report"]
+__all__ = ["DEFAULT_MAX_ROWS", "Page", "Report", "build_report", "write_report"]
 
 DEFAULT_MAX_ROWS = 2000
 _BATCH = 2048  # rows decoded at once when reading the sampled rows
@@ -33,6 +33,15 @@ _OPTIONAL_SCALARS = ("quality_flags",)
 _SAMPLE_COLUMNS = ("question", "golden_answers", "prediction", "messages", "stop_reason", "assistant_turns",
                    "num_tool_calls", "num_tool_errors", "exact_match", "sub_match", "f1", "usage", "input_index",
                    "rollout_index")
+
+
+@dataclass(frozen=True)
+class Page:
+    """The report's HTML, the rows its charts count and the conversations its list embeds."""
+
+    html: str
+    rows: int
+    sampled: int
 
 
 @dataclass(frozen=True)
@@ -48,18 +57,18 @@ class Report:
 def write_report(source: str | Path, output: str | Path, *, max_rows: int = DEFAULT_MAX_ROWS,
                  seed: int = 0) -> Report:
     """Write the report of the output parquet `source` to `output` (an HTML file)."""
-    html, rows, sampled = build_report(source, max_rows=max_rows, seed=seed)
+    page = build_report(source, max_rows=max_rows, seed=seed)
     out = Path(output)
     try:
-        out.write_text(html, encoding="utf-8")
+        out.write_text(page.html, encoding="utf-8")
     except OSError as e:
         raise InputError(f"cannot write the report to {out} ({e.strerror or e}); pass -o with a writable "
                          "path") from None
-    return Report(out, rows, sampled, len(html.encode()))
+    return Report(out, page.rows, page.sampled, len(page.html.encode()))
 
 
-def build_report(source: str | Path, *, max_rows: int = DEFAULT_MAX_ROWS, seed: int = 0) -> tuple[str, int, int]:
-    """The page's HTML, the number of rows charted and the number of conversations embedded."""
+def build_report(source: str | Path, *, max_rows: int = DEFAULT_MAX_ROWS, seed: int = 0) -> Page:
+    """The report page of the output parquet `source`, its list a sample of `max_rows` rows drawn with `seed`."""
     if max_rows < 0:
         raise InputError(f"--max-rows must be >= 0, got {max_rows}")
     parquet = _open(source)
@@ -71,17 +80,18 @@ def build_report(source: str | Path, *, max_rows: int = DEFAULT_MAX_ROWS, seed: 
     scalars = parquet.read(columns=[*_SCALARS, *(c for c in _OPTIONAL_SCALARS if c in columns)])
     n = scalars.num_rows
     picked = sorted(random.Random(seed).sample(range(n), min(n, max_rows)))
+    record = read_record(source)
     data = {
         "source": Path(source).name,
         "rows": n,
         "seed": seed,
         "summary": _summary(scalars),
-        "funnel": _funnel(read_record(source), scalars),
-        "record": _record_view(read_record(source)),
+        "funnel": _funnel(record, scalars),
+        "record": _record_view(record),
         "has_flags": "quality_flags" in columns,
         "samples": _sampled_rows(parquet, picked, columns),
     }
-    return _render(data), n, len(picked)
+    return Page(_render(data), n, len(picked))
 
 
 def _open(source: str | Path) -> pq.ParquetFile:
