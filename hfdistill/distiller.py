@@ -31,11 +31,13 @@ from hfdistill.inputs import FieldPlan, plan_fields
 from hfdistill.judge import Judge, JudgeItem, JudgeStats, judge_result
 from hfdistill.prompts import Prompts
 from hfdistill.recorder import Collector, Prior, Recorder
-from hfdistill.retrieval import HttpRetriever, Retriever
+from hfdistill.retrieval.http import HttpRetriever
+from hfdistill.retrieval.protocol import Retriever
 from hfdistill.rollout import RolloutSpec, TurnStep, rollout
 from hfdistill.rows import build_table, extra_info_of, output_features, output_schema, result_of
 from hfdistill.teacher import Route, Teacher, TeacherStats
 from hfdistill.templates import Templates
+from hfdistill.tools import SearchTool, ToolContext
 from hfdistill.types import RolloutJob, StopRequest
 
 __all__ = ["Distiller"]
@@ -52,6 +54,7 @@ class _Runtime:
     retriever: Retriever
     window: asyncio.Semaphore
     lock: asyncio.Lock
+    tools: ToolContext
     admission: asyncio.Semaphore | None = None  # sized from the first batch (see map_batch)
     judge: Judge | None = None
 
@@ -92,7 +95,8 @@ class Distiller:
     def __init__(self, config: DistillConfig) -> None:
         self.config = config
         templates = Templates(config.template_dir, observation=config.observation_format)
-        self.prompts = Prompts.build(templates, config.query_arg)
+        tools = [SearchTool(config.query_arg, observation_template=templates.observation)]
+        self.prompts = Prompts.build(templates, tools)
         self.plan: FieldPlan | None = None
         self.schema: pa.Schema | None = None
         self.model: str | None = config.model
@@ -240,7 +244,9 @@ class Distiller:
             retriever = self._retriever()  # first: loading a corpus index may fail, and owns no socket
             teacher = Teacher(self.config.replace(model=self.model), self.tools, self.teacher_stats)
             teacher.mode = self.mode
-            runtime = _Runtime(loop, teacher, retriever, asyncio.Semaphore(self.config.window), asyncio.Lock(),
+            topk = self.config.topk
+            tools = ToolContext(search=lambda queries: retriever.search(queries, topk), render=self.prompts.render)
+            runtime = _Runtime(loop, teacher, retriever, asyncio.Semaphore(self.config.window), asyncio.Lock(), tools,
                                judge=self.new_judge())
             self._runtimes.append(runtime)
         if not self._prepared:
@@ -269,7 +275,7 @@ class Distiller:
         if self.config.corpus is None:
             return HttpRetriever(self.config.retrieval_url, self.config.retry)
         if self._embedded is None:
-            from hfdistill.bm25 import BM25Retriever
+            from hfdistill.retrieval.bm25 import BM25Retriever
 
             self._embedded = BM25Retriever.load(self.config.corpus, self.config.index_dir)
         return self._embedded
@@ -358,7 +364,6 @@ class Distiller:
 
     async def _generate(self, runtime: _Runtime, job: RolloutJob, resume: Sequence[TurnStep]) -> dict[str, Any] | None:
         spec = RolloutSpec(self.prompts, self.config.max_assistant_turns, runtime.teacher.mode == "text")
-        topk = self.config.topk
         turns = iter(range(len(resume) + 1, spec.max_turns + 1))
 
         def on_turn(step: TurnStep) -> None:
@@ -366,8 +371,7 @@ class Distiller:
 
         try:
             traj = await rollout(job.question, job.golden_answers, spec=spec, resume=resume, on_turn=on_turn,
-                                 chat=functools.partial(runtime.teacher.chat, route=Route()),
-                                 search=lambda queries: runtime.retriever.search(queries, topk))
+                                 chat=functools.partial(runtime.teacher.chat, route=Route()), tools=runtime.tools)
         except RolloutError as e:
             self._recorder.failed(job, e.cause, e.turn, str(e))
             return None

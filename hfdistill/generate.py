@@ -60,6 +60,7 @@ class GenerateOptions:
     overwrite: bool = False
     command: str = ""  # the command line, recorded for reproduction
     progress: bool = True  # the progress line on stderr
+    log_interval: float = 30.0  # seconds between progress lines when stderr is not a terminal
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -117,7 +118,8 @@ def _generate(config: DistillConfig, options: GenerateOptions, output: Path, sto
                               kept_rows=int(done.get("rows", 0)), record=done)
     identity.note_other_runs()
     curator = _curator(distiller, options.curate)  # loads the student's tokenizer: a bad one fails before any call
-    monitor = Monitor(len(ds) * config.num_rollouts, gauges=distiller.gauges, enabled=options.progress)
+    monitor = Monitor(len(ds) * config.num_rollouts, gauges=distiller.gauges, enabled=options.progress,
+                      log_interval=options.log_interval)
     started = time.monotonic()
     with Run(identity, items, config.num_rollouts, monitor) as run:
         if distiller.judge_prompt is not None:  # what earlier runs journaled without a verdict
@@ -144,7 +146,7 @@ def _generate(config: DistillConfig, options: GenerateOptions, output: Path, sto
 def _run_rollouts(distiller: Distiller, ds: datasets.Dataset, run: Run, options: GenerateOptions,
                   stop: StopRequest) -> RunStats:
     """Every rollout not in the journal yet, through `Distiller.map` (the API's path), into the run."""
-    log.info("distilling %d questions x %d rollouts (%d still to make)", len(ds), distiller.config.num_rollouts,
+    log.info("distilling %d questions x %d rollouts; %d still to make", len(ds), distiller.config.num_rollouts,
              run.pending)
     try:
         # The servers are probed as map starts, before its first rollout: one client per run.

@@ -20,7 +20,7 @@ import openai
 from hfdistill.config import JudgeConfig, RetryPolicy
 from hfdistill.curation.judge import JUDGE_KEY, JudgePrompt, Verdict, judgeable, parse_verdict, stored_verdict
 from hfdistill.errors import ConfigError, JudgeError
-from hfdistill.retry import parse_retry_after, with_retries
+from hfdistill.retry import is_transient, parse_retry_after, with_retries
 
 __all__ = ["Judge", "JudgeItem", "JudgeStats", "judge_many", "judge_result"]
 
@@ -121,7 +121,7 @@ def _translate(e: openai.APIError, url: str) -> JudgeError:
                           cause="judge_connection")
     if isinstance(e, openai.APIStatusError):
         status = e.status_code
-        transient = status in (408, 409, 425, 429) or status >= 500
+        transient = is_transient(status)
         return JudgeError(f"the judge at {url} answered HTTP {status}: {e.message}", transient=transient,
                           cause=f"judge_http_{status}",
                           retry_after=parse_retry_after(e.response.headers.get("retry-after")) if transient else None)

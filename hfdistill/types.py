@@ -106,6 +106,7 @@ class TeacherReply:
     tool_calls: tuple[ToolCall, ...]
     finish_reason: str
     usage: Usage
+    context_full: bool = False  # cut because prompt + output reached the model's context window
 
 
 @dataclass(slots=True)

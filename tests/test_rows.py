@@ -5,8 +5,8 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
-from hfdistill.prompts import search_tool_schema
 from hfdistill.rows import build_table, extra_info_of, output_schema, quality_flags, shape_row
+from hfdistill.tools import search_tool_schema
 
 TOOLS = [search_tool_schema()]
 RESULT = {"messages": [{"role": "system", "content": "s", "reasoning_content": None, "tool_calls": None,
