@@ -132,7 +132,7 @@ def runs(engine: tuple[str, ServerConfig, Engine], tmp_path_factory: pytest.Temp
 def _generate(server: Engine, config: ServerConfig, mode: str, corpus: Path, work: Path) -> Run:
     protocol = "native" if mode == "auto" and "--tool-call-parser" in config.flags else mode
     protocol = "text" if protocol == "auto" else protocol
-    questions = [_question(server, s, protocol == "text") for s in SCENARIOS] + ["   "]  # blank: never sent
+    questions = [_question(server, s, protocol == "text") for s in EXPECTED] + ["   "]  # blank: never sent
     inp = write_jsonl(work / f"{mode}.jsonl", [{"question": q, "golden_answers": ["Paris"]} for q in questions])
     out = work / f"{mode}.parquet"
     server.prompt_log.unlink(missing_ok=True)
@@ -179,7 +179,7 @@ def _question(server: Engine, scenario: str, text_protocol: bool) -> str:
 
 def test_the_run_finishes_with_only_the_blank_question_left_out(runs: dict[str, Run]) -> None:
     for run in runs.values():
-        assert sorted(run.rows) == sorted(SCENARIOS)
+        assert sorted(run.rows) == sorted(EXPECTED)
         assert [(f["cause"], f["question"].strip()) for f in run.failures] == [("empty_question", "")]
         assert run.rc == 3  # a skipped question leaves the run incomplete
         # never sent as "Question: ": every prompt the model saw names a scenario, but the start-up probe
