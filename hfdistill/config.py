@@ -8,11 +8,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from hfdistill.errors import ConfigError
-from hfdistill.templates import OBSERVATION_FORMATS
 
-__all__ = ["DEFAULT_CONCURRENCY_PER_ENDPOINT", "TOOL_CALL_MODES", "DistillConfig", "RetryPolicy"]
+__all__ = ["DEFAULT_CONCURRENCY_PER_ENDPOINT", "OBSERVATION_FORMATS", "TOOL_CALL_MODES", "DistillConfig",
+           "RetryPolicy"]
 
 TOOL_CALL_MODES = ("auto", "native", "text")
+OBSERVATION_FORMATS = ("seed", "verl")  # the original tool's tool message, or verl's search tool's
 # vLLM queues what exceeds its sequence slots at no cost, while rollouts spend part of their
 # life in retrieval; 512 per endpoint keeps a 256-slot server full (see benchmarks/).
 DEFAULT_CONCURRENCY_PER_ENDPOINT = 512

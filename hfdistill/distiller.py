@@ -1,9 +1,11 @@
 """`Distiller`: the rollout loop as an async batch function for `Dataset.map`.
 
-`datasets` runs async map functions with up to a thousand batches in flight and writes results in
-input order; one semaphore here (the window) bounds the rollouts in flight across all of them,
-so there is no barrier between batches. The object pickles as its configuration only, so `map`
-fingerprints it deterministically; clients are created lazily inside the event loop `map` runs.
+`datasets` runs async map functions with many batches in flight and writes results in input
+order; one semaphore here (the window) bounds the rollouts in flight across all of them, so there
+is no barrier between batches. The distiller owns the window and the clients and calls the
+rollout loop; what happens to each rollout (a row, a journal line, a failure) is its recorder's
+business (see `recorder`). It pickles as its configuration only, so `map` fingerprints it
+deterministically; clients are created lazily inside the event loop `map` runs.
 """
 
 from __future__ import annotations
@@ -22,16 +24,18 @@ import datasets
 import pyarrow as pa
 
 from hfdistill.config import DistillConfig
-from hfdistill.errors import HfdistillError, RolloutError
+from hfdistill.errors import ConfigError, HfdistillError, RolloutError
 from hfdistill.inputs import FieldPlan, plan_fields
-from hfdistill.journal import Journal
-from hfdistill.progress import Monitor
 from hfdistill.prompts import Prompts
-from hfdistill.retrieval import HttpRetriever, Retriever
-from hfdistill.rollout import RolloutSpec, rollout
-from hfdistill.rows import build_table, output_features, result_of, shape_row
+from hfdistill.recorder import Collector, Prior, Recorder
+from hfdistill.retrieval.http import HttpRetriever
+from hfdistill.retrieval.protocol import Retriever
+from hfdistill.rollout import RolloutSpec, TurnStep, rollout
+from hfdistill.rows import build_table, extra_info_of, output_features, output_schema, result_of
 from hfdistill.teacher import Route, Teacher, TeacherStats
 from hfdistill.templates import Templates
+from hfdistill.tools import SearchTool, ToolContext
+from hfdistill.types import RolloutJob, StopRequest
 
 __all__ = ["Distiller"]
 
@@ -47,6 +51,7 @@ class _Runtime:
     retriever: Retriever
     window: asyncio.Semaphore
     lock: asyncio.Lock
+    tools: ToolContext
     admission: asyncio.Semaphore | None = None  # sized from the first batch (see map_batch)
 
     async def aclose(self) -> None:
@@ -69,7 +74,7 @@ def _batch_budget(window: int, rollouts_per_batch: int) -> int:
 def _all_batches_scheduled() -> Iterator[None]:
     # `datasets` caps its async calls in flight (1000) by polling asyncio.wait, which spins while
     # the oldest call is still running; uncapped, it awaits calls in order. Admission (above) is
-    # what bounds the work, so the cap is lifted for the duration of our own map.
+    # what bounds the work, so the cap is lifted for the duration of our own map (and restored).
     previous = datasets.config.MAX_NUM_RUNNING_ASYNC_MAP_FUNCTIONS_IN_PARALLEL
     datasets.config.MAX_NUM_RUNNING_ASYNC_MAP_FUNCTIONS_IN_PARALLEL = sys.maxsize
     try:
@@ -78,35 +83,26 @@ def _all_batches_scheduled() -> Iterator[None]:
         datasets.config.MAX_NUM_RUNNING_ASYNC_MAP_FUNCTIONS_IN_PARALLEL = previous
 
 
-@dataclass(frozen=True)
-class _Job:
-    input_index: int | None
-    rollout_index: int
-    question: str
-    golden: list[str]
-    extra_info: Any
-
-
 class Distiller:
     """Turns batches of questions into batches of distilled conversations (one row per rollout)."""
 
     def __init__(self, config: DistillConfig) -> None:
         self.config = config
         templates = Templates(config.template_dir, observation=config.observation_format)
-        self.prompts = Prompts.build(templates, config.query_arg)
+        tools = [SearchTool(config.query_arg, observation_template=templates.observation)]
+        self.prompts = Prompts.build(templates, tools)
         self.plan: FieldPlan | None = None
         self.schema: pa.Schema | None = None
-        self.journal: Journal | None = None
-        self.monitor = Monitor(0, interval=float("inf"))
-        self.failures: list[dict[str, Any]] = []
-        self.emit_rows = True  # False: results go to the journal only and map_batch returns no rows
         self.model: str | None = config.model
         self.mode: str | None = None if config.tool_call_mode == "auto" else config.tool_call_mode
         self.teacher_stats = TeacherStats()  # shared by the teachers of every loop this distiller runs in
+        self._collector = Collector(self.tools)
+        self._recorder: Recorder = self._collector
         self._runtimes: list[_Runtime] = []
         self._embedded: Retriever | None = None
-        self._stopping = False
+        self._stop = StopRequest()
         self._prepared = False  # the teacher endpoints were checked (once per distiller, not per loop)
+        self._copy = False  # unpickled in another process (a datasets worker): its recorder is not the caller's
 
     # Pickled state is the configuration only: `map`'s fingerprint stays deterministic and no
     # client or loop is ever pickled.
@@ -115,6 +111,7 @@ class Distiller:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state["config"])  # type: ignore[misc]
+        self._copy = True
 
     def __enter__(self) -> Distiller:
         return self
@@ -125,6 +122,16 @@ class Distiller:
     @property
     def tools(self) -> list[dict[str, Any]]:
         return self.prompts.tools
+
+    @property
+    def failures(self) -> list[dict[str, Any]]:
+        """Rollouts of `map_batch` / `map` that failed (they are not rows), with cause and error."""
+        return self._collector.failures
+
+    @property
+    def skipped(self) -> list[dict[str, Any]]:
+        """Input rows that were never sent to the teacher (a blank question)."""
+        return self._collector.skipped_rows
 
     # ------------------------------------------------------------ set-up
 
@@ -138,12 +145,15 @@ class Distiller:
         """Features to pass to `Dataset.map(..., features=...)` for this input."""
         return output_features(self.tools, input_features)
 
-    def prepare(self) -> None:
-        """Probe the teacher (model id, protocol) and the retriever now, outside any `map`.
+    def corpus_digest(self) -> str | None:
+        """The content hash of the embedded retriever's corpus (loading its index), or None without one."""
+        if self.config.corpus is None:
+            return None
+        retriever = self._retriever()
+        return str(retriever.manifest["full_hash"])  # type: ignore[attr-defined]
 
-        `map` does the same before its first rollout; this only moves the check earlier, at the
-        cost of a client that lives for the probe alone.
-        """
+    def prepare(self) -> None:
+        """Probe the teacher (model id, protocol) and the retriever now, outside any `map`."""
         async def probe() -> None:
             try:
                 await self._runtime()
@@ -162,15 +172,26 @@ class Distiller:
 
     def stop(self) -> None:
         """Start no new rollouts; those in flight finish and are recorded."""
-        self._stopping = True
+        self._stop.requested = True
 
     @property
     def stopping(self) -> bool:
-        return self._stopping
+        return self._stop.requested
 
-    def map(self, ds: datasets.Dataset, *, batch_size: int = 16, **map_kwargs: Any) -> datasets.Dataset:
-        """`ds.map` with everything set right: batched, indexed, typed, input columns removed."""
+    def map(self, ds: datasets.Dataset, *, recorder: Recorder | None = None, stop: StopRequest | None = None,
+            batch_size: int = 16, **map_kwargs: Any) -> datasets.Dataset:
+        """`ds.map` with everything set right: batched, indexed, typed, input columns removed.
+
+        With a `recorder` (e.g. a journaling run), rollouts are reported to it instead of the
+        returned dataset's rows and `failures`; once `stop` is requested no new rollout starts.
+        """
+        if (map_kwargs.get("num_proc") or 1) > 1:
+            raise ConfigError("Distiller.map runs in one process (num_proc=1): its window already keeps the "
+                              "teacher servers busy, and a run's journal has one writer. Raise --concurrency "
+                              "instead of num_proc")
         self.bind_input(ds.features)
+        self._recorder = recorder or self._collector
+        self._stop = stop or self._stop
         try:
             # Arrow batches stay zero-copy slices of the input until admitted (see map_batch).
             with _all_batches_scheduled():
@@ -179,6 +200,7 @@ class Distiller:
                     remove_columns=ds.column_names, features=self.output_features(ds.features), **map_kwargs)
             return mapped.with_format(ds.format["type"], **ds.format["format_kwargs"])
         finally:
+            self._recorder = self._collector
             self.close()
 
     def close(self) -> None:
@@ -199,7 +221,9 @@ class Distiller:
             retriever = self._retriever()  # first: loading a corpus index may fail, and owns no socket
             teacher = Teacher(self.config.replace(model=self.model), self.tools, self.teacher_stats)
             teacher.mode = self.mode
-            runtime = _Runtime(loop, teacher, retriever, asyncio.Semaphore(self.config.window), asyncio.Lock())
+            topk = self.config.topk
+            tools = ToolContext(search=lambda queries: retriever.search(queries, topk), render=self.prompts.render)
+            runtime = _Runtime(loop, teacher, retriever, asyncio.Semaphore(self.config.window), asyncio.Lock(), tools)
             self._runtimes.append(runtime)
         if not self._prepared:
             async with runtime.lock:
@@ -223,7 +247,7 @@ class Distiller:
         if self.config.corpus is None:
             return HttpRetriever(self.config.retrieval_url, self.config.retry)
         if self._embedded is None:
-            from hfdistill.bm25 import BM25Retriever
+            from hfdistill.retrieval.bm25 import BM25Retriever
 
             self._embedded = BM25Retriever.load(self.config.corpus, self.config.index_dir)
         return self._embedded
@@ -238,104 +262,92 @@ class Distiller:
         A batch waits for admission before its rows become Python objects, so however many
         batches `map` schedules, only a few windows' worth of rows are held in memory.
         """
+        if self._copy and self._recorder is self._collector:
+            raise ConfigError("Distiller.map_batch is running in a worker process (Dataset.map with num_proc > 1), "
+                              "where its failures cannot reach you; use num_proc=1 (the distiller's window "
+                              "already runs many rollouts at once)")
         runtime = await self._runtime()
         n = batch.num_rows if isinstance(batch, pa.Table) else len(next(iter(batch.values()))) if batch else 0
         if runtime.admission is None:
             runtime.admission = asyncio.Semaphore(_batch_budget(self.config.window, n * self.config.num_rollouts))
         async with runtime.admission:
+            schema = self.schema or self._schema_of(batch)
             rows = batch.to_pylist() if isinstance(batch, pa.Table) else [
                 {k: batch[k][i] for k in batch} for i in range(n)]
             if self.plan is None and rows:
                 self.plan = plan_fields(rows[0], self.config.question_field, self.config.answer_field)
             jobs = self._jobs(rows, indices)
             results = await asyncio.gather(*(self._run(runtime, job) for job in jobs))
-        kept = [r for r in results if r is not None] if self.emit_rows else []
-        return build_table(kept, self.schema, self.tools)
+        return build_table([r for r in results if r is not None], schema)
 
-    def _jobs(self, rows: Sequence[Mapping[str, Any]], indices: list[int] | None) -> list[_Job]:
+    def _schema_of(self, batch: dict[str, list[Any]] | pa.Table) -> pa.Schema:
+        """The output schema when `map` was not given the input's features: `extra_info` typed from the batch."""
+        if "extra_info" not in (batch.column_names if isinstance(batch, pa.Table) else batch):
+            return output_schema(self.tools, None)
+        extra = batch["extra_info"] if isinstance(batch, pa.Table) else pa.array(batch["extra_info"])
+        if extra.type != pa.null():
+            self.schema = output_schema(self.tools, extra.type)  # every later batch writes this type
+        return output_schema(self.tools, extra.type)
+
+    def _jobs(self, rows: Sequence[Mapping[str, Any]], indices: list[int] | None) -> list[RolloutJob]:
         assert self.plan is not None
         jobs = []
         for i, row in enumerate(rows):
             index = indices[i] if indices is not None else None
-            question = self.plan.question_of(row)
+            question, golden = self.plan.question_of(row), tuple(self.plan.answers_of(row))
+            extra = extra_info_of(row, index)
             if not question:
-                self.monitor.skipped(self.config.num_rollouts)
-                self.failures.append({"input_index": index, "rollout_index": None, "question": "",
-                                      "cause": "empty_question", "turn": 0,
-                                      "error": "the row has no question; it was not sent to the teacher"})
+                self._recorder.skipped(RolloutJob(index, 0, "", golden, extra))
                 continue
-            golden = self.plan.answers_of(row)
-            for r in range(self.config.num_rollouts):
-                jobs.append(_Job(index, r, question, golden, row.get("extra_info")))
+            jobs.extend(RolloutJob(index, r, question, golden, extra) for r in range(self.config.num_rollouts))
         return jobs
 
-    async def _run(self, runtime: _Runtime, job: _Job) -> dict[str, Any] | None:
-        result = self._recorded(job)
-        if result is not None:
-            return self._row(job, result, reused=True)
-        if self._stopping:
+    async def _run(self, runtime: _Runtime, job: RolloutJob) -> dict[str, Any] | None:
+        prior = self._usable(self._recorder.prior(job))
+        if prior is not None and prior.result is not None:
+            return self._recorder.finished(job, prior.result, model=prior.model, protocol=prior.protocol,
+                                           reused=True)
+        if self.stopping:
             return None
         async with runtime.window:
-            if self._stopping:
+            if self.stopping:
                 return None
-            result = await self._generate(runtime, job)
-        return self._row(job, result, reused=False) if result is not None else None
-
-    def _recorded(self, job: _Job) -> dict[str, Any] | None:
-        if self.journal is None or job.input_index is None:
+            self._recorder.started(job)
+            result = await self._generate(runtime, job, prior.steps if prior is not None else ())
+        if result is None:
             return None
-        key = (job.input_index, job.rollout_index)
-        if key not in self.journal:
+        return self._recorder.finished(job, result, model=self.model, protocol=self.mode, reused=False)
+
+    def _usable(self, prior: Prior | None) -> Prior | None:
+        """What an earlier attempt left, if this teacher made it: a result, or turns in this protocol."""
+        if prior is None:
             return None
-        record = self.journal.get(key)
-        if not self.matches(record, job.question):
-            log.warning("journal entry %s was made for another question or model; generating it again", key)
+        if prior.model != self.model:
+            log.warning("a recorded rollout was made by teacher %s, not %s; generating it again", prior.model,
+                        self.model)
             return None
-        return record["result"]
+        if prior.result is None and prior.protocol != self.mode:
+            return None  # the turns were sent in the other protocol: start the conversation over
+        return prior
 
-    def matches(self, record: dict[str, Any], question: str) -> bool:
-        """Whether a journal record belongs to this question and this teacher model."""
-        return record["q"] == question and record.get("m") == self.model
-
-    def row(self, input_row: Mapping[str, Any], input_index: int, rollout_index: int,
-            result: dict[str, Any]) -> dict[str, Any]:
-        """The output row of a recorded result, from the input row it came from."""
-        assert self.plan is not None
-        return shape_row(result, question=self.plan.question_of(input_row),
-                         golden_answers=self.plan.answers_of(input_row), tools=self.tools,
-                         extra_info=input_row.get("extra_info"), input_index=input_index,
-                         rollout_index=rollout_index)
-
-    async def _generate(self, runtime: _Runtime, job: _Job) -> dict[str, Any] | None:
-        self.monitor.started()
+    async def _generate(self, runtime: _Runtime, job: RolloutJob, resume: Sequence[TurnStep]) -> dict[str, Any] | None:
         spec = RolloutSpec(self.prompts, self.config.max_assistant_turns, runtime.teacher.mode == "text")
-        topk = self.config.topk
+        turns = iter(range(len(resume) + 1, spec.max_turns + 1))
+
+        def on_turn(step: TurnStep) -> None:
+            self._recorder.turn(job, next(turns), step, model=self.model, protocol=self.mode)
+
         try:
-            traj = await rollout(job.question, job.golden, spec=spec,
-                                 chat=functools.partial(runtime.teacher.chat, route=Route()),
-                                 search=lambda queries: runtime.retriever.search(queries, topk))
+            traj = await rollout(job.question, job.golden_answers, spec=spec, resume=resume, on_turn=on_turn,
+                                 chat=functools.partial(runtime.teacher.chat, route=Route()), tools=runtime.tools)
         except RolloutError as e:
-            self._fail(job, e.cause, e.turn, str(e))
+            self._recorder.failed(job, e.cause, e.turn, str(e))
             return None
         except HfdistillError as e:
-            self._fail(job, type(e).__name__, 0, str(e))
+            self._recorder.failed(job, type(e).__name__, 0, str(e))
             return None
         except Exception as e:  # noqa: BLE001 - a bug must not discard the whole map shard's work
             log.error("internal error in a rollout (please report):\n%s", traceback.format_exc())
-            self._fail(job, "internal_error", 0, f"{type(e).__name__}: {e}")
+            self._recorder.failed(job, "internal_error", 0, f"{type(e).__name__}: {e}")
             return None
-        result = result_of(traj)
-        if self.journal is not None and job.input_index is not None:
-            self.journal.append((job.input_index, job.rollout_index), job.question, self.model, result)
-        return result
-
-    def _fail(self, job: _Job, cause: str, turn: int, error: str) -> None:
-        self.monitor.failed(cause)
-        self.failures.append({"input_index": job.input_index, "rollout_index": job.rollout_index,
-                              "question": job.question, "cause": cause, "turn": turn, "error": error})
-
-    def _row(self, job: _Job, result: dict[str, Any], *, reused: bool) -> dict[str, Any]:
-        row = shape_row(result, question=job.question, golden_answers=job.golden, tools=self.tools,
-                        extra_info=job.extra_info, input_index=job.input_index, rollout_index=job.rollout_index)
-        self.monitor.finished(result, row["exact_match"], reused=reused)
-        return row
+        return result_of(traj)

@@ -11,6 +11,7 @@
     ├── RolloutError            a rollout stopped on one of the two above; its row is a failure
     ├── CorpusError             a retrieval corpus line cannot be read (exit 2)
     ├── JournalError            the run directory cannot be used
+    │   └── RunLockedError      another process is writing the same output
     ├── HubError                pushing to or reading from the Hugging Face Hub failed
     └── Interrupted             the run was stopped by a signal; finished work is kept
 
@@ -31,9 +32,11 @@ __all__ = [
     "JournalError",
     "RetrievalError",
     "RolloutError",
+    "RunLockedError",
     "ServiceError",
     "TeacherError",
     "TemplateError",
+    "first_line",
 ]
 
 
@@ -121,8 +124,21 @@ class JournalError(HfdistillError):
     """The run directory or its journal cannot be created, read or written."""
 
 
+class RunLockedError(JournalError):
+    """Another process holds the output (and its run); the message names it."""
+
+
 class HubError(HfdistillError):
     """A Hugging Face Hub operation failed."""
+
+
+def first_line(e: BaseException) -> str:
+    """A foreign exception's message for a one-line error: the first line of its innermost cause
+    (libraries wrap the useful message, e.g. datasets around Arrow's), else its type's name."""
+    while e.__cause__ is not None:
+        e = e.__cause__
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
 
 
 class Interrupted(HfdistillError):

@@ -1,33 +1,36 @@
-"""`hfdistill generate`: input -> `Distiller.map` -> journal -> the output file, atomically.
+"""`hfdistill generate`: input -> `Distiller.map` into a journaling run -> the output file, atomically.
 
-The journal in the run directory (see `runs`) is the source of truth: every finished rollout is
-appended to it before it counts, and the parquet is written from it, in input order, only at the
-end. Rerunning the same command resumes; a finished command is a no-op.
+The run's journal (see `run`, `journal`) is the source of truth: every finished rollout (and
+every finished turn of one in flight) is appended to it before it counts, and the parquet is
+written from it, in input order, only at the end, then read back and checked against the account
+of every rollout the input owes. Rerunning the same command resumes; a finished command is a no-op.
 """
 
 from __future__ import annotations
 
-import contextlib
-import gc
-import json
 import logging
-import signal
-import sys
+import os
+import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import datasets
 
+from hfdistill import __version__
 from hfdistill.config import DistillConfig
 from hfdistill.distiller import Distiller
-from hfdistill.errors import ConfigError, Interrupted
-from hfdistill.inputs import load_input
-from hfdistill.journal import Journal
-from hfdistill.output import check_output_path, failures_path, write_failures, write_parquet
+from hfdistill.errors import ConfigError, Interrupted, JournalError
+from hfdistill.identity import InputItems, RunIdentity, identify, rollout_options, scan_items
+from hfdistill.inputs import input_kind, load_input
+from hfdistill.output import check_output_path, failures_path, skipped_path, write_jsonl, write_parquet
 from hfdistill.progress import Monitor, RunStats
-from hfdistill.runs import RunIdentity, identify
+from hfdistill.rows import MALFORMED_CALL, extra_info_of, shape_row
+from hfdistill.run import Account, OutputLock, Run
+from hfdistill.types import StopRequest
 
 __all__ = ["EXIT_INCOMPLETE", "KEEP_MODES", "GenerateOptions", "GenerateResult", "generate"]
 
@@ -46,9 +49,11 @@ class GenerateOptions:
     max_samples: int = -1
     batch_size: int = 16
     keep: str = "all"
+    keep_malformed: bool = False  # also write rows with a tool call that was not even JSON (flagged)
     overwrite: bool = False
     command: str = ""  # the command line, recorded for reproduction
     progress: bool = True  # the progress line on stderr
+    log_interval: float = 30.0  # seconds between progress lines when stderr is not a terminal
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -67,6 +72,7 @@ class GenerateResult:
     complete: bool
     skipped_as_done: bool = False
     kept_rows: int = 0
+    held_back: dict[str, int] = field(default_factory=dict)
     record: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -74,103 +80,148 @@ class GenerateResult:
         return 0 if self.complete else EXIT_INCOMPLETE
 
 
-def generate(config: DistillConfig, options: GenerateOptions) -> GenerateResult:
-    """Run (or resume) a distillation and write the output; see the module docstring."""
-    with _quiet_datasets():
-        output = check_output_path(options.output_file)
-        distiller = Distiller(config)  # renders every template once: template errors surface here
-        ds = load_input(options.input_file, max_samples=options.max_samples)
-        distiller.bind_input(ds.features)  # a missing field fails here, before any server is contacted
-        view = {"keep": options.keep, "num_rollouts": config.num_rollouts, "max_samples": options.max_samples}
-        run = identify(distiller, ds, output, view)
-        done = run.existing(options.overwrite)
-        if done is not None:  # a finished command needs no server
-            log.info("%s is already complete (%s rows, same input and options); nothing to do. Pass "
-                     "--overwrite to generate it again", output, done.get("rows"))
-            return GenerateResult(output, failures_path(output), RunStats(), complete=True, skipped_as_done=True,
-                                  kept_rows=int(done.get("rows", 0)), record=done)
-        run.note_other_runs()
-        journal = _open_journal(run)
-        try:
-            stats = _run_rollouts(distiller, ds, journal, run, options)
-            return _write_output(distiller, ds, journal, run, options, stats)
-        finally:
-            journal.close()
+def generate(config: DistillConfig, options: GenerateOptions, *, stop: StopRequest | None = None) -> GenerateResult:
+    """Run (or resume) a distillation and write the output; see the module docstring.
+
+    `stop`, once requested (the CLI does it on SIGINT/SIGTERM), starts no new rollout: those in
+    flight finish and are journaled, and `Interrupted` is raised.
+    """
+    output = check_output_path(options.output_file)
+    with OutputLock(output, options.command):  # one process per output, from here to the end
+        return _generate(config, options, output, stop or StopRequest())
 
 
-def _open_journal(run: RunIdentity) -> Journal:
-    run.run_dir.mkdir(parents=True, exist_ok=True)
-    (run.run_dir / "run.json").write_text(json.dumps({"fingerprint": run.fingerprint, "options": run.options},
-                                                     indent=2))
-    journal = Journal(run.run_dir / "journal.jsonl")
-    if len(journal):
-        log.info("resuming: %d rollouts already recorded in %s", len(journal), run.run_dir)
-    return journal
+def _generate(config: DistillConfig, options: GenerateOptions, output: Path, stop: StopRequest) -> GenerateResult:
+    distiller = Distiller(config)  # renders every template once: template errors surface here
+    ds = load_input(options.input_file, max_samples=options.max_samples)
+    distiller.bind_input(ds.features)  # a missing field fails here, before any server is contacted
+    assert distiller.plan is not None
+    items = scan_items(ds, distiller.plan, with_golden=distiller.prompts.uses_golden_answers)
+    identity = identify(rollout_options(config, templates=distiller.prompts.templates.digest(),
+                                        corpus=distiller.corpus_digest()), output)
+    view = {"keep": options.keep, "keep_malformed": options.keep_malformed, "num_rollouts": config.num_rollouts}
+    done = identity.existing(items.digest, view, options.overwrite)
+    if done is not None:  # a finished command needs no server
+        log.info("%s is already complete (%s rows, same input and options); nothing to do. Pass --overwrite to "
+                 "generate it again", output, done.get("rows"))
+        return GenerateResult(output, failures_path(output), RunStats(), complete=True, skipped_as_done=True,
+                              kept_rows=int(done.get("rows", 0)), record=done)
+    identity.note_other_runs()
+    monitor = Monitor(len(ds) * config.num_rollouts, gauges=distiller.gauges, enabled=options.progress,
+                      log_interval=options.log_interval)
+    started = time.monotonic()
+    with Run(identity, items, config.num_rollouts, monitor) as run:
+        if run.pending:
+            live = _run_rollouts(distiller, ds, run, options, stop)
+        else:
+            log.info("every rollout is recorded in %s; writing %s from it (no server contacted)", identity.run_dir,
+                     output)
+            live = RunStats()
+        account = run.account(interrupted=distiller.stopping)
+        write_jsonl(failures_path(output), account.failed)
+        write_jsonl(skipped_path(output), [{"input_index": i, "reason": "blank question"}
+                                           for i, item in enumerate(items.ids) if item is None])
+        if distiller.stopping:
+            raise Interrupted(f"interrupted: {len(run.journal or ())} rollouts are recorded in {identity.run_dir}; "
+                              "rerun the same command to resume")
+        live.wall_seconds = time.monotonic() - started
+        return _write_output(distiller, ds, run, options, identity, _Counts(live, account, items))
 
 
-def _run_rollouts(distiller: Distiller, ds: datasets.Dataset, journal: Journal, run: RunIdentity,
-                  options: GenerateOptions) -> RunStats:
-    """Every (question, rollout) not in the journal yet, through `Distiller.map` (the API's path)."""
-    rollouts = len(ds) * distiller.config.num_rollouts
-    monitor = Monitor(rollouts, gauges=distiller.gauges, enabled=options.progress)
-    distiller.journal, distiller.monitor = journal, monitor
-    distiller.emit_rows = False  # the journal holds every result; the output is written from it
-    log.info("distilling %d questions x %d rollouts", len(ds), distiller.config.num_rollouts)
+def _run_rollouts(distiller: Distiller, ds: datasets.Dataset, run: Run, options: GenerateOptions,
+                  stop: StopRequest) -> RunStats:
+    """Every rollout not in the journal yet, through `Distiller.map` (the API's path), into the run."""
+    log.info("distilling %d questions x %d rollouts; %d still to make", len(ds), distiller.config.num_rollouts,
+             run.pending)
     try:
-        with _signals(distiller), _throughput_gc():
-            # The servers are probed as map starts, before its first rollout: one client per run.
-            distiller.map(ds, batch_size=options.batch_size, load_from_cache_file=False,
-                          cache_file_name=str(run.run_dir / "map.arrow"), desc="hfdistill")
+        # The servers are probed as map starts, before its first rollout: one client per run.
+        distiller.map(ds, recorder=run, stop=stop, batch_size=options.batch_size, load_from_cache_file=False,
+                      cache_file_name=str(run.identity.run_dir / "map.arrow"), desc="hfdistill")
     finally:
-        stats = monitor.finish()
+        stats = run.monitor.finish()
         teacher = distiller.teacher_stats
         stats.teacher_calls, stats.teacher_retries = teacher.calls, teacher.retries
         stats.calls_by_endpoint = dict(teacher.by_endpoint)
-        for cache in run.run_dir.glob("map*.arrow"):  # map's own (empty) output
+        for cache in run.identity.run_dir.glob("map*.arrow"):  # map's own (empty) output
             cache.unlink(missing_ok=True)
-    write_failures(failures_path(run.output), distiller.failures)
-    if distiller.stopping:
-        raise Interrupted(f"interrupted: {len(journal)} rollouts are recorded in {run.run_dir}; rerun the same "
-                          "command to resume")
     return stats
 
 
-def _write_output(distiller: Distiller, ds: datasets.Dataset, journal: Journal, run: RunIdentity,
-                  options: GenerateOptions, stats: RunStats) -> GenerateResult:
-    records: list[dict[str, Any]] = []
+@dataclass
+class _Counts:
+    """What the run counted (live), what it accounted for, and the input it owed rollouts to."""
 
-    def record(rows: int) -> dict[str, Any]:
-        records.append(run.record(distiller, source=options.input_file, command=options.command,
-                                  batch_size=options.batch_size, questions=len(ds), rows=rows, stats=stats))
+    live: RunStats
+    account: Account
+    items: InputItems
+
+
+def _write_output(distiller: Distiller, ds: datasets.Dataset, run: Run, options: GenerateOptions,
+                  identity: RunIdentity, counts: _Counts) -> GenerateResult:
+    """Stream the journaled rollouts, in input order, through the keep filter into the output file."""
+    stats = _stats_from(counts.live)
+    stats.questions_skipped = counts.items.blank
+    stats.rollouts_failed = len(counts.account.failed)  # lost rollouts included
+    stats.failures = Counter(f["cause"] for f in counts.account.failed)
+    held_back = {MALFORMED_CALL: 0}
+    models: dict[str, str | None] = {}
+    records: list[dict[str, Any]] = []
+    rows = _journal_rows(distiller, ds, run, stats, models)
+
+    def kept() -> Iterator[dict[str, Any]]:
+        for row in rows:
+            if MALFORMED_CALL in row["quality_flags"] and not options.keep_malformed:
+                held_back[MALFORMED_CALL] += 1
+            elif _kept(row, options.keep):
+                yield row
+
+    def record(written: int) -> dict[str, Any]:
+        records.append(_record(distiller, identity, options, counts, stats, written=written, held_back=held_back,
+                               models=models))
         return records[-1]
 
     assert distiller.schema is not None
-    rows = (r for r in _journal_rows(distiller, journal, ds) if _kept(r, options.keep))
-    written = write_parquet(rows, run.output, distiller.schema, record=record)
-    return GenerateResult(run.output, failures_path(run.output), stats, complete=not distiller.failures,
-                          kept_rows=written, record=records[-1])
+    written = write_parquet(kept(), identity.output, distiller.schema, record=record)
+    if stats.rows != counts.account.finished:  # the file must hold what the account says, no less
+        raise JournalError(f"{identity.output} was written from {stats.rows} journaled rollouts, but the run accounts "
+                           f"for {counts.account.finished}; rerun the same command to write it again")
+    return GenerateResult(identity.output, failures_path(identity.output), stats,
+                          complete=not counts.account.failed, kept_rows=written, held_back=dict(held_back),
+                          record=records[-1])
 
 
-def _journal_rows(distiller: Distiller, journal: Journal, ds: datasets.Dataset) -> Iterator[dict[str, Any]]:
-    """Output rows in (input, rollout) order: the journal merged with the input, streamed."""
-    assert distiller.plan is not None
-    rollouts: dict[int, list[int]] = {}
-    for i, r in journal:
-        if i < len(ds) and r < distiller.config.num_rollouts:
-            rollouts.setdefault(i, []).append(r)
+def _journal_rows(distiller: Distiller, ds: datasets.Dataset, run: Run, stats: RunStats,
+                  models: dict[str, str | None]) -> Iterator[dict[str, Any]]:
+    """Output rows in (input, rollout) order: the journal merged with the input, streamed, counted."""
+    assert distiller.plan is not None and run.journal is not None
+    plan, finished, n = distiller.plan, run.finished_keys(), distiller.config.num_rollouts
     for start in range(0, len(ds), _INPUT_CHUNK):
         chunk = ds[start:start + _INPUT_CHUNK]
         for offset in range(len(next(iter(chunk.values()), []))):
             index = start + offset
-            if index not in rollouts:
+            item = run.items.ids[index]
+            keys = [(item, r) for r in range(n) if (item, r) in finished] if item is not None else []
+            if not keys:
                 continue
             row = {column: values[offset] for column, values in chunk.items()}
-            question = distiller.plan.question_of(row)
-            for r in sorted(rollouts[index]):
-                recorded = journal.get((index, r))
-                # A record made by another model whose regeneration failed is in the failures file.
-                if distiller.matches(recorded, question):
-                    yield distiller.row(row, index, r, recorded["result"])
+            for key in keys:
+                recorded = run.journal.get(key)
+                out = shape_row(recorded.result, question=plan.question_of(row), golden_answers=plan.answers_of(row),
+                                tools=distiller.tools, extra_info=extra_info_of(row, index), input_index=index,
+                                rollout_index=key[1])
+                stats.add_result(recorded.result, out["exact_match"])
+                models.setdefault("model", recorded.model)
+                models.setdefault("protocol", recorded.protocol)
+                yield out
+
+
+def _stats_from(live: RunStats) -> RunStats:
+    """The summary's statistics: the run's live counters; the rows' content is counted as they are written."""
+    return RunStats(rollouts_total=live.rollouts_total, rollouts_done=live.rollouts_done,
+                    rollouts_reused=live.rollouts_reused,
+                    questions_skipped=live.questions_skipped,
+                    teacher_calls=live.teacher_calls, teacher_retries=live.teacher_retries,
+                    calls_by_endpoint=live.calls_by_endpoint, wall_seconds=live.wall_seconds)
 
 
 def _kept(row: dict[str, Any], keep: str) -> bool:
@@ -181,45 +232,29 @@ def _kept(row: dict[str, Any], keep: str) -> bool:
     return True
 
 
-@contextlib.contextmanager
-def _signals(distiller: Distiller) -> Iterator[None]:
-    """First SIGINT/SIGTERM: start nothing new, let in-flight rollouts finish. Second: stop now."""
-    def handler(signum: int, _frame: Any) -> None:
-        if distiller.stopping:
-            raise KeyboardInterrupt
-        distiller.stop()
-        sys.stderr.write(f"\n[hfdistill] {signal.Signals(signum).name}: finishing the rollouts in flight "
-                         "(they are recorded); press Ctrl-C again to stop at once\n")
-
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
-
-
-@contextlib.contextmanager
-def _throughput_gc() -> Iterator[None]:
-    """Objects from imports and set-up live all run, so the collector need not rescan them, and a
-    rollout makes many short-lived objects that reference counting frees on its own (≈7 % CPU)."""
-    thresholds = gc.get_threshold()
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
-    try:
-        yield
-    finally:
-        gc.set_threshold(*thresholds)
-        gc.unfreeze()
-
-
-@contextlib.contextmanager
-def _quiet_datasets() -> Iterator[None]:
-    """Our progress line replaces datasets' tqdm bars, which would fight it on stderr."""
-    was_enabled = datasets.is_progress_bar_enabled()
-    datasets.disable_progress_bars()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            datasets.enable_progress_bars()
+def _record(distiller: Distiller, identity: RunIdentity, options: GenerateOptions, counts: _Counts,
+            stats: RunStats, *, written: int, held_back: dict[str, int],
+            models: dict[str, str | None]) -> dict[str, Any]:
+    """The generation record stored in the output file (read by `card` and `push`)."""
+    c, plan, items = distiller.config, distiller.plan, counts.items
+    return {
+        "hfdistill_version": __version__, "fingerprint": identity.fingerprint,
+        "complete": not counts.account.failed, "input_digest": items.digest,
+        "view": {"keep": options.keep, "keep_malformed": options.keep_malformed, "num_rollouts": c.num_rollouts},
+        "teacher": {"model": distiller.model or models.get("model"),
+                    "hosts": [urlsplit(u).hostname for u in c.endpoints],
+                    "protocol": distiller.mode or models.get("protocol")},
+        "retrieval": {"corpus": os.path.basename(c.corpus)} if c.corpus else
+                     {"host": urlsplit(c.retrieval_url).hostname},
+        "generation_options": identity.options,
+        "run_options": {"keep": options.keep, "keep_malformed": options.keep_malformed,
+                        "num_rollouts": c.num_rollouts, "max_samples": options.max_samples,
+                        "batch_size": options.batch_size, "concurrency": c.window},
+        "templates": {"names": list(distiller.prompts.templates.names),
+                      "sha256": distiller.prompts.templates.digest()},
+        "input": {"source": options.input_file, "kind": input_kind(options.input_file), "questions": len(items),
+                  "skipped": items.blank, "question_fields": list(plan.question) if plan else [],
+                  "answer_fields": list(plan.answers) if plan else []},
+        "rows": written, "rollouts": stats.rows, "held_back": held_back, "counts": stats.to_dict(),
+        "command": options.command, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }

@@ -1,8 +1,11 @@
-"""Output files: the parquet (atomic, with its generation record inside) and the failures file."""
+"""Output files: the parquet (with its generation record inside), the failures and skipped files.
+
+Every file is replaced atomically (`atomic`); the parquet's row count is read back from its
+footer, so what a run reports is what the file holds.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import tempfile
@@ -13,6 +16,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from hfdistill.atomic import atomic_path, atomic_write_text
 from hfdistill.errors import ConfigError, InputError
 
 __all__ = [
@@ -20,7 +24,9 @@ __all__ = [
     "check_output_path",
     "failures_path",
     "read_record",
-    "write_failures",
+    "row_count",
+    "skipped_path",
+    "write_jsonl",
     "write_parquet",
 ]
 
@@ -48,23 +54,29 @@ def check_output_path(path: str | Path) -> Path:
 
 def failures_path(output: Path) -> Path:
     """`OUT.parquet` -> `OUT.failures.jsonl`, next to the output."""
-    stem = output.name[: -len(".parquet")] if output.name.endswith(".parquet") else output.name
-    return output.with_name(f"{stem}.failures.jsonl")
+    return output.with_name(f"{_stem(output)}.failures.jsonl")
+
+
+def skipped_path(output: Path) -> Path:
+    """`OUT.parquet` -> `OUT.skipped.jsonl`: input rows never sent to the teacher (blank questions)."""
+    return output.with_name(f"{_stem(output)}.skipped.jsonl")
+
+
+def _stem(output: Path) -> str:
+    return output.name[: -len(".parquet")] if output.name.endswith(".parquet") else output.name
 
 
 def write_parquet(rows: Iterable[dict[str, Any]], path: Path, schema: pa.Schema, *,
                   record: Callable[[int], dict[str, Any]]) -> int:
     """Stream `rows` into `path` in row groups of a few hundred; return how many were written.
 
-    Written via a temp file and a rename: no partial file is ever at `path`. The schema is fixed
-    (and carries `datasets`' feature metadata, so `load_dataset` restores the features); the
-    generation record, built from the number of rows, goes into the file's key-value metadata
-    under `hfdistill` once the rows are in.
+    Written atomically: no partial file is ever at `path`. The schema is fixed (and carries
+    `datasets`' feature metadata, so `load_dataset` restores the features); the generation record,
+    built from the number of rows, goes into the file's key-value metadata under `hfdistill` once
+    the rows are in. The count returned is read back from the written file's footer.
     """
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
     written = 0
-    try:
+    with atomic_path(path) as tmp:
         with pq.ParquetWriter(tmp, schema) as writer:
             for chunk in _chunks(rows, _ROW_GROUP_ROWS):
                 writer.write_table(pa.Table.from_pylist(chunk, schema=schema))
@@ -73,11 +85,9 @@ def write_parquet(rows: Iterable[dict[str, Any]], path: Path, schema: pa.Schema,
                 writer.write_table(schema.empty_table())
             writer.add_key_value_metadata({METADATA_KEY: json.dumps(record(written), ensure_ascii=False,
                                                                     default=str)})
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        on_disk = row_count(tmp)
+        if on_disk != written:
+            raise OSError(f"wrote {written} rows but the file holds {on_disk}")
     return written
 
 
@@ -102,14 +112,18 @@ def read_record(path: str | Path) -> dict[str, Any] | None:
     return json.loads(raw) if raw else None
 
 
-def write_failures(path: Path, failures: list[dict[str, Any]]) -> None:
-    """Replace the failures file with this run's failures; remove it when there are none."""
-    if not failures:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
+def row_count(path: str | Path) -> int:
+    """Rows in a parquet file, from its footer."""
+    try:
+        return pq.read_metadata(path).num_rows
+    except (OSError, pa.ArrowInvalid) as e:
+        raise InputError(f"cannot read {path} as parquet ({e}); pass a file written by hfdistill") from None
+
+
+def write_jsonl(path: Path, entries: list[dict[str, Any]]) -> None:
+    """Replace `path` with one JSON line per entry, sorted by input row; remove it when there are none."""
+    if not entries:
+        path.unlink(missing_ok=True)
         return
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for failure in sorted(failures, key=lambda x: (x["input_index"] or 0, x["rollout_index"] or 0)):
-            f.write(json.dumps(failure, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    ordered = sorted(entries, key=lambda x: (x["input_index"] or 0, x.get("rollout_index") or 0))
+    atomic_write_text(path, "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in ordered))

@@ -1,26 +1,31 @@
 """The rollout loop: teacher turn, tool call, observation, until an answer or a limit.
 
-It receives the teacher and the retriever as two awaitables and builds no client, so it runs the
-same against vLLM, a scripted fake or anything else. The model's mistakes are observations it
+It receives the teacher as an awaitable and the tools' world as a `ToolContext` and builds no
+client, so it runs the same against vLLM, a scripted fake or anything else; the tools themselves
+(see `tools`) come with the prompts. The model's mistakes are observations it
 sees; broken infrastructure raises (and the row goes to the failures file).
+
+Every finished tool turn is a `TurnStep`: what it added to the stored conversation and to what the
+teacher sees. The loop reports each one (`on_turn`), and continues from recorded steps
+(`resume`), so a conversation cut off by a kill goes on from its last finished turn.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from hfdistill.errors import ContextLengthError, RetrievalError, RolloutError, TeacherError
-from hfdistill.prompts import TOOL_NAME, Prompts
-from hfdistill.toolcalls import CallError, ParsedTurn, SearchCall, extract_answer, interpret_turn
-from hfdistill.types import Document, Message, TeacherReply, ToolCall, Trajectory
+from hfdistill.errors import ContextLengthError, RolloutError, ServiceError, TeacherError
+from hfdistill.prompts import Prompts
+from hfdistill.toolcalls import CallError, ParsedTurn, ToolRequest, extract_answer, interpret_turn
+from hfdistill.tools import ToolContext
+from hfdistill.types import Message, TeacherReply, ToolCall, Trajectory, Usage
 
-__all__ = ["ChatFn", "RolloutSpec", "SearchFn", "rollout"]
+__all__ = ["ChatFn", "RolloutSpec", "TurnStep", "rollout", "tool_response"]
 
 ChatFn = Callable[[list[dict[str, Any]]], Awaitable[TeacherReply]]
-SearchFn = Callable[[Sequence[str]], Awaitable[list[list[Document]]]]
 
 
 @dataclass(frozen=True)
@@ -32,9 +37,41 @@ class RolloutSpec:
     text_protocol: bool
 
 
-async def rollout(question: str, golden_answers: Sequence[str], *, chat: ChatFn, search: SearchFn,
-                  spec: RolloutSpec) -> Trajectory:
-    """Run one conversation to its end and return it with its stop reason and counters."""
+@dataclass(frozen=True)
+class TurnStep:
+    """What one finished tool turn added: enough to continue the conversation after a kill."""
+
+    stored: tuple[Message, ...]  # to the stored conversation
+    wire: tuple[dict[str, Any], ...]  # to what the teacher sees next
+    usage: Usage = field(default_factory=Usage)
+    tool_calls: int = 0
+    tool_errors: int = 0
+    malformed_calls: int = 0
+    queries: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"stored": [m.to_dict() for m in self.stored], "wire": list(self.wire), "usage": self.usage.to_dict(),
+                "tool_calls": self.tool_calls, "tool_errors": self.tool_errors,
+                "malformed_calls": self.malformed_calls, "queries": self.queries}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TurnStep:
+        """Read back a recorded step; KeyError/TypeError/ValueError when it is not one."""
+        return cls(stored=tuple(Message.from_dict(m) for m in d["stored"]), wire=tuple(d["wire"]),
+                   usage=Usage(int(d["usage"]["prompt_tokens"]), int(d["usage"]["completion_tokens"])),
+                   tool_calls=int(d["tool_calls"]), tool_errors=int(d["tool_errors"]),
+                   malformed_calls=int(d["malformed_calls"]), queries=int(d["queries"]))
+
+
+def tool_response(observation: str) -> str:
+    """A tool result in the model's own format: how Qwen templates render a `tool` message."""
+    return f"<tool_response>\n{observation}\n</tool_response>"
+
+
+async def rollout(question: str, golden_answers: Sequence[str], *, chat: ChatFn, tools: ToolContext,
+                  spec: RolloutSpec, resume: Sequence[TurnStep] = (),
+                  on_turn: Callable[[TurnStep], None] | None = None) -> Trajectory:
+    """Run one conversation to its end (continuing after the `resume` steps) and return it."""
     user = spec.prompts.user(question, golden_answers)
     traj = Trajectory(messages=[Message("system", spec.prompts.system), Message("user", user)],
                       stop_reason="max_turns")
@@ -42,7 +79,9 @@ async def rollout(question: str, golden_answers: Sequence[str], *, chat: ChatFn,
         {"role": "system", "content": spec.prompts.system_on_wire(spec.text_protocol)},
         {"role": "user", "content": user},
     ]
-    for turn in range(1, spec.max_turns + 1):
+    for step in resume:
+        _apply(step, traj, wire)
+    for turn in range(len(resume) + 1, spec.max_turns + 1):
         try:
             reply = await chat(wire)
         except ContextLengthError:
@@ -50,23 +89,37 @@ async def rollout(question: str, golden_answers: Sequence[str], *, chat: ChatFn,
             break
         except TeacherError as e:
             raise RolloutError(str(e), cause=e.cause, turn=turn) from e
-        traj.usage.add(reply.usage)
-        traj.assistant_turns += 1
-        parsed = interpret_turn(reply.content, reply.reasoning, reply.tool_calls, tool_name=TOOL_NAME,
+        parsed = interpret_turn(reply.content, reply.reasoning, reply.tool_calls, tools=spec.prompts.toolset,
                                 call_id=f"call_{turn}")
         stop = _stop_reason(reply, parsed)
         if stop is not None:
+            traj.usage.add(reply.usage)
+            traj.assistant_turns += 1
             content = parsed.text if stop in ("length", "context") else parsed.content
             traj.messages.append(Message("assistant", content, parsed.reasoning))
             traj.stop_reason = stop
             break
         try:
-            await _act(parsed.calls[0], reply, parsed, traj, wire, search, spec)
-        except RetrievalError as e:
+            step = await _act(parsed.calls[0], reply, parsed, tools, spec)
+        except ServiceError as e:  # a tool's server (the retriever) failed for good
             raise RolloutError(str(e), cause=e.cause, turn=turn) from e
+        _apply(step, traj, wire)
+        if on_turn is not None:
+            on_turn(step)
     final = next((m for m in reversed(traj.messages) if m.role == "assistant"), None)
     traj.prediction = (extract_answer(final.content) or "") if final is not None else ""
     return traj
+
+
+def _apply(step: TurnStep, traj: Trajectory, wire: list[dict[str, Any]]) -> None:
+    traj.messages.extend(step.stored)
+    wire.extend(step.wire)
+    traj.usage.add(step.usage)
+    traj.assistant_turns += 1
+    traj.num_tool_calls += step.tool_calls
+    traj.num_tool_errors += step.tool_errors
+    traj.num_malformed_calls += step.malformed_calls
+    traj.num_queries += step.queries
 
 
 def _stop_reason(reply: TeacherReply, parsed: ParsedTurn) -> str | None:
@@ -79,29 +132,29 @@ def _stop_reason(reply: TeacherReply, parsed: ParsedTurn) -> str | None:
     return None
 
 
-async def _act(call: SearchCall | CallError, reply: TeacherReply, parsed: ParsedTurn, traj: Trajectory,
-               wire: list[dict[str, Any]], search: SearchFn, spec: RolloutSpec) -> None:
-    """Execute the turn's call (or report its error) and append both sides to both transcripts."""
-    prompts = spec.prompts
-    if isinstance(call, SearchCall):
-        documents = await search(call.queries)
-        observation = prompts.observation(call.queries, documents)
-        stored_call: ToolCall | None = ToolCall(call.id, TOOL_NAME,
-                                                json.dumps({prompts.query_arg: list(call.queries)},
-                                                           ensure_ascii=False))
-        traj.num_tool_calls += 1
-        traj.num_queries += len(call.queries)
+async def _act(call: ToolRequest | CallError, reply: TeacherReply, parsed: ParsedTurn, tools: ToolContext,
+               spec: RolloutSpec) -> TurnStep:
+    """Run the turn's call (or report its error): both sides of the turn, stored and on the wire."""
+    if isinstance(call, ToolRequest):
+        output = await spec.prompts.toolset[call.name](call.arguments, tools)
+        observation = output.observation
+        stored_call: ToolCall | None = ToolCall(call.id, call.name, json.dumps(call.arguments, ensure_ascii=False))
+        counts = {"tool_calls": 1, "queries": output.queries}
     else:
-        observation = prompts.error(call.message)
-        # A call that is not even JSON cannot be stored as a call; the text shows what was written.
+        observation = spec.prompts.error(call.message)
         stored_call = ToolCall(call.id, call.name, call.arguments) if call.arguments else None
-        traj.num_tool_errors += 1
-    content = parsed.content if stored_call is not None else parsed.text
-    traj.messages.append(Message("assistant", content, parsed.reasoning,
-                                 tool_calls=(stored_call,) if stored_call else ()))
-    traj.messages.append(Message("tool", observation, tool_call_id=stored_call.id if stored_call else None,
-                                 name=stored_call.name if stored_call else TOOL_NAME))
-    wire.extend(_wire_turn(reply, stored_call, observation, spec.text_protocol))
+        counts = {"tool_errors": 1, "malformed_calls": int(stored_call is None)}
+    if stored_call is not None:
+        stored = (Message("assistant", parsed.content, parsed.reasoning, tool_calls=(stored_call,)),
+                  Message("tool", observation, tool_call_id=stored_call.id, name=stored_call.name))
+    else:
+        # A call that is not even JSON cannot be stored as a call, and a tool message must answer one:
+        # the text stays as written and the error comes back as the user turn a Qwen template would
+        # render for a tool message. The row is flagged (see rows.quality_flags).
+        stored = (Message("assistant", parsed.text, parsed.reasoning),
+                  Message("user", tool_response(observation)))
+    wire = _wire_turn(reply, stored_call, observation, spec.text_protocol)
+    return TurnStep(stored, tuple(wire), reply.usage, **counts)
 
 
 def _wire_turn(reply: TeacherReply, call: ToolCall | None, observation: str,
@@ -110,7 +163,7 @@ def _wire_turn(reply: TeacherReply, call: ToolCall | None, observation: str,
 
     The teacher then reasons from the context it generated, and vLLM's prefix cache serves the turn.
     """
-    result = f"<tool_response>\n{observation}\n</tool_response>"
+    result = tool_response(observation)
     if text_protocol or not reply.tool_calls:
         # Text protocol (or a call vLLM's parser left in the text): the model's own text, thinking and
         # <tool_call> included; the result goes back as Tongyi's ReAct loop sends it (the Qwen3 template

@@ -16,13 +16,19 @@ from hfdistill.scoring import score
 from hfdistill.types import Trajectory
 
 __all__ = [
+    "MALFORMED_CALL",
     "MESSAGE_TYPE",
     "build_table",
+    "extra_info_of",
     "output_features",
     "output_schema",
+    "quality_flags",
     "result_of",
     "shape_row",
 ]
+
+# A turn whose tool call was not even JSON: the student should not learn to write it (see README).
+MALFORMED_CALL = "malformed_call"
 
 _TOOL_CALL_TYPE = pa.struct([
     ("id", pa.string()),
@@ -49,6 +55,7 @@ _FIXED_FIELDS = [
     ("num_tool_calls", pa.int32()),
     ("num_tool_errors", pa.int32()),
     ("num_queries", pa.int32()),
+    ("quality_flags", pa.list_(pa.string())),
     ("usage", pa.struct([("prompt_tokens", pa.int64()), ("completion_tokens", pa.int64())])),
     ("rollout_index", pa.int32()),
     ("input_index", pa.int64()),
@@ -80,9 +87,20 @@ def result_of(traj: Trajectory) -> dict[str, Any]:
         "num_tool_calls": traj.num_tool_calls,
         "num_tool_errors": traj.num_tool_errors,
         "num_queries": traj.num_queries,
+        "num_malformed_calls": traj.num_malformed_calls,
         "usage": traj.usage.to_dict(),
         "prediction": traj.prediction,
     }
+
+
+def quality_flags(result: Mapping[str, Any]) -> list[str]:
+    """Flags of a rollout result, computed from the result alone."""
+    return [MALFORMED_CALL] if result.get("num_malformed_calls") else []
+
+
+def extra_info_of(row: Mapping[str, Any], input_index: int | None) -> Any:
+    """The input's `extra_info` as is (null stays null); `{index}` when the input has no such column."""
+    return row.get("extra_info", {"index": input_index})
 
 
 def shape_row(result: Mapping[str, Any], *, question: str, golden_answers: Sequence[str],
@@ -91,22 +109,27 @@ def shape_row(result: Mapping[str, Any], *, question: str, golden_answers: Seque
     """An output row from a rollout result and the input row it came from."""
     s = score(result["prediction"], golden_answers)
     return {
-        **result,
+        "messages": result["messages"],
         "tools": tools,
         "question": question,
         "golden_answers": list(golden_answers),
+        "prediction": result["prediction"],
         "exact_match": s.exact_match,
         "sub_match": s.sub_match,
         "f1": s.f1,
+        "stop_reason": result["stop_reason"],
+        "assistant_turns": result["assistant_turns"],
+        "num_tool_calls": result["num_tool_calls"],
+        "num_tool_errors": result["num_tool_errors"],
+        "num_queries": result["num_queries"],
+        "quality_flags": quality_flags(result),
+        "usage": result["usage"],
         "rollout_index": rollout_index,
         "input_index": input_index,
-        "extra_info": extra_info if extra_info is not None else {"index": input_index},
+        "extra_info": extra_info,
     }
 
 
-def build_table(rows: list[dict[str, Any]], schema: pa.Schema | None, tools: list[dict[str, Any]]) -> pa.Table:
-    """Rows as one arrow table; without a known schema, `extra_info`'s type is inferred from the rows."""
-    if schema is None:
-        extra = pa.array([r["extra_info"] for r in rows]) if rows else pa.array([], _INDEX_ONLY)
-        schema = output_schema(tools, extra.type if extra.type != pa.null() else None)
+def build_table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
+    """Rows as one arrow table of the run's fixed schema."""
     return pa.Table.from_pylist(rows, schema=schema)

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import jinja2
+import jinja2.meta
 
 from hfdistill.errors import TemplateError
 
-__all__ = ["OBSERVATION_FORMATS", "Templates", "card_template_path", "template_dir"]
+__all__ = ["OBSERVATION_TEMPLATES", "Templates", "card_template_path", "environment", "render_file",
+           "report_template_path", "template_dir"]
 
 # --observation-format value -> template file; the default is the original tool's format.
-OBSERVATION_FORMATS = {"seed": "tool_observation.j2", "verl": "tool_observation_verl.j2"}
+OBSERVATION_TEMPLATES = {"seed": "tool_observation.j2", "verl": "tool_observation_verl.j2"}
 
 _PACKAGE = Path(__file__).resolve().parent
 
@@ -50,20 +53,46 @@ def card_template_path() -> Path:
     return _data_path("dataset_card.md")
 
 
+def report_template_path() -> Path:
+    """The page template of `hfdistill report` (`report.html`)."""
+    return _data_path("report.html")
+
+
 def _tojson(value: Any, indent: int | None = None) -> str:
     # Hugging Face chat templates' `tojson`: no key sorting and no HTML escaping (unlike Jinja's),
     # so a text-protocol prompt matches what the server renders from `tools=` byte for byte.
     return json.dumps(value, ensure_ascii=False, indent=indent)
 
 
+def environment(*, filters: Mapping[str, Callable[..., Any]] | None = None, **options: Any) -> jinja2.Environment:
+    """The one way hfdistill makes a Jinja environment: strict (an unknown variable is an error, not
+    an empty string), with the `tojson` every template may use; `options` go to `jinja2.Environment`."""
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined, **{"autoescape": False, **options})
+    env.filters["tojson"] = _tojson
+    env.filters.update(filters or {})
+    return env
+
+
+def render_file(path: Path, context: Mapping[str, Any], *, filters: Mapping[str, Callable[..., Any]] | None = None,
+                **options: Any) -> str:
+    """Render the template file `path` strictly; its mistakes are one-line TemplateErrors naming it."""
+    try:
+        template = environment(filters=filters, **options).from_string(path.read_text(encoding="utf-8"))
+        return template.render(**context)
+    except jinja2.TemplateSyntaxError as e:
+        raise TemplateError(f"template {path} line {e.lineno}: {e.message}; fix the template") from None
+    except jinja2.UndefinedError as e:
+        raise TemplateError(f"template {path} uses an unknown variable: {e.message}") from None
+
+
 class Templates:
     """The template set of one run: built-ins, overridden by file name from `override_dir`."""
 
     def __init__(self, override_dir: str | Path | None = None, *, observation: str = "seed") -> None:
-        if observation not in OBSERVATION_FORMATS:
+        if observation not in OBSERVATION_TEMPLATES:
             raise TemplateError(f"unknown observation format {observation!r}; "
-                                f"choose one of {', '.join(OBSERVATION_FORMATS)}")
-        self.observation = OBSERVATION_FORMATS[observation]
+                                f"choose one of {', '.join(OBSERVATION_TEMPLATES)}")
+        self.observation = OBSERVATION_TEMPLATES[observation]
         search_path = [str(template_dir())]
         if override_dir is not None:
             path = Path(override_dir)
@@ -71,13 +100,7 @@ class Templates:
                 raise TemplateError(f"--template-dir {override_dir} is not a directory; "
                                     "create it or drop the option")
             search_path.insert(0, str(path))
-        self._env = jinja2.Environment(
-            loader=jinja2.FileSystemLoader(search_path),
-            undefined=jinja2.StrictUndefined,
-            autoescape=False,
-            keep_trailing_newline=False,
-        )
-        self._env.filters["tojson"] = _tojson
+        self._env = environment(loader=jinja2.FileSystemLoader(search_path))
         self._cache: dict[str, jinja2.Template] = {}
 
     @property
@@ -115,6 +138,11 @@ class Templates:
     def _source_path(self, name: str) -> str:
         template = self._get(name)
         return template.filename or name
+
+    def variables(self, name: str) -> set[str]:
+        """The variables template `name` reads from its context (for what a rendering depends on)."""
+        source, _, _ = self._env.loader.get_source(self._env, name)  # type: ignore[union-attr]
+        return jinja2.meta.find_undeclared_variables(self._env.parse(source))
 
     def check(self, tools: list[dict[str, Any]]) -> None:
         """Render every template once with sample values, so mistakes surface before any work."""

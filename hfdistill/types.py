@@ -9,6 +9,8 @@ __all__ = [
     "STOP_REASONS",
     "Document",
     "Message",
+    "RolloutJob",
+    "StopRequest",
     "TeacherReply",
     "ToolCall",
     "Trajectory",
@@ -52,6 +54,13 @@ class Message:
             "tool_call_id": self.tool_call_id,
             "name": self.name,
         }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Message:
+        """The inverse of `to_dict` (for conversations read back from the journal)."""
+        calls = tuple(ToolCall(c["id"], c["function"]["name"], c["function"]["arguments"])
+                      for c in d.get("tool_calls") or ())
+        return cls(d["role"], d["content"], d.get("reasoning_content"), calls, d.get("tool_call_id"), d.get("name"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,5 +119,24 @@ class Trajectory:
     num_tool_calls: int = 0
     num_tool_errors: int = 0
     num_queries: int = 0
+    num_malformed_calls: int = 0  # calls that were not even JSON (their turn is flagged, see rows)
     usage: Usage = field(default_factory=Usage)
     prediction: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutJob:
+    """One rollout to make: which input row (by position) and which of its rollouts, and what to ask."""
+
+    input_index: int | None
+    rollout_index: int
+    question: str
+    golden_answers: tuple[str, ...]
+    extra_info: Any = None
+
+
+@dataclass(slots=True)
+class StopRequest:
+    """Set by whoever owns the process's signals (the CLI): a run starts no new rollout once it is set."""
+
+    requested: bool = False

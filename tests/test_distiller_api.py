@@ -14,6 +14,7 @@ import pytest
 from datasets.fingerprint import Hasher
 
 from hfdistill import DistillConfig, Distiller
+from hfdistill.errors import ConfigError
 from tests.conftest import QUESTIONS, write_verl_parquet
 from tests.fakes import FakeRetriever, FakeTeacher, Served
 from tests.verl_rules import check_output
@@ -22,6 +23,7 @@ USER_SCRIPT = """
 import os
 from datasets import load_dataset
 from hfdistill import DistillConfig, Distiller
+from hfdistill.errors import ConfigError
 
 ds = load_dataset("parquet", data_files=os.environ["INPUT_FILE"], split="train")
 distiller = Distiller(DistillConfig(vllm_url=os.environ["VLLM_URL"], retrieval_url=os.environ["RETRIEVAL_URL"]))
@@ -106,3 +108,35 @@ def test_no_barrier_between_map_batches(teacher: tuple[FakeTeacher, Served],
 def test_default_window_scales_with_endpoints(concurrency: int | None) -> None:
     config = DistillConfig(vllm_url="http://a:1/v1,http://b:2/v1", concurrency=concurrency)
     assert config.window == (1024 if concurrency is None else 7)
+
+
+# ---------------------------------------------------------------- datasets' options
+
+
+def test_num_proc_above_one_is_refused_clearly(teacher: tuple[FakeTeacher, Served],
+                                               retriever: tuple[FakeRetriever, Served]) -> None:
+    ds = datasets.Dataset.from_list([{"question": f"Question number {i}?"} for i in range(4)])
+    distiller = Distiller(_config(teacher[1], retriever[1]))
+    with pytest.raises(ConfigError, match="num_proc"):
+        distiller.map(ds, num_proc=2)
+    # a bare map in worker processes would lose its failures (they stay in the workers' copies): refused too
+    with pytest.raises(Exception, match=r"worker process .*num_proc=1"):
+        ds.map(distiller.map_batch, batched=True, batch_size=2, num_proc=2, remove_columns=ds.column_names)
+    assert teacher[0].chat_calls == 0
+
+
+@pytest.mark.parametrize("null_batch", [0, 1], ids=["first-batch", "later-batch"])
+def test_a_bare_map_types_rows_whatever_extra_info_holds(teacher: tuple[FakeTeacher, Served],
+                                                        retriever: tuple[FakeRetriever, Served],
+                                                        null_batch: int) -> None:
+    rows = [{"question": f"Question number {i}?", "extra_info": {"index": i, "split": "train"}} for i in range(4)]
+    for row in rows[2 * null_batch: 2 * null_batch + 2]:
+        row["extra_info"] = None  # one batch of two has no extra_info at all
+    ds = datasets.Dataset.from_list(rows)
+    distiller = Distiller(_config(teacher[1], retriever[1]))
+    features = distiller.output_features(ds.features)
+    kwargs = {"features": features} if null_batch == 0 else {}  # only a first all-null batch needs the features
+    out = ds.map(distiller.map_batch, batched=True, batch_size=2, remove_columns=ds.column_names, **kwargs)
+    distiller.close()
+    assert out["extra_info"] == [r["extra_info"] for r in rows]  # kept as is, null included
+    assert out.features["extra_info"] == ds.features["extra_info"]

@@ -1,51 +1,120 @@
-"""The journal: durable, append-only, read back by offset, tolerant of a torn last line."""
+"""The journal: durable, validated, read back by offset; bad lines cost only their own rollout."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-from hfdistill.journal import Journal
+import pytest
+
+from hfdistill.errors import JournalError
+from hfdistill.journal import Checkpoints, Journal, RolloutRecord, TurnRecord
 
 
 def _result(n: int) -> dict:
-    return {"messages": [{"role": "user", "content": f"héllo {n}"}], "stop_reason": "answer"}
+    return {"messages": [{"role": "user", "content": f"héllo {n}"}], "stop_reason": "answer", "assistant_turns": 1,
+            "num_tool_calls": 0, "num_tool_errors": 0, "num_queries": 0, "usage": {}, "prediction": str(n)}
+
+
+def _record(n: int, r: int = 0) -> RolloutRecord:
+    return RolloutRecord((f"item{n}.0", r), f"q{n}", "m", "native", _result(n))
+
+
+def _filled(path: Path, n: int) -> Journal:
+    journal = Journal(path)
+    for i in range(n):
+        journal.append(_record(i))
+    return journal
 
 
 def test_round_trip_and_reopen(tmp_path: Path) -> None:
     path = tmp_path / "run" / "journal.jsonl"
-    journal = Journal(path)
-    for i in range(5):
-        journal.append((i, 0), f"q{i}", "m", _result(i))
-    assert (3, 0) in journal and (3, 1) not in journal
-    assert journal.get((3, 0)) == {"i": 3, "r": 0, "q": "q3", "m": "m", "result": _result(3)}
-    journal.close()
+    _filled(path, 5).close()
     again = Journal(path)
-    assert len(again) == 5
-    assert again.get((4, 0))["result"] == _result(4)
-    again.append((5, 2), "q5", "m", _result(5))  # appends after what was there
-    assert again.get((5, 2))["q"] == "q5" and again.get((0, 0))["q"] == "q0"
+    assert len(again) == 5 and ("item3.0", 0) in again and ("item3.0", 1) not in again
+    assert again.get(("item4.0", 0)) == _record(4)
+    again.append(_record(5, 2))  # appends after what was there
+    assert again.get(("item5.0", 2)).question == "q5" and again.get(("item0.0", 0)).question == "q0"
     again.close()
 
 
-def test_torn_last_line_is_dropped(tmp_path: Path) -> None:
+def test_torn_last_line_is_cut(tmp_path: Path) -> None:
     path = tmp_path / "journal.jsonl"
-    journal = Journal(path)
-    journal.append((0, 0), "q0", "m", _result(0))
-    journal.append((1, 0), "q1", "m", _result(1))
-    journal.close()
+    _filled(path, 2).close()
     whole = path.read_bytes()
-    path.write_bytes(whole + b'{"i": 2, "r": 0, "q": "q2", "res')  # killed mid-write
+    path.write_bytes(whole + b'{"v": 2, "t": "rollout", "k": "item2.0", "r": 0, "res')  # killed mid-write
     reopened = Journal(path)
-    assert list(reopened) == [(0, 0), (1, 0)]
-    assert path.read_bytes() == whole  # cut back to the last whole line
-    reopened.append((2, 0), "q2", "m", _result(2))
+    assert list(reopened) == [("item0.0", 0), ("item1.0", 0)]
+    assert path.read_bytes() == whole
+    reopened.append(_record(2))
     reopened.close()
-    assert list(Journal(path)) == [(0, 0), (1, 0), (2, 0)]
+    assert list(Journal(path)) == [("item0.0", 0), ("item1.0", 0), ("item2.0", 0)]
 
 
-def test_a_rollout_is_recorded_again_later_wins(tmp_path: Path) -> None:
-    journal = Journal(tmp_path / "j.jsonl")
-    journal.append((0, 0), "old question", "m", _result(0))
-    journal.append((0, 0), "new question", "m", _result(1))
-    assert journal.get((0, 0))["q"] == "new question"
+@pytest.mark.parametrize("bad", [
+    pytest.param(b"\x00\x00 disk full garbage\n", id="garbage"),
+    pytest.param(b'{"v": 2, "t": "rollout", "k": "item9.0", "r": 0}\n', id="no-result"),
+    pytest.param(b'{"v": 2, "t": "rollout", "k": 7, "r": 0, "q": "", "result": {}}\n', id="key-not-a-string"),
+])
+def test_a_bad_line_in_the_middle_costs_only_that_record(tmp_path: Path, bad: bytes,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "journal.jsonl"
+    _filled(path, 4).close()
+    lines = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(b"".join([lines[0], lines[1], bad, lines[2], lines[3]]))
+    before = path.read_bytes()
+    journal = Journal(path)
+    assert list(journal) == [(f"item{i}.0", 0) for i in range(4)]  # nothing after the bad line is lost
+    assert journal.bad_lines == [3]
+    assert "skipped 1 unreadable record(s) at line 3" in caplog.text
+    assert path.read_bytes() == before  # skipped, not truncated
+    assert journal.get(("item3.0", 0)) == _record(3)
     journal.close()
+
+
+def test_an_incompatible_journal_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "journal.jsonl"
+    path.write_text(json.dumps({"i": 0, "r": 0, "q": "q", "m": "m", "result": _result(0)}) + "\n")  # 0.1's format
+    with pytest.raises(JournalError, match=r"another hfdistill version .*--overwrite"):
+        Journal(path)
+
+
+def test_get_refuses_a_record_of_another_key(tmp_path: Path) -> None:
+    path = tmp_path / "journal.jsonl"
+    journal = _filled(path, 2)
+    # another program rewrites the file under the open journal: offsets now point at other records
+    lines = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(lines[1] + lines[0])
+    with pytest.raises(JournalError, match="another program wrote to it"):
+        journal.get(("item0.0", 0))
+    journal.close()
+
+
+def test_checkpoints_keep_turns_in_order_until_their_rollout_is_journaled(tmp_path: Path) -> None:
+    path = tmp_path / "turns.jsonl"
+    turns = Checkpoints(path)
+    for n in (1, 2):
+        for item in ("a.0", "b.0"):
+            turns.append(TurnRecord((item, 0), "m", "text", n, {"n": n, "item": item}))
+    turns.close()
+    reopened = Checkpoints(path)
+    assert [t.step for t in reopened.steps(("a.0", 0))] == [{"n": 1, "item": "a.0"}, {"n": 2, "item": "a.0"}]
+    reopened.keep_only({("b.0", 0)})  # a's rollout was journaled
+    reopened.compact()
+    assert reopened.steps(("a.0", 0)) == [] and len(reopened.steps(("b.0", 0))) == 2
+    assert len(path.read_text().splitlines()) == 2  # the file holds only what is still needed
+    reopened.keep_only(set())
+    reopened.compact()
+    assert not path.exists()
+    reopened.close()
+
+
+def test_a_gap_in_the_turns_stops_the_resume_there(tmp_path: Path) -> None:
+    path = tmp_path / "turns.jsonl"
+    turns = Checkpoints(path)
+    for n in (1, 2, 3):
+        turns.append(TurnRecord(("a.0", 0), "m", "text", n, {"n": n}))
+    turns.close()
+    lines = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(lines[0] + b"garbage\n" + lines[2])  # turn 2 is unreadable
+    assert [t.turn for t in Checkpoints(path).steps(("a.0", 0))] == [1]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -64,7 +65,24 @@ def test_stop_reasons(teacher: tuple[FakeTeacher, Served], retriever: tuple[Fake
 
 
 def _observations(row: dict[str, Any]) -> list[str]:
-    return [m["content"] for m in row["messages"] if m["role"] == "tool"]
+    """Tool results: tool messages, and the `<tool_response>` user turns that answer a non-JSON call."""
+    out = []
+    for m in row["messages"][2:]:
+        if m["role"] == "tool":
+            out.append(m["content"])
+        elif m["role"] == "user" and m["content"].startswith("<tool_response>\n"):
+            out.append(m["content"].removeprefix("<tool_response>\n").removesuffix("\n</tool_response>"))
+    return out
+
+
+def _answers_a_call(messages: list[dict[str, Any]]) -> bool:
+    """Every tool message answers the call of the assistant turn just before it (OpenAI's rule)."""
+    for before, message in itertools.pairwise(messages):
+        if message["role"] == "tool":
+            calls = before["tool_calls"] or [] if before["role"] == "assistant" else []
+            if [c["id"] for c in calls] != [message["tool_call_id"]] or calls[0]["function"]["name"] != message["name"]:
+                return False
+    return True
 
 
 @pytest.mark.parametrize(
@@ -88,12 +106,21 @@ def test_model_mistakes_are_observations_and_the_run_goes_on(teacher: tuple[Fake
     first = _observations(row)[0]
     assert first.startswith("Error: ") and error in first
     assert "Query: capital of France" in _observations(row)[1]
+    assert _answers_a_call(row["messages"])  # no orphan tool message, whatever the mistake
+    malformed = isinstance(bad, Raw)
+    assert row["quality_flags"] == (["malformed_call"] if malformed else [])
     # the model saw the error as a tool result before its next turn: a tool message after the call vLLM
     # parsed, or the model's own <tool_response> format after a call it left in the text
-    seen = teacher[0].requests[1]["messages"]
+    seen = next(r["messages"] for r in teacher[0].requests if any(error in str(m["content"]) for m in r["messages"]))
     assert error in seen[-1]["content"]
-    assert seen[-1]["role"] == "tool" if seen[-2].get("tool_calls") else seen[-1]["content"].startswith(
-        "<tool_response>\nError: ")
+    if malformed:
+        assert seen[-1]["role"] == "user" and seen[-1]["content"].startswith("<tool_response>\nError: ")
+        assert row["messages"][2] == {"role": "assistant", "content": bad.content, "reasoning_content": None,
+                                      "tool_calls": None, "tool_call_id": None, "name": None}
+    else:
+        assert seen[-1]["role"] == "tool" if seen[-2].get("tool_calls") else seen[-1]["content"].startswith(
+            "<tool_response>\nError: ")
+        assert row["messages"][3]["name"] == bad.name  # the tool message names the tool that was called
     # the start-up probe, then only the good search: errors never reach the server
     assert [r["queries"] for r in retriever[0].requests] == [["test"], ["capital of France"]]
 
@@ -155,8 +182,8 @@ def test_num_rollouts_and_empty_questions(teacher: tuple[FakeTeacher, Served],
     with Distiller(config) as distiller:
         rows = distiller.map(ds).to_list()
     assert [(r["input_index"], r["rollout_index"]) for r in rows] == [(0, 0), (0, 1), (0, 2)]
-    assert distiller.monitor.stats.questions_skipped == 1
-    assert distiller.failures[0]["cause"] == "empty_question"
+    assert [s["input_index"] for s in distiller.skipped] == [1]
+    assert distiller.failures == []  # a blank question is skipped, not failed
     assert not any(m["content"].strip() == "Question:" for r in teacher[0].requests for m in r["messages"])
 
 

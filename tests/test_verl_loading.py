@@ -270,7 +270,7 @@ def generate_parquet(path: Path) -> Path:
     try:
         rc = main(["generate", "--vllm_url", f"{servers[0].url}/v1", "--retrieval_url",
                    f"{servers[1].url}/retrieve", "--input_file", str(inp), "--output_file", str(path),
-                   "--max_assistant_turns", "5", "-q"])
+                   "--max_assistant_turns", "5", "--keep-malformed", "-q"])
     finally:
         for served in servers:
             served.close()

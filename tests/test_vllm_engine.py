@@ -20,6 +20,7 @@ import pytest
 from hfdistill.cli import main
 from hfdistill.prompts import Prompts
 from hfdistill.templates import Templates
+from hfdistill.tools import SearchTool
 from tests.corpus_util import write_jsonl
 from tests.verl_rules import check_output
 from tests.vllm_env import ensure_vllm_venv
@@ -156,7 +157,7 @@ def _question(server: Engine, scenario: str, text_protocol: bool) -> str:
     """`[scenario] What is the capital of France?`, or for a context scenario padded to its prompt length."""
     if scenario not in PADDED:
         return f"[{scenario}] What is the capital of France?"
-    prompts = Prompts.build(Templates(), "query_list")
+    prompts = Prompts.build(Templates(), [SearchTool()])
     target, words = PADDED[scenario], 0
     for _ in range(8):  # the count is linear in the padding: this converges in one or two steps
         question = f"[{scenario}] What is the capital of France? " + " ".join(["word"] * words)

@@ -26,6 +26,7 @@ import bm25s
 import numpy as np
 from bm25s.stopwords import STOPWORDS_EN
 
+from hfdistill.atomic import atomic_write_text, fsync
 from hfdistill.errors import ConfigError, CorpusError
 from hfdistill.types import Document
 
@@ -280,7 +281,8 @@ def build_index(corpus: Path, index_dir: Path) -> None:
         model.save(str(tmp), show_progress=False)
         np.save(tmp / "spans.npy", scan.spans)
         manifest = _manifest(corpus, before, scan, analyzer, time.monotonic() - t0)
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))  # last: marks the index complete
+        atomic_write_text(tmp / "manifest.json", json.dumps(manifest, indent=1))  # last: marks the index complete
+        fsync(tmp)
         _swap_in(tmp, index_dir)
     except OSError as e:
         raise ConfigError(f"cannot write the BM25 index {index_dir}: {e}; free space or pass --index-dir") from None
@@ -304,6 +306,7 @@ def _swap_in(tmp: Path, index_dir: Path) -> None:
         old = Path(tempfile.mkdtemp(prefix=f".{index_dir.name}.old-", dir=index_dir.parent))
         os.replace(index_dir, old)
     os.replace(tmp, index_dir)
+    fsync(index_dir.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 
@@ -346,7 +349,7 @@ def reusable(index_dir: Path, corpus: Path) -> bool:
     if full_hash(corpus) != manifest.get("full_hash"):
         return False
     manifest.update(mtime_ns=fp.mtime_ns, sample_hash=fp.sample_hash)
-    _write_atomic(index_dir / "manifest.json", json.dumps(manifest, indent=1))
+    atomic_write_text(index_dir / "manifest.json", json.dumps(manifest, indent=1))
     return True
 
 
@@ -361,7 +364,3 @@ def _read_manifest(index_dir: Path) -> dict[str, Any] | None:
     return manifest if isinstance(manifest, dict) else None
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)

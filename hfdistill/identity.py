@@ -1,0 +1,156 @@
+"""A run's identity: what makes two rollouts the same, and what a finished output says of itself.
+
+Identity is by content. A run directory is named by a fingerprint of every option that changes a
+rollout (sampling, turns, templates, the corpus's content hash, an explicit model), and each
+rollout inside it by its question's content (and golden answers, when a template shows them to
+the teacher), that question's occurrence in the input, and its rollout index. So growing
+MAX_SAMPLES, touching, copying or reordering the input, or moving the corpus reuses every finished
+rollout; changing a rollout option names the option and refuses (or, with --overwrite, starts
+over); output-time options (`--keep`) never invalidate anything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import datasets
+
+from hfdistill.config import DistillConfig
+from hfdistill.errors import ConfigError
+from hfdistill.inputs import FieldPlan
+from hfdistill.journal import FORMAT, Key
+from hfdistill.output import failures_path, read_record, row_count, skipped_path
+
+__all__ = ["InputItems", "RunIdentity", "identify", "rollout_options", "scan_items"]
+
+log = logging.getLogger(__name__)
+_SCAN_BATCH = 2048
+
+
+@dataclass(frozen=True)
+class InputItems:
+    """Each input row's item id (None for a blank question) and a digest of them all, in order."""
+
+    ids: list[str | None]
+    digest: str
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def blank(self) -> int:
+        return sum(i is None for i in self.ids)
+
+    def keys(self, num_rollouts: int) -> Iterator[tuple[int, Key]]:
+        """(input index, rollout key) of every rollout the run owes, in output order."""
+        for index, item in enumerate(self.ids):
+            if item is not None:
+                for r in range(num_rollouts):
+                    yield index, (item, r)
+
+
+def scan_items(ds: datasets.Dataset, plan: FieldPlan, *, with_golden: bool) -> InputItems:
+    """Read every row's question (and golden answers) once and give each row its content id."""
+    columns = sorted({f.split(".")[0] for f in (*plan.question, *plan.answers)} & set(ds.column_names))
+    seen: dict[str, int] = {}
+    ids: list[str | None] = []
+    digest = hashlib.sha256()
+    for batch in ds.select_columns(columns).iter(batch_size=_SCAN_BATCH):
+        for i in range(len(batch[columns[0]]) if columns else 0):
+            row = {c: batch[c][i] for c in columns}
+            question = plan.question_of(row)
+            if not question:
+                ids.append(None)
+                digest.update(b"-\n")
+                continue
+            golden = plan.answers_of(row) if with_golden else []
+            content = hashlib.sha256(json.dumps([question, golden], ensure_ascii=False).encode()).hexdigest()[:20]
+            occurrence = seen.get(content, 0)
+            seen[content] = occurrence + 1
+            ids.append(f"{content}.{occurrence}")
+            digest.update(f"{content}.{occurrence}\n".encode())
+    return InputItems(ids, digest.hexdigest())
+
+
+def rollout_options(config: DistillConfig, *, templates: dict[str, str], corpus: str | None) -> dict[str, Any]:
+    """Every option that changes what one rollout produces.
+
+    URLs are left out (a server that moved is the same server), and so is the model id the server
+    reports when --model is not given: each journal record names the model that made it instead.
+    The corpus is its content hash, so a moved or copied corpus is the same corpus.
+    """
+    c = config
+    return {
+        "model": c.model, "tool_call_mode": c.tool_call_mode, "temperature": c.temperature,
+        "top_p": c.top_p, "presence_penalty": c.presence_penalty, "max_tokens": c.max_tokens, "seed": c.seed,
+        "max_assistant_turns": c.max_assistant_turns, "topk": c.topk, "query_arg": c.query_arg,
+        "observation_format": c.observation_format, "corpus": corpus, "templates": templates,
+    }
+
+
+@dataclass(frozen=True)
+class RunIdentity:
+    """Who a run is: its fingerprint, the options behind it, where its journal lives, what it writes."""
+
+    fingerprint: str
+    options: dict[str, Any]  # every option that changes a rollout
+    run_dir: Path
+    output: Path
+
+    def existing(self, input_digest: str, view: dict[str, Any], overwrite: bool) -> dict[str, Any] | None:
+        """The record of an output that is already complete for this input and view, or None to go ahead.
+
+        An output made with other rollout options is refused (naming them) unless `overwrite`,
+        which also discards this run's journal. A complete file is verified (its row count against
+        its record) before it is trusted.
+        """
+        if overwrite:
+            for path in (self.output, failures_path(self.output), skipped_path(self.output)):
+                path.unlink(missing_ok=True)
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+            return None
+        if not self.output.exists():
+            return None
+        record = read_record(self.output)
+        if record is None:
+            raise ConfigError(f"{self.output} exists and was not written by hfdistill; choose another "
+                              "--output_file, or pass --overwrite to replace it")
+        if record.get("fingerprint") != self.fingerprint:
+            raise ConfigError(f"{self.output} already exists and was made with "
+                              f"{_changed(record.get('generation_options', {}), self.options)}; pass --overwrite "
+                              "to replace it, or choose another --output_file")
+        if not (record.get("complete") and record.get("input_digest") == input_digest and record.get("view") == view):
+            return None
+        if row_count(self.output) != record.get("rows"):
+            log.warning("%s holds %d rows but its record promises %s; writing it again from the journal",
+                        self.output, row_count(self.output), record.get("rows"))
+            return None
+        return record
+
+    def note_other_runs(self) -> None:
+        parent = self.run_dir.parent
+        for other in sorted(parent.glob(f"{self.output.name}-*")) if parent.exists() else ():
+            if other != self.run_dir and (other / "journal.jsonl").exists():
+                log.warning("note: %s holds a run of %s with other options; it is left alone (delete it if "
+                            "unneeded)", other, self.output.name)
+
+
+def identify(options: dict[str, Any], output: Path) -> RunIdentity:
+    """The identity of a run with these rollout options writing `output`."""
+    payload = {"journal_format": FORMAT, "options": options}
+    fingerprint = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+    return RunIdentity(fingerprint, options, output.parent / ".hfdistill" / f"{output.name}-{fingerprint[:12]}",
+                       output)
+
+
+def _changed(old: dict[str, Any], new: dict[str, Any]) -> str:
+    diffs = [f"{k} {old.get(k)!r} (now {new.get(k)!r})" for k in sorted(set(old) | set(new))
+             if old.get(k) != new.get(k)]
+    return "other options: " + ", ".join(diffs) if diffs else "another hfdistill version (journal format)"

@@ -1,0 +1,88 @@
+"""Where a distiller reports its rollouts: the `Recorder` seam, and the in-memory one `Dataset.map` uses.
+
+`Distiller` runs rollouts and reports every event (started, a finished turn, finished, failed,
+skipped) to a recorder; it keeps no account of its own. The in-memory `Collector` turns finished
+rollouts into rows for `Dataset.map` and lists failures; `generate`'s `Run` (see `run`) journals
+them instead, and hands back what an earlier attempt left so a rerun resumes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from hfdistill.rollout import TurnStep
+from hfdistill.rows import shape_row
+from hfdistill.types import RolloutJob
+
+__all__ = ["Collector", "Prior", "Recorder", "failure_entry", "skip_entry"]
+
+
+@dataclass(frozen=True)
+class Prior:
+    """What an earlier attempt left of a rollout: its result, or the turns of its unfinished conversation."""
+
+    model: str | None
+    protocol: str | None
+    result: dict[str, Any] | None = None
+    steps: tuple[TurnStep, ...] = ()
+
+
+class Recorder(Protocol):
+    """The events of a distiller's rollouts; `finished` returns the output row to emit, if any."""
+
+    def prior(self, job: RolloutJob) -> Prior | None: ...
+
+    def started(self, job: RolloutJob) -> None: ...
+
+    def turn(self, job: RolloutJob, number: int, step: TurnStep, *, model: str | None,
+             protocol: str | None) -> None: ...
+
+    def finished(self, job: RolloutJob, result: dict[str, Any], *, model: str | None, protocol: str | None,
+                 reused: bool) -> dict[str, Any] | None: ...
+
+    def failed(self, job: RolloutJob, cause: str, turn: int, error: str) -> None: ...
+
+    def skipped(self, job: RolloutJob) -> None: ...
+
+
+@dataclass
+class Collector:
+    """The recorder of a bare `Dataset.map`: finished rollouts become rows, failures and skips are listed."""
+
+    tools: list[dict[str, Any]]
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    skipped_rows: list[dict[str, Any]] = field(default_factory=list)
+
+    def prior(self, job: RolloutJob) -> Prior | None:
+        return None
+
+    def started(self, job: RolloutJob) -> None:
+        """Nothing to count: `Dataset.map` shows its own progress."""
+
+    def turn(self, job: RolloutJob, number: int, step: TurnStep, *, model: str | None,
+             protocol: str | None) -> None:
+        """Turns are not kept: a bare map has no journal to resume from."""
+
+    def finished(self, job: RolloutJob, result: dict[str, Any], *, model: str | None, protocol: str | None,
+                 reused: bool) -> dict[str, Any]:
+        return shape_row(result, question=job.question, golden_answers=job.golden_answers, tools=self.tools,
+                         extra_info=job.extra_info, input_index=job.input_index, rollout_index=job.rollout_index)
+
+    def failed(self, job: RolloutJob, cause: str, turn: int, error: str) -> None:
+        self.failures.append(failure_entry(job, cause, turn, error))
+
+    def skipped(self, job: RolloutJob) -> None:
+        self.skipped_rows.append(skip_entry(job))
+
+
+def failure_entry(job: RolloutJob, cause: str, turn: int, error: str) -> dict[str, Any]:
+    """A line of the failures file: which rollout, how far it got, and why it failed."""
+    return {"input_index": job.input_index, "rollout_index": job.rollout_index, "question": job.question,
+            "cause": cause, "turn": turn, "error": error}
+
+
+def skip_entry(job: RolloutJob) -> dict[str, Any]:
+    """A line of the skipped file: an input row that was never sent to the teacher, and why."""
+    return {"input_index": job.input_index, "reason": "blank question",
+            "detail": "the row has no question text; it was not sent to the teacher"}
