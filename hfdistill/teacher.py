@@ -284,7 +284,6 @@ class Teacher:
         self.stats.prompt_tokens += reply.usage.prompt_tokens
         self.stats.completion_tokens += reply.usage.completion_tokens
 
-
     # ------------------------------------------------------------ the watchdog
 
     def _watch(self, endpoint: Endpoint) -> None:
