@@ -21,14 +21,16 @@ import datasets
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from hfdistill.config import DEFAULT_CONCURRENCY_PER_ENDPOINT, JudgeConfig, RetryPolicy
-from hfdistill.curation.judge import JudgePrompt, judgeable
+from hfdistill.config import DEFAULT_CONCURRENCY_PER_ENDPOINT, JudgeConfig
+from hfdistill.curation.judge import JudgePrompt, judgeable, parse_verdict
 from hfdistill.curation.pipeline import CurationOptions, Curator
 from hfdistill.errors import InputError, JudgeError
-from hfdistill.judge import Judge, JudgeItem, judge_many
+from hfdistill.judging import JudgeItem, judge_many
 from hfdistill.output import check_output_path, read_record, write_parquet
 from hfdistill.rows import output_schema
 from hfdistill.run import OutputLock
+from hfdistill.teacher.judge import Judge
+from hfdistill.teacher.retry import RetryPolicy
 from hfdistill.templates import Templates
 
 __all__ = ["CurateResult", "curate"]
@@ -123,17 +125,18 @@ def _judge_rows(rows: list[dict[str, Any]], config: JudgeConfig, record: dict[st
             row["judge_correct"] = row["judge_rationale"] = None
     todo = [i for i, r in enumerate(rows) if r["judge_correct"] is None and judgeable(r["prediction"],
                                                                                      r["golden_answers"])]
-    model = asyncio.run(_judge(rows, todo, Judge(config, prompt, retry), window))
+    model = asyncio.run(_judge(rows, todo, Judge(config, retry, parse_verdict), prompt, window))
     return prompt.spec, model
 
 
-async def _judge(rows: list[dict[str, Any]], todo: list[int], judge: Judge, window: int) -> str | None:
+async def _judge(rows: list[dict[str, Any]], todo: list[int], judge: Judge, prompt: JudgePrompt,
+                 window: int) -> str | None:
     try:
         model = await judge.prepare()
         if todo:
             log.info("judging %d rows without a verdict", len(todo))
         items = [JudgeItem(rows[i]["question"], rows[i]["prediction"], tuple(rows[i]["golden_answers"])) for i in todo]
-        verdicts = await judge_many(judge, items, window)
+        verdicts = await judge_many(judge, prompt, items, window)
     finally:
         await judge.aclose()
     for i, verdict in zip(todo, verdicts, strict=True):

@@ -24,18 +24,20 @@ import datasets
 import pyarrow as pa
 
 from hfdistill.config import DistillConfig
-from hfdistill.curation.judge import JudgePrompt
+from hfdistill.curation.judge import JudgePrompt, parse_verdict
 from hfdistill.curation.select import with_pass_rates
 from hfdistill.errors import ConfigError, HfdistillError, RolloutError
 from hfdistill.inputs import FieldPlan, plan_fields
-from hfdistill.judge import Judge, JudgeItem, JudgeStats, judge_result
+from hfdistill.judging import JudgeItem, judge_result
 from hfdistill.prompts import Prompts
 from hfdistill.recorder import Collector, Prior, Recorder
 from hfdistill.retrieval.http import HttpRetriever
 from hfdistill.retrieval.protocol import Retriever
 from hfdistill.rollout import RolloutSpec, TurnStep, rollout
 from hfdistill.rows import build_table, extra_info_of, output_features, output_schema, result_of
-from hfdistill.teacher import Route, Teacher, TeacherStats
+from hfdistill.teacher.client import Teacher, TeacherStats
+from hfdistill.teacher.judge import Judge, JudgeStats
+from hfdistill.teacher.pool import Route
 from hfdistill.templates import Templates
 from hfdistill.tools import SearchTool, ToolContext
 from hfdistill.types import RolloutJob, StopRequest
@@ -142,7 +144,7 @@ class Distiller:
         """A judge client for the running event loop (None without --judge-url)."""
         if self.config.judge is None or self.judge_prompt is None:
             return None
-        judge = Judge(self.config.judge, self.judge_prompt, self.config.retry, self.judge_stats)
+        judge = Judge(self.config.judge, self.config.retry, parse_verdict, self.judge_stats)
         judge.model = self.judge_model
         return judge
 
@@ -345,7 +347,8 @@ class Distiller:
             result = await self._generate(runtime, job, prior.steps if prior is not None else ())
             if result is not None and runtime.judge is not None:  # in the same slot: journaled together
                 item = JudgeItem(job.question, result["prediction"], job.golden_answers)
-                result = await judge_result(runtime.judge, item, result)
+                assert self.judge_prompt is not None
+                result = await judge_result(runtime.judge, self.judge_prompt, item, result)
         if result is None:
             return None
         return self._recorder.finished(job, result, model=self.model, protocol=self.mode, reused=False)

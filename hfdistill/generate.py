@@ -25,6 +25,7 @@ import datasets
 from hfdistill import __version__
 from hfdistill.config import DistillConfig
 from hfdistill.curation.pipeline import CurationOptions, Curator
+from hfdistill.curation.rows import curated_row
 from hfdistill.curation.select import KEEP_VALUES, parse_keep
 from hfdistill.distiller import Distiller
 from hfdistill.errors import ConfigError, Interrupted, JournalError
@@ -32,7 +33,7 @@ from hfdistill.identity import InputItems, RunIdentity, identify, rollout_option
 from hfdistill.inputs import input_kind, load_input
 from hfdistill.output import check_output_path, failures_path, skipped_path, write_jsonl, write_parquet
 from hfdistill.progress import Monitor, RunStats
-from hfdistill.rows import MALFORMED_CALL, extra_info_of, shape_row
+from hfdistill.rows import MALFORMED_CALL, extra_info_of
 from hfdistill.run import Account, OutputLock, Run
 from hfdistill.types import StopRequest
 
@@ -214,7 +215,7 @@ def _curator(distiller: Distiller, options: CurationOptions) -> Curator:
         counter = StudentTokens.load(options.student_tokenizer).count
     judged = distiller.judge_prompt is not None
     return Curator(options, judged=judged, correct_by="LLM judge" if judged else "exact match", count_tokens=counter,
-                   flags_ready=True)  # shape_row flags each journaled result with these options
+                   flags_ready=True)  # curated_row flags each journaled result with these options
 
 
 def _journal_rows(distiller: Distiller, ds: datasets.Dataset, run: Run, stats: RunStats,
@@ -233,7 +234,7 @@ def _journal_rows(distiller: Distiller, ds: datasets.Dataset, run: Run, stats: R
             row = {column: values[offset] for column, values in chunk.items()}
             for key in keys:
                 recorded = run.journal.get(key)
-                out = shape_row(recorded.result, question=plan.question_of(row), golden_answers=plan.answers_of(row),
+                out = curated_row(recorded.result, question=plan.question_of(row), golden_answers=plan.answers_of(row),
                                 tools=distiller.tools, extra_info=extra_info_of(row, index), input_index=index,
                                 rollout_index=key[1], judge_spec=distiller.judge_spec, max_step_words=max_step_words)
                 stats.add_result(recorded.result, out["exact_match"])

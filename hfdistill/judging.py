@@ -1,28 +1,80 @@
-"""Judging what is already journaled: rollouts made before a judge was configured (or that it failed on).
+"""Judging rollouts: one in the distiller's window, many at once, and what a run's journal holds unjudged.
 
-New rollouts are judged in the distiller's window, right after they finish. This pass covers the
-rest of a run's journal before any new rollout starts: it asks the judge only, never the teacher,
-and journals each verdict with its rollout.
+New rollouts are judged in the distiller's window, right after they finish (`judge_result`), so the
+verdict is journaled with the rollout. `judge_journal` covers the rest of a run's journal before
+any new rollout starts (rollouts made before a judge was configured, or that it failed on): it asks
+the judge only, never the teacher. `judge_many` serves `curate`. A judge that fails for good leaves
+the rollout unjudged (counted); a later run asks again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import datasets
 
-from hfdistill.curation.judge import JUDGE_KEY, judgeable, stored_verdict
-from hfdistill.distiller import Distiller
+from hfdistill.curation.judge import JUDGE_KEY, JudgePrompt, Verdict, judgeable, stored_verdict
 from hfdistill.errors import JudgeError
 from hfdistill.journal import Key
-from hfdistill.judge import JudgeItem, judge_many
 from hfdistill.run import Run
+from hfdistill.teacher.judge import Judge
 
-__all__ = ["judge_journal"]
+if TYPE_CHECKING:  # the distiller imports this module (its window judges new rollouts)
+    from hfdistill.distiller import Distiller
+
+__all__ = ["JudgeItem", "judge_journal", "judge_many", "judge_result"]
+
 
 log = logging.getLogger(__name__)
 _CHUNK = 512
+
+
+@dataclass(frozen=True)
+class JudgeItem:
+    """What one judgement needs."""
+
+    question: str
+    prediction: str
+    golden_answers: tuple[str, ...]
+
+
+async def ask(judge: Judge, prompt: JudgePrompt, item: JudgeItem) -> Verdict:
+    """The judge's verdict on one item; JudgeError once retries are spent."""
+    correct, rationale = await judge.verdict(prompt.render(item.question, item.prediction, item.golden_answers))
+    return Verdict(correct, rationale, judge.model)
+
+
+async def judge_result(judge: Judge, prompt: JudgePrompt, item: JudgeItem, result: dict[str, Any]) -> dict[str, Any]:
+    """`result` with this judge's verdict stored in it, when there is something to judge and it has none."""
+    if stored_verdict(result, prompt.spec) is not None or not judgeable(item.prediction, item.golden_answers):
+        return result
+    try:
+        verdict = await ask(judge, prompt, item)
+    except JudgeError as e:
+        judge.stats.failed(e.cause)
+        log.debug("the judge failed on %r: %s", item.question[:80], e)
+        return result
+    return {**result, JUDGE_KEY: verdict.stored(prompt.spec)}
+
+
+async def judge_many(judge: Judge, prompt: JudgePrompt, items: Sequence[JudgeItem],
+                     window: int) -> list[Verdict | JudgeError]:
+    """Judge every item, `window` calls at a time; a failure is returned in its place, not raised."""
+    slots = asyncio.Semaphore(window)
+
+    async def one(item: JudgeItem) -> Verdict | JudgeError:
+        async with slots:
+            try:
+                return await ask(judge, prompt, item)
+            except JudgeError as e:
+                judge.stats.failed(e.cause)
+                return e
+
+    return list(await asyncio.gather(*(one(item) for item in items)))
 
 
 def unjudged(distiller: Distiller, ds: datasets.Dataset, run: Run) -> list[tuple[Key, JudgeItem]]:
@@ -60,7 +112,8 @@ async def _judge(distiller: Distiller, run: Run, todo: list[tuple[Key, JudgeItem
     assert judge is not None and distiller.judge_spec is not None
     try:
         distiller.judge_model = await judge.prepare()
-        verdicts = await judge_many(judge, [item for _, item in todo], distiller.config.window)
+        assert distiller.judge_prompt is not None
+        verdicts = await judge_many(judge, distiller.judge_prompt, [item for _, item in todo], distiller.config.window)
     finally:
         await judge.aclose()
     judged = 0

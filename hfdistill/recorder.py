@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from hfdistill.curation.rows import curated_row
 from hfdistill.rollout import TurnStep
-from hfdistill.rows import shape_row
 from hfdistill.types import RolloutJob
 
 __all__ = ["Collector", "Prior", "Recorder", "failure_entry", "skip_entry"]
@@ -67,7 +67,7 @@ class Collector:
 
     def finished(self, job: RolloutJob, result: dict[str, Any], *, model: str | None, protocol: str | None,
                  reused: bool) -> dict[str, Any]:
-        return shape_row(result, question=job.question, golden_answers=job.golden_answers, tools=self.tools,
+        return curated_row(result, question=job.question, golden_answers=job.golden_answers, tools=self.tools,
                          extra_info=job.extra_info, input_index=job.input_index, rollout_index=job.rollout_index,
                          judge_spec=self.judge_spec)
 

@@ -12,8 +12,6 @@ from typing import Any
 import datasets
 import pyarrow as pa
 
-from hfdistill.curation.flags import DEFAULT_MAX_STEP_WORDS, MALFORMED_CALL, quality_flags
-from hfdistill.curation.judge import stored_verdict
 from hfdistill.scoring import score
 from hfdistill.types import Trajectory
 
@@ -24,10 +22,12 @@ __all__ = [
     "extra_info_of",
     "output_features",
     "output_schema",
-    "quality_flags",
     "result_of",
     "shape_row",
 ]
+
+# A turn whose tool call was not even JSON: one kind of tool_error (see curation.flags), held back by default.
+MALFORMED_CALL = "malformed_call"
 
 _TOOL_CALL_TYPE = pa.struct([
     ("id", pa.string()),
@@ -103,16 +103,15 @@ def extra_info_of(row: Mapping[str, Any], input_index: int | None) -> Any:
 
 def shape_row(result: Mapping[str, Any], *, question: str, golden_answers: Sequence[str],
               tools: list[dict[str, Any]], extra_info: Any, input_index: int | None,
-              rollout_index: int, judge_spec: str | None = None,
-              max_step_words: int = DEFAULT_MAX_STEP_WORDS) -> dict[str, Any]:
+              rollout_index: int, flags: Sequence[str] = (), judge_correct: bool | None = None,
+              judge_rationale: str | None = None) -> dict[str, Any]:
     """An output row from a rollout result and the input row it came from.
 
-    `judge_spec` names the judge whose journaled verdict fills `judge_correct` (None: no judge).
+    The curation layer supplies the flags and the judge's verdict (`curation.rows.curated_row`);
     `pass_rate` and `num_tokens` are filled when a file is curated (they need the question's other
     rollouts, and the student's tokenizer).
     """
     s = score(result["prediction"], golden_answers)
-    verdict = stored_verdict(result, judge_spec) if judge_spec else None
     return {
         "messages": result["messages"],
         "tools": tools,
@@ -122,15 +121,15 @@ def shape_row(result: Mapping[str, Any], *, question: str, golden_answers: Seque
         "exact_match": s.exact_match,
         "sub_match": s.sub_match,
         "f1": s.f1,
-        "judge_correct": verdict.correct if verdict else None,
-        "judge_rationale": verdict.rationale if verdict else None,
+        "judge_correct": judge_correct,
+        "judge_rationale": judge_rationale,
         "pass_rate": None,
         "stop_reason": result["stop_reason"],
         "assistant_turns": result["assistant_turns"],
         "num_tool_calls": result["num_tool_calls"],
         "num_tool_errors": result["num_tool_errors"],
         "num_queries": result["num_queries"],
-        "quality_flags": quality_flags(result, max_step_words=max_step_words),
+        "quality_flags": list(flags),
         "usage": result["usage"],
         "num_tokens": None,
         "rollout_index": rollout_index,

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
-from hfdistill.rows import build_table, extra_info_of, output_schema, quality_flags, shape_row
+from hfdistill.curation.flags import quality_flags
+from hfdistill.curation.rows import curated_row
+from hfdistill.rows import build_table, extra_info_of, output_schema
 from hfdistill.tools import search_tool_schema
 
 TOOLS = [search_tool_schema()]
@@ -16,7 +18,7 @@ RESULT = {"messages": [{"role": "system", "content": "s", "reasoning_content": N
 
 
 def _row(result: dict = RESULT, golden: tuple[str, ...] = ("Paris",), extra: object = None) -> dict:
-    return shape_row(result, question="Q?", golden_answers=golden, tools=TOOLS, extra_info=extra, input_index=7,
+    return curated_row(result, question="Q?", golden_answers=golden, tools=TOOLS, extra_info=extra, input_index=7,
                      rollout_index=2)
 
 

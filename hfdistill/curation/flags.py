@@ -13,6 +13,8 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from hfdistill.rows import MALFORMED_CALL  # the kind of tool_error that is not even JSON (held back by default)
+
 __all__ = [
     "DEFAULT_MAX_STEP_WORDS",
     "EMPTY_OBSERVATION",
@@ -31,7 +33,6 @@ __all__ = [
 LENGTH = "length"  # cut off: a reply hit max_tokens, or the conversation outgrew the context
 NO_ANSWER = "no_answer"  # no <answer> in the final assistant message
 TOOL_ERROR = "tool_error"  # the model called an unknown tool, without a query, or wrote a non-JSON call
-MALFORMED_CALL = "malformed_call"  # the kind of tool_error that is not even JSON (held back by default)
 UNCLOSED_THINK = "unclosed_think"  # a <think> that is never closed
 MALFORMED_TAGS = "malformed_tags"  # unbalanced <answer>/<tool_call>/</think>, several answers, a forged observation
 REPETITION = "repetition"  # repeated word n-grams, a runaway of "wait"/"hmm", or the same search twice

@@ -1,30 +1,27 @@
-"""The LLM judge's client: one chat call per rollout to an OpenAI-compatible server, and a windowed runner.
+"""The LLM judge's HTTP client: one chat call per rollout to an OpenAI-compatible server.
 
 `Judge.verdict -> with_retries -> _ask_once`: a connection error, a timeout, 429, 5xx and a reply
-without a verdict are retried; what still fails raises `JudgeError`, and its rollout stays
-unjudged (`judge_correct` null, counted), never "incorrect". The judge is off the hot path (one
-short call per rollout), so it uses the SDK's public `chat.completions.create`. Nothing above this
-module sees an `openai` exception.
+without a verdict (the injected `parse` raises ValueError) are retried; what still fails raises
+`JudgeError`. The judge is off the hot path (one short call per rollout), so it uses the SDK's
+public `chat.completions.create`. Nothing above this module sees an `openai` exception.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import openai
 
-from hfdistill.config import JudgeConfig, RetryPolicy
-from hfdistill.curation.judge import JUDGE_KEY, JudgePrompt, Verdict, judgeable, parse_verdict, stored_verdict
+from hfdistill.config import JudgeConfig
 from hfdistill.errors import ConfigError, JudgeError
-from hfdistill.retry import is_transient, parse_retry_after, with_retries
+from hfdistill.teacher.retry import RetryPolicy, is_transient, parse_retry_after, with_retries
 
-__all__ = ["Judge", "JudgeItem", "JudgeStats", "judge_many", "judge_result"]
+__all__ = ["Judge", "JudgeStats"]
 
 log = logging.getLogger(__name__)
+Parse = Callable[[str], tuple[bool, str]]  # a reply's text -> (correct, rationale); ValueError if none
 
 
 @dataclass
@@ -39,23 +36,13 @@ class JudgeStats:
         self.failures[cause] = self.failures.get(cause, 0) + 1
 
 
-@dataclass(frozen=True)
-class JudgeItem:
-    """What one judgement needs."""
-
-    question: str
-    prediction: str
-    golden_answers: tuple[str, ...]
-
-
 class Judge:
     """Chat completions against the judge server; create it inside the event loop that uses it."""
 
-    def __init__(self, config: JudgeConfig, prompt: JudgePrompt, retry: RetryPolicy,
-                 stats: JudgeStats | None = None) -> None:
+    def __init__(self, config: JudgeConfig, retry: RetryPolicy, parse: Parse, stats: JudgeStats | None = None) -> None:
         self.config = config
-        self.prompt = prompt
         self.retry = retry
+        self.parse = parse
         self.stats = stats if stats is not None else JudgeStats()
         self.model = config.model
         self.url = config.url.rstrip("/")
@@ -84,18 +71,17 @@ class Judge:
                               f"{', '.join(served)}); fix --judge-model or --judge-url")
         return self.model
 
-    async def verdict(self, item: JudgeItem) -> Verdict:
-        """The judge's verdict on one prediction; JudgeError once retries are spent."""
-        prompt = self.prompt.render(item.question, item.prediction, item.golden_answers)
+    async def verdict(self, prompt: str) -> tuple[bool, str]:
+        """(correct, rationale) for one rendered prompt; JudgeError once retries are spent."""
 
-        async def attempt(n: int) -> Verdict:
+        async def attempt(n: int) -> tuple[bool, str]:
             if n > 1:
                 self.stats.retries += 1
             return await self._ask_once(prompt)
 
         return await with_retries(attempt, self.retry, what="judge call")
 
-    async def _ask_once(self, prompt: str) -> Verdict:
+    async def _ask_once(self, prompt: str) -> tuple[bool, str]:
         assert self.model is not None, "prepare() first"
         try:
             completion = await self._client.chat.completions.create(
@@ -105,12 +91,10 @@ class Judge:
             raise _translate(e, self.url) from None
         self.stats.calls += 1
         try:
-            text = completion.choices[0].message.content or ""
-            correct, rationale = parse_verdict(text)
+            return self.parse(completion.choices[0].message.content or "")
         except (IndexError, AttributeError, TypeError, ValueError) as e:
             raise JudgeError(f"the judge at {self.url} gave no verdict ({e})", transient=True,
                              cause="judge_unparsable") from None
-        return Verdict(correct, rationale, self.model)
 
 
 def _translate(e: openai.APIError, url: str) -> JudgeError:
@@ -126,35 +110,3 @@ def _translate(e: openai.APIError, url: str) -> JudgeError:
                           cause=f"judge_http_{status}",
                           retry_after=parse_retry_after(e.response.headers.get("retry-after")) if transient else None)
     return JudgeError(f"the judge at {url} failed: {e}", cause="judge")
-
-
-async def judge_many(judge: Judge, items: Sequence[JudgeItem], window: int) -> list[Verdict | JudgeError]:
-    """Judge every item, `window` calls at a time; a failure is returned in its place, not raised."""
-    slots = asyncio.Semaphore(window)
-
-    async def one(item: JudgeItem) -> Verdict | JudgeError:
-        async with slots:
-            try:
-                return await judge.verdict(item)
-            except JudgeError as e:
-                judge.stats.failed(e.cause)
-                return e
-
-    return list(await asyncio.gather(*(one(item) for item in items)))
-
-
-async def judge_result(judge: Judge, item: JudgeItem, result: dict[str, Any]) -> dict[str, Any]:
-    """`result` with this judge's verdict stored in it, when there is something to judge and it has none.
-
-    A judge that fails for good leaves the rollout unjudged (counted; the next run asks again).
-    """
-    spec = judge.prompt.spec
-    if stored_verdict(result, spec) is not None or not judgeable(item.prediction, item.golden_answers):
-        return result
-    try:
-        verdict = await judge.verdict(item)
-    except JudgeError as e:
-        judge.stats.failed(e.cause)
-        log.debug("the judge failed on %r: %s", item.question[:80], e)
-        return result
-    return {**result, JUDGE_KEY: verdict.stored(spec)}
