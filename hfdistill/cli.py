@@ -121,6 +121,12 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
           help="also write rows in which the model wrote a tool call that is not even JSON (flagged "
                "malformed_call; held back by default so the student does not learn to write one)")
     _flag(d, "overwrite", action="store_true", help="discard an existing output and its run, start over")
+    e = p.add_argument_group("engine")
+    _flag(e, "engine", choices=("local", "ray"), default="local",
+          help="where rollouts are made: local (this process, default) or ray (an actor pool on the Ray cluster "
+               "named by RAY_ADDRESS, or a local one without it; pip install \"hfdistill[ray]\")")
+    _flag(e, "ray_actors", type=int, help="--engine ray: actors in the pool (default: one per CPU of the cluster, "
+                                          "at most 32)")
     h = p.add_argument_group("publishing (checked before the run, pushed after a complete one)")
     _flag(h, "push_to_hub", metavar="USER/NAME", help="push the output and its dataset card to this Hub repo")
     _flag(h, "private", action="store_true", default=None, help="create the Hub repo private")
@@ -188,7 +194,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     options = GenerateOptions(input_file=seed["input_file"], output_file=seed["output_file"],
                               max_samples=seed["max_samples"], batch_size=seed["batch_size"], keep=args.keep,
                               keep_malformed=args.keep_malformed, overwrite=args.overwrite,
-                              command=_command_line(args.argv), progress=not args.quiet)
+                              command=_command_line(args.argv), progress=not args.quiet, engine=args.engine,
+                              ray_actors=args.ray_actors)
     if args.push_to_hub:
         from hfdistill.hub import check_push_target
 
