@@ -39,6 +39,7 @@ MAX_DEFAULT_ACTORS = 32  # one actor feeds many GPUs (see the README); more only
 # restart the actors of a lost one (Ray Data re-runs a dead actor's tasks on its restarted self).
 ACTOR_CPUS = 0.5
 _SCAN_CHUNK = 2048
+_ACTORS_START_SECONDS = 600  # a cluster that cannot start the pool in this time fails the run, naming why
 _Slot = tuple[int, int]
 
 
@@ -122,19 +123,22 @@ def _execute(ray: Any, distiller: Distiller, run: Run, rows: list[dict[str, str]
              actors: int | None, jobs_per_task: int) -> None:
     from ray.data import ActorPoolStrategy
 
-    pool = _pool_size(ray, actors, math.ceil(len(rows) / jobs_per_task))
+    blocks = math.ceil(len(rows) / jobs_per_task)
+    pool = _pool_size(ray, actors, blocks)
     share = math.ceil(distiller.config.window / pool)  # the run's window, split over the actors
-    tasks = 2 * math.ceil(share / jobs_per_task)  # tasks queued at an actor: its window never runs dry
+    # Tasks queued at an actor: twice its window, so it never runs dry, but never more than its part
+    # of the work, so the first actor up does not take it all (and a lost node loses only its part).
+    tasks = min(2 * math.ceil(share / jobs_per_task), math.ceil(blocks / pool))
     config = distiller.config.replace(concurrency=share, **_absolute_paths(distiller))
     log.info("Ray: %d actors, %d rollouts in flight each, %d rollouts per task", pool, share, jobs_per_task)
-    jobs = ray.data.from_items(rows, override_num_blocks=math.ceil(len(rows) / jobs_per_task))
+    jobs = ray.data.from_items(rows, override_num_blocks=blocks)
     events = jobs.map_batches(
         RolloutWorker, fn_constructor_kwargs={"config": config, "model": distiller.model, "mode": distiller.mode},
         batch_size=jobs_per_task, num_cpus=ACTOR_CPUS,  # Ray Data spreads actors over the nodes by default
         compute=ActorPoolStrategy(size=pool, max_tasks_in_flight_per_actor=tasks,
                                   max_concurrent_calls_per_actor=tasks))
     try:
-        with _quiet_ray_data():
+        with _data_context():
             _consume(events, run, distiller, dispatch)
     except ray.exceptions.RayError as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -157,18 +161,19 @@ def _consume(events: Any, run: Run, distiller: Distiller, dispatch: _Dispatch) -
 
 
 @contextlib.contextmanager
-def _quiet_ray_data() -> Iterator[None]:
-    """Ray Data's progress bars and INFO logs off for the run: the run's own progress line says what matters."""
+def _data_context() -> Iterator[None]:
+    """Ray Data set for the run (and restored): every actor of the pool up before work is handed out, so
+    it is shared evenly; no progress bars or INFO logs (the run's own progress line says what matters)."""
     from ray.data import DataContext
 
     context, logger = DataContext.get_current(), logging.getLogger("ray.data")
-    bars, level = context.enable_progress_bars, logger.level
-    context.enable_progress_bars = False
+    saved, level = (context.enable_progress_bars, context.wait_for_min_actors_s), logger.level
+    context.enable_progress_bars, context.wait_for_min_actors_s = False, _ACTORS_START_SECONDS
     logger.setLevel(logging.WARNING)
     try:
         yield
     finally:
-        context.enable_progress_bars = bars
+        context.enable_progress_bars, context.wait_for_min_actors_s = saved
         logger.setLevel(level)
 
 
