@@ -204,3 +204,23 @@ def test_a_killed_driver_resumes_with_the_same_command(
     assert counts["rollouts_reused"] > 0  # the rerun took the killed run's finished rollouts from the journal
     assert counts["rollouts_reused"] + counts["rollouts_generated"] == QUESTIONS
     check_output(out)
+
+
+def test_the_embedded_retriever_works_on_every_node(cluster: Cluster, second_node: int,
+                                                    simulators: tuple[str, str], workload: Path,
+                                                    tmp_path: Path) -> None:
+    # The driver builds the index once, next to the corpus; each actor loads it from the same path
+    # (shared storage; on loopback, the same disk), given relative to the driver's working directory.
+    passages = [{"id": str(i), "contents": f'"Entry {i}"\nsim-qid-{i:06d} fact 0.0 and fact 1.0 of entry {i}.'}
+                for i in range(QUESTIONS)]
+    (tmp_path / "corpus.jsonl").write_text("".join(json.dumps(p) + "\n" for p in passages))
+    local, ray = _out(tmp_path, "local"), _out(tmp_path, "ray")
+    code, err = _finish(_generate(local, simulators, workload, "--corpus", "../corpus.jsonl"))
+    assert code == 0, err
+    code, err = _finish(_generate(ray, simulators, workload, "--corpus", "../corpus.jsonl", "--engine", "ray",
+                                  ray_address=cluster.address))
+    assert code == 0, err
+    rows = _rows(ray)
+    assert [_comparable(r) for r in rows] == [_comparable(r) for r in _rows(local)]
+    observations = [m["content"] for r in rows for m in r["messages"] if m["role"] == "tool"]
+    assert observations and all("Entry" in o for o in observations)  # documents found on both nodes
