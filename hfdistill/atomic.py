@@ -13,7 +13,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_path", "atomic_write_text", "fsync_dir"]
+__all__ = ["atomic_path", "atomic_write_text", "fsync"]
 
 
 @contextlib.contextmanager
@@ -27,10 +27,10 @@ def atomic_path(path: str | Path, *, mode: int = 0o644) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
-        _fsync_file(tmp)
+        fsync(tmp)
         os.chmod(tmp, mode)
         os.replace(tmp, target)
-        fsync_dir(target.parent)
+        fsync(target.parent)  # the rename itself
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -42,16 +42,8 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
-def _fsync_file(path: str | Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_dir(path: str | Path) -> None:
-    """Flush a directory entry (a rename or a new file in it) to disk."""
+def fsync(path: str | Path) -> None:
+    """Flush a file, or a directory's entries (a rename or a new file in it), to disk."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

@@ -26,7 +26,7 @@ import bm25s
 import numpy as np
 from bm25s.stopwords import STOPWORDS_EN
 
-from hfdistill.atomic import atomic_write_text, fsync_dir
+from hfdistill.atomic import atomic_write_text, fsync
 from hfdistill.errors import ConfigError, CorpusError
 from hfdistill.types import Document
 
@@ -282,7 +282,7 @@ def build_index(corpus: Path, index_dir: Path) -> None:
         np.save(tmp / "spans.npy", scan.spans)
         manifest = _manifest(corpus, before, scan, analyzer, time.monotonic() - t0)
         atomic_write_text(tmp / "manifest.json", json.dumps(manifest, indent=1))  # last: marks the index complete
-        fsync_dir(tmp)
+        fsync(tmp)
         _swap_in(tmp, index_dir)
     except OSError as e:
         raise ConfigError(f"cannot write the BM25 index {index_dir}: {e}; free space or pass --index-dir") from None
@@ -306,7 +306,7 @@ def _swap_in(tmp: Path, index_dir: Path) -> None:
         old = Path(tempfile.mkdtemp(prefix=f".{index_dir.name}.old-", dir=index_dir.parent))
         os.replace(index_dir, old)
     os.replace(tmp, index_dir)
-    fsync_dir(index_dir.parent)
+    fsync(index_dir.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 

@@ -15,9 +15,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from hfdistill.config import TOOL_CALL_MODES, DistillConfig, RetryPolicy
+from hfdistill.config import OBSERVATION_FORMATS, TOOL_CALL_MODES, DistillConfig, RetryPolicy
 from hfdistill.errors import ConfigError, HfdistillError
-from hfdistill.templates import OBSERVATION_FORMATS
 
 __all__ = ["main"]
 
@@ -108,7 +107,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     _flag(r, "topk", type=int, default=3, help="documents per query (default 3)")
     _flag(r, "query_arg", choices=("query_list", "query"), default="query_list",
           help="argument name of the search tool's query array (default query_list, as verl)")
-    _flag(r, "observation_format", choices=tuple(OBSERVATION_FORMATS), default="seed",
+    _flag(r, "observation_format", choices=OBSERVATION_FORMATS, default="seed",
           help="tool message format: seed ('Query: ...' + '[i] title: text') or verl ({\"result\": ...})")
     d = p.add_argument_group("data")
     _flag(d, "num_rollouts", type=int, default=1, help="independent rollouts per question (default 1)")
@@ -188,6 +187,8 @@ def _config(args: argparse.Namespace, seed: dict[str, Any]) -> DistillConfig:
 
 def _cmd_generate(args: argparse.Namespace) -> int:
     from hfdistill.generate import GenerateOptions, generate
+    from hfdistill.process import run_settings
+    from hfdistill.types import StopRequest
 
     seed = _seed_values(args)
     config = _config(args, seed)
@@ -200,7 +201,9 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         from hfdistill.hub import check_push_target
 
         check_push_target(args.push_to_hub, license=args.license, token=args.hf_token)
-    result = generate(config, options)
+    stop = StopRequest()
+    with run_settings(stop):  # process-wide settings are the CLI's to change (and restore)
+        result = generate(config, options, stop=stop)
     if not result.skipped_as_done:
         _print_summary(result)
     if args.push_to_hub and result.complete:

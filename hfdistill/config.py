@@ -8,11 +8,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from hfdistill.errors import ConfigError
-from hfdistill.templates import OBSERVATION_FORMATS
 
-__all__ = ["DEFAULT_CONCURRENCY_PER_ENDPOINT", "TOOL_CALL_MODES", "DistillConfig", "RetryPolicy"]
+__all__ = ["DEFAULT_CONCURRENCY_PER_ENDPOINT", "OBSERVATION_FORMATS", "TOOL_CALL_MODES", "DistillConfig",
+           "RetryPolicy"]
 
 TOOL_CALL_MODES = ("auto", "native", "text")
+OBSERVATION_FORMATS = ("seed", "verl")  # the original tool's tool message, or verl's search tool's
 # vLLM queues what exceeds its sequence slots at no cost, while rollouts spend part of their
 # life in retrieval; 512 per endpoint keeps a 256-slot server full (see benchmarks/).
 DEFAULT_CONCURRENCY_PER_ENDPOINT = 512
@@ -26,6 +27,9 @@ class RetryPolicy:
     backoff: float = 1.0  # seconds before the first retry; doubles each time
     max_backoff: float = 30.0
     timeout: float = 1800.0  # per request; vLLM may queue a request behind hundreds of others
+    # While a teacher request is open longer than this, the server is probed this often; two failed
+    # probes in a row fail its open requests (a stopped vLLM may hold sockets open without answering).
+    stall_probe: float = 20.0
 
     def delay(self, attempt: int, rand: float, retry_after: float | None = None) -> float:
         """Seconds to wait before attempt `attempt + 1`; `rand` is uniform in [0, 1)."""
@@ -84,6 +88,8 @@ class DistillConfig:
             raise ConfigError(f"--observation-format must be one of {', '.join(OBSERVATION_FORMATS)}, "
                               f"got {self.observation_format!r}")
         _positive("retry attempts", self.retry.attempts)
+        if self.retry.stall_probe <= 0:
+            raise ConfigError(f"the stall probe interval must be > 0 seconds, got {self.retry.stall_probe}")
         if self.retry.timeout <= 0:
             raise ConfigError(f"--request-timeout must be > 0 seconds, got {self.retry.timeout}")
 

@@ -33,7 +33,8 @@ from hfdistill.rollout import RolloutSpec, TurnStep, rollout
 from hfdistill.rows import build_table, extra_info_of, output_features, output_schema, result_of
 from hfdistill.teacher import Route, Teacher, TeacherStats
 from hfdistill.templates import Templates
-from hfdistill.types import RolloutJob
+from hfdistill.tools import SearchTool, ToolContext
+from hfdistill.types import RolloutJob, StopRequest
 
 __all__ = ["Distiller"]
 
@@ -49,6 +50,7 @@ class _Runtime:
     retriever: Retriever
     window: asyncio.Semaphore
     lock: asyncio.Lock
+    tools: ToolContext
     admission: asyncio.Semaphore | None = None  # sized from the first batch (see map_batch)
 
     async def aclose(self) -> None:
@@ -86,7 +88,8 @@ class Distiller:
     def __init__(self, config: DistillConfig) -> None:
         self.config = config
         templates = Templates(config.template_dir, observation=config.observation_format)
-        self.prompts = Prompts.build(templates, config.query_arg)
+        tools = [SearchTool(config.query_arg, observation_template=templates.observation)]
+        self.prompts = Prompts.build(templates, tools)
         self.plan: FieldPlan | None = None
         self.schema: pa.Schema | None = None
         self.model: str | None = config.model
@@ -96,7 +99,7 @@ class Distiller:
         self._recorder: Recorder = self._collector
         self._runtimes: list[_Runtime] = []
         self._embedded: Retriever | None = None
-        self._stopping = False
+        self._stop = StopRequest()
         self._prepared = False  # the teacher endpoints were checked (once per distiller, not per loop)
         self._copy = False  # unpickled in another process (a datasets worker): its recorder is not the caller's
 
@@ -183,18 +186,18 @@ class Distiller:
 
     def stop(self) -> None:
         """Start no new rollouts; those in flight finish and are recorded."""
-        self._stopping = True
+        self._stop.requested = True
 
     @property
     def stopping(self) -> bool:
-        return self._stopping
+        return self._stop.requested
 
-    def map(self, ds: datasets.Dataset, *, recorder: Recorder | None = None, batch_size: int = 16,
-            **map_kwargs: Any) -> datasets.Dataset:
+    def map(self, ds: datasets.Dataset, *, recorder: Recorder | None = None, stop: StopRequest | None = None,
+            batch_size: int = 16, **map_kwargs: Any) -> datasets.Dataset:
         """`ds.map` with everything set right: batched, indexed, typed, input columns removed.
 
         With a `recorder` (e.g. a journaling run), rollouts are reported to it instead of the
-        returned dataset's rows and `failures`.
+        returned dataset's rows and `failures`; once `stop` is requested no new rollout starts.
         """
         if (map_kwargs.get("num_proc") or 1) > 1:
             raise ConfigError("Distiller.map runs in one process (num_proc=1): its window already keeps the "
@@ -202,6 +205,7 @@ class Distiller:
                               "instead of num_proc")
         self.bind_input(ds.features)
         self._recorder = recorder or self._collector
+        self._stop = stop or self._stop
         try:
             # Arrow batches stay zero-copy slices of the input until admitted (see map_batch).
             with _all_batches_scheduled():
@@ -231,7 +235,9 @@ class Distiller:
             retriever = self._retriever()  # first: loading a corpus index may fail, and owns no socket
             teacher = Teacher(self.config.replace(model=self.model), self.tools, self.teacher_stats)
             teacher.mode = self.mode
-            runtime = _Runtime(loop, teacher, retriever, asyncio.Semaphore(self.config.window), asyncio.Lock())
+            topk = self.config.topk
+            tools = ToolContext(search=lambda queries: retriever.search(queries, topk), render=self.prompts.render)
+            runtime = _Runtime(loop, teacher, retriever, asyncio.Semaphore(self.config.window), asyncio.Lock(), tools)
             self._runtimes.append(runtime)
         if not self._prepared:
             async with runtime.lock:
@@ -315,10 +321,10 @@ class Distiller:
         if prior is not None and prior.result is not None:
             return self._recorder.finished(job, prior.result, model=prior.model, protocol=prior.protocol,
                                            reused=True)
-        if self._stopping:
+        if self.stopping:
             return None
         async with runtime.window:
-            if self._stopping:
+            if self.stopping:
                 return None
             self._recorder.started(job)
             result = await self._generate(runtime, job, prior.steps if prior is not None else ())
@@ -340,7 +346,6 @@ class Distiller:
 
     async def _generate(self, runtime: _Runtime, job: RolloutJob, resume: Sequence[TurnStep]) -> dict[str, Any] | None:
         spec = RolloutSpec(self.prompts, self.config.max_assistant_turns, runtime.teacher.mode == "text")
-        topk = self.config.topk
         turns = iter(range(len(resume) + 1, spec.max_turns + 1))
 
         def on_turn(step: TurnStep) -> None:
@@ -348,8 +353,7 @@ class Distiller:
 
         try:
             traj = await rollout(job.question, job.golden_answers, spec=spec, resume=resume, on_turn=on_turn,
-                                 chat=functools.partial(runtime.teacher.chat, route=Route()),
-                                 search=lambda queries: runtime.retriever.search(queries, topk))
+                                 chat=functools.partial(runtime.teacher.chat, route=Route()), tools=runtime.tools)
         except RolloutError as e:
             self._recorder.failed(job, e.cause, e.turn, str(e))
             return None

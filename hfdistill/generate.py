@@ -8,12 +8,8 @@ of every rollout the input owes. Rerunning the same command resumes; a finished 
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import logging
 import os
-import signal
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -35,6 +31,7 @@ from hfdistill.output import check_output_path, failures_path, skipped_path, wri
 from hfdistill.progress import Monitor, RunStats
 from hfdistill.rows import MALFORMED_CALL, extra_info_of, shape_row
 from hfdistill.run import Account, OutputLock, Run
+from hfdistill.types import StopRequest
 
 __all__ = ["EXIT_INCOMPLETE", "KEEP_MODES", "GenerateOptions", "GenerateResult", "generate"]
 
@@ -86,15 +83,18 @@ class GenerateResult:
         return 0 if self.complete else EXIT_INCOMPLETE
 
 
-def generate(config: DistillConfig, options: GenerateOptions) -> GenerateResult:
-    """Run (or resume) a distillation and write the output; see the module docstring."""
-    with _quiet_datasets():
-        output = check_output_path(options.output_file)
-        with OutputLock(output, options.command):  # one process per output, from here to the end
-            return _generate(config, options, output)
+def generate(config: DistillConfig, options: GenerateOptions, *, stop: StopRequest | None = None) -> GenerateResult:
+    """Run (or resume) a distillation and write the output; see the module docstring.
+
+    `stop`, once requested (the CLI does it on SIGINT/SIGTERM), starts no new rollout: those in
+    flight finish and are journaled, and `Interrupted` is raised.
+    """
+    output = check_output_path(options.output_file)
+    with OutputLock(output, options.command):  # one process per output, from here to the end
+        return _generate(config, options, output, stop or StopRequest())
 
 
-def _generate(config: DistillConfig, options: GenerateOptions, output: Path) -> GenerateResult:
+def _generate(config: DistillConfig, options: GenerateOptions, output: Path, stop: StopRequest) -> GenerateResult:
     distiller = Distiller(config)  # renders every template once: template errors surface here
     ds = load_input(options.input_file, max_samples=options.max_samples)
     distiller.bind_input(ds.features)  # a missing field fails here, before any server is contacted
@@ -114,7 +114,7 @@ def _generate(config: DistillConfig, options: GenerateOptions, output: Path) -> 
     started = time.monotonic()
     with Run(identity, items, config.num_rollouts, monitor) as run:
         if run.pending:
-            live = _run_rollouts(distiller, ds, run, options)
+            live = _run_rollouts(distiller, ds, run, options, stop)
         else:
             log.info("every rollout is recorded in %s; writing %s from it (no server contacted)", identity.run_dir,
                      output)
@@ -130,20 +130,20 @@ def _generate(config: DistillConfig, options: GenerateOptions, output: Path) -> 
         return _write_output(distiller, ds, run, options, identity, _Counts(live, account, items))
 
 
-def _run_rollouts(distiller: Distiller, ds: datasets.Dataset, run: Run, options: GenerateOptions) -> RunStats:
+def _run_rollouts(distiller: Distiller, ds: datasets.Dataset, run: Run, options: GenerateOptions,
+                  stop: StopRequest) -> RunStats:
     """Every rollout not in the journal yet, through `Distiller.map` (the API's path), into the run."""
     log.info("distilling %d questions x %d rollouts (%d still to make)", len(ds), distiller.config.num_rollouts,
              run.pending)
     try:
-        with _signals(distiller), _throughput_gc():
-            if options.engine == "ray":
-                from hfdistill.engines.ray import run_on_ray
+        if options.engine == "ray":
+            from hfdistill.engines.ray import run_on_ray
 
-                run_on_ray(distiller, ds, run, actors=options.ray_actors, jobs_per_task=options.batch_size)
-            else:
-                # The servers are probed as map starts, before its first rollout: one client per run.
-                distiller.map(ds, recorder=run, batch_size=options.batch_size, load_from_cache_file=False,
-                              cache_file_name=str(run.identity.run_dir / "map.arrow"), desc="hfdistill")
+            run_on_ray(distiller, ds, run, stop=stop, actors=options.ray_actors, jobs_per_task=options.batch_size)
+        else:
+            # The servers are probed as map starts, before its first rollout: one client per run.
+            distiller.map(ds, recorder=run, stop=stop, batch_size=options.batch_size, load_from_cache_file=False,
+                          cache_file_name=str(run.identity.run_dir / "map.arrow"), desc="hfdistill")
     finally:
         stats = run.monitor.finish()
         teacher = distiller.teacher_stats
@@ -265,47 +265,3 @@ def _record(distiller: Distiller, identity: RunIdentity, options: GenerateOption
         "rows": written, "rollouts": stats.rows, "held_back": held_back, "counts": stats.to_dict(),
         "command": options.command, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-
-
-@contextlib.contextmanager
-def _signals(distiller: Distiller) -> Iterator[None]:
-    """First SIGINT/SIGTERM: start nothing new, let in-flight rollouts finish. Second: stop now."""
-    def handler(signum: int, _frame: Any) -> None:
-        if distiller.stopping:
-            raise KeyboardInterrupt
-        distiller.stop()
-        sys.stderr.write(f"\n[hfdistill] {signal.Signals(signum).name}: finishing the rollouts in flight "
-                         "(they are recorded); press Ctrl-C again to stop at once\n")
-
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
-
-
-@contextlib.contextmanager
-def _throughput_gc() -> Iterator[None]:
-    """Objects from imports and set-up live all run, so the collector need not rescan them, and a
-    rollout makes many short-lived objects that reference counting frees on its own (≈7 % CPU)."""
-    thresholds = gc.get_threshold()
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
-    try:
-        yield
-    finally:
-        gc.set_threshold(*thresholds)
-        gc.unfreeze()
-
-
-@contextlib.contextmanager
-def _quiet_datasets() -> Iterator[None]:
-    """Our progress line replaces datasets' tqdm bars, which would fight it on stderr."""
-    was_enabled = datasets.is_progress_bar_enabled()
-    datasets.disable_progress_bars()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            datasets.enable_progress_bars()

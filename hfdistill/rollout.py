@@ -1,7 +1,8 @@
 """The rollout loop: teacher turn, tool call, observation, until an answer or a limit.
 
-It receives the teacher and the retriever as two awaitables and builds no client, so it runs the
-same against vLLM, a scripted fake or anything else. The model's mistakes are observations it
+It receives the teacher as an awaitable and the tools' world as a `ToolContext` and builds no
+client, so it runs the same against vLLM, a scripted fake or anything else; the tools themselves
+(see `tools`) come with the prompts. The model's mistakes are observations it
 sees; broken infrastructure raises (and the row goes to the failures file).
 
 Every finished tool turn is a `TurnStep`: what it added to the stored conversation and to what the
@@ -16,15 +17,15 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from hfdistill.errors import ContextLengthError, RetrievalError, RolloutError, TeacherError
-from hfdistill.prompts import TOOL_NAME, Prompts
-from hfdistill.toolcalls import CallError, ParsedTurn, SearchCall, extract_answer, interpret_turn
-from hfdistill.types import Document, Message, TeacherReply, ToolCall, Trajectory, Usage
+from hfdistill.errors import ContextLengthError, RolloutError, ServiceError, TeacherError
+from hfdistill.prompts import Prompts
+from hfdistill.toolcalls import CallError, ParsedTurn, ToolRequest, extract_answer, interpret_turn
+from hfdistill.tools import ToolContext
+from hfdistill.types import Message, TeacherReply, ToolCall, Trajectory, Usage
 
-__all__ = ["ChatFn", "RolloutSpec", "SearchFn", "TurnStep", "rollout", "tool_response"]
+__all__ = ["ChatFn", "RolloutSpec", "TurnStep", "rollout", "tool_response"]
 
 ChatFn = Callable[[list[dict[str, Any]]], Awaitable[TeacherReply]]
-SearchFn = Callable[[Sequence[str]], Awaitable[list[list[Document]]]]
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,7 @@ def tool_response(observation: str) -> str:
     return f"<tool_response>\n{observation}\n</tool_response>"
 
 
-async def rollout(question: str, golden_answers: Sequence[str], *, chat: ChatFn, search: SearchFn,
+async def rollout(question: str, golden_answers: Sequence[str], *, chat: ChatFn, tools: ToolContext,
                   spec: RolloutSpec, resume: Sequence[TurnStep] = (),
                   on_turn: Callable[[TurnStep], None] | None = None) -> Trajectory:
     """Run one conversation to its end (continuing after the `resume` steps) and return it."""
@@ -88,19 +89,19 @@ async def rollout(question: str, golden_answers: Sequence[str], *, chat: ChatFn,
             break
         except TeacherError as e:
             raise RolloutError(str(e), cause=e.cause, turn=turn) from e
-        parsed = interpret_turn(reply.content, reply.reasoning, reply.tool_calls, tool_name=TOOL_NAME,
+        parsed = interpret_turn(reply.content, reply.reasoning, reply.tool_calls, tools=spec.prompts.toolset,
                                 call_id=f"call_{turn}")
         stop = _stop_reason(reply, parsed)
         if stop is not None:
             traj.usage.add(reply.usage)
             traj.assistant_turns += 1
-            content = parsed.text if stop == "length" else parsed.content
+            content = parsed.text if stop in ("length", "context") else parsed.content
             traj.messages.append(Message("assistant", content, parsed.reasoning))
             traj.stop_reason = stop
             break
         try:
-            step = await _act(parsed.calls[0], reply, parsed, search, spec)
-        except RetrievalError as e:
+            step = await _act(parsed.calls[0], reply, parsed, tools, spec)
+        except ServiceError as e:  # a tool's server (the retriever) failed for good
             raise RolloutError(str(e), cause=e.cause, turn=turn) from e
         _apply(step, traj, wire)
         if on_turn is not None:
@@ -123,7 +124,7 @@ def _apply(step: TurnStep, traj: Trajectory, wire: list[dict[str, Any]]) -> None
 
 def _stop_reason(reply: TeacherReply, parsed: ParsedTurn) -> str | None:
     if reply.finish_reason == "length":
-        return "length"
+        return "context" if reply.context_full else "length"
     if parsed.answer is not None:
         return "answer"
     if not parsed.calls:
@@ -131,18 +132,16 @@ def _stop_reason(reply: TeacherReply, parsed: ParsedTurn) -> str | None:
     return None
 
 
-async def _act(call: SearchCall | CallError, reply: TeacherReply, parsed: ParsedTurn, search: SearchFn,
+async def _act(call: ToolRequest | CallError, reply: TeacherReply, parsed: ParsedTurn, tools: ToolContext,
                spec: RolloutSpec) -> TurnStep:
-    """Execute the turn's call (or report its error): both sides of the turn, stored and on the wire."""
-    prompts = spec.prompts
-    if isinstance(call, SearchCall):
-        documents = await search(call.queries)
-        observation = prompts.observation(call.queries, documents)
-        arguments = json.dumps({prompts.query_arg: list(call.queries)}, ensure_ascii=False)
-        stored_call = ToolCall(call.id, TOOL_NAME, arguments)
-        counts = {"tool_calls": 1, "queries": len(call.queries)}
+    """Run the turn's call (or report its error): both sides of the turn, stored and on the wire."""
+    if isinstance(call, ToolRequest):
+        output = await spec.prompts.toolset[call.name](call.arguments, tools)
+        observation = output.observation
+        stored_call: ToolCall | None = ToolCall(call.id, call.name, json.dumps(call.arguments, ensure_ascii=False))
+        counts = {"tool_calls": 1, "queries": output.queries}
     else:
-        observation = prompts.error(call.message)
+        observation = spec.prompts.error(call.message)
         stored_call = ToolCall(call.id, call.name, call.arguments) if call.arguments else None
         counts = {"tool_errors": 1, "malformed_calls": int(stored_call is None)}
     if stored_call is not None:
@@ -154,19 +153,35 @@ async def _act(call: SearchCall | CallError, reply: TeacherReply, parsed: Parsed
         # render for a tool message. The row is flagged (see rows.quality_flags).
         stored = (Message("assistant", parsed.text, parsed.reasoning),
                   Message("user", tool_response(observation)))
-    wire = _wire_turn(reply, parsed, stored_call, observation, spec.text_protocol)
+    wire = _wire_turn(reply, stored_call, observation, spec.text_protocol)
     return TurnStep(stored, tuple(wire), reply.usage, **counts)
 
 
-def _wire_turn(reply: TeacherReply, parsed: ParsedTurn, call: ToolCall | None, observation: str,
+def _wire_turn(reply: TeacherReply, call: ToolCall | None, observation: str,
                text_protocol: bool) -> list[dict[str, Any]]:
-    """The turn as the server should see it next time, kept close to what the model generated."""
-    if text_protocol or call is None:
-        # The model's own text (think and <tool_call> included) keeps the prefix cache warm; the
-        # result goes back as Tongyi's ReAct loop sends it.
-        return [{"role": "assistant", "content": reply.content},
-                {"role": "user", "content": tool_response(observation)}]
-    assistant: dict[str, Any] = {"role": "assistant", "content": parsed.content, "tool_calls": [call.to_dict()]}
-    if parsed.reasoning:
-        assistant["reasoning_content"] = parsed.reasoning
-    return [assistant, {"role": "tool", "tool_call_id": call.id, "content": observation}]
+    """The turn as the server should see it next time: what the model wrote, as far as the protocol allows.
+
+    The teacher then reasons from the context it generated, and vLLM's prefix cache serves the turn.
+    """
+    result = tool_response(observation)
+    if text_protocol or not reply.tool_calls:
+        # Text protocol (or a call vLLM's parser left in the text): the model's own text, thinking and
+        # <tool_call> included; the result goes back as Tongyi's ReAct loop sends it (the Qwen3 template
+        # renders a tool message exactly so).
+        assistant: dict[str, Any] = {"role": "assistant", "content": _as_written(reply)}
+        return [assistant, {"role": "user", "content": result}]
+    # The calls exactly as the server returned them (name, id, the arguments string), unless several
+    # were folded into one search: one result cannot answer several calls, so the folded call goes back.
+    calls = reply.tool_calls if len(reply.tool_calls) == 1 or call is None else (call,)
+    assistant = {"role": "assistant", "content": reply.content, "tool_calls": [c.to_dict() for c in calls]}
+    if reply.reasoning is not None:
+        assistant["reasoning_content"] = reply.reasoning
+    return [assistant, {"role": "tool", "tool_call_id": calls[0].id, "content": observation}]
+
+
+def _as_written(reply: TeacherReply) -> str:
+    """The completion's text as generated: a reasoning parser moves the `<think>` block out of `content`
+    (vLLM keeps the newlines on both sides), so it is put back where the model wrote it."""
+    if reply.reasoning is None:
+        return reply.content
+    return f"<think>{reply.reasoning}</think>{reply.content}"

@@ -32,11 +32,16 @@ __all__ = ["EndpointPool", "Route", "Teacher", "TeacherStats"]
 
 log = logging.getLogger(__name__)
 
-TEXT_STOP = ["<tool_response>", "\n<tool_response>"]
-_CONTEXT_RE = re.compile(r"maximum context length|context length|context window|too long|max_model_len",
-                         re.IGNORECASE)
+# vLLM tries stop strings in list order: the longer one first, or "<tool_response>" always wins and the
+# newline the model wrote before it stays at the end of the turn.
+STOP = ["\n<tool_response>", "<tool_response>"]
+# A prompt of exactly max-model-len tokens leaves no room for output: vLLM 0.32 answers
+# "max_tokens must be at least 1, got 0" rather than its context-length message.
+_CONTEXT_RE = re.compile(r"maximum context length|context length|context window|too long|max_model_len"
+                         r"|max_tokens must be at least 1, got (?:0|-\d+)", re.IGNORECASE)
 _TOOLS_REFUSED_RE = re.compile(r"tool.choice|enable-auto-tool-choice|tool-call-parser", re.IGNORECASE)
 _DOWN_SECONDS = 30.0  # an endpoint that fails at the connection level sits out this long
+_STALL_PROBES = 2  # failed health probes in a row after which an endpoint's open requests are failed
 
 
 @dataclass(eq=False)
@@ -50,6 +55,11 @@ class Endpoint:
     name: str  # host:port, for statistics (never credentials)
     outstanding: int = 0
     down_until: float = 0.0
+    # Requests waiting for an answer: the task awaiting each, and when it was sent (for the watchdog).
+    open: dict[asyncio.Task[Any], float] = field(default_factory=dict)
+    failed_by_watchdog: set[asyncio.Task[Any]] = field(default_factory=set)
+    watchdog: asyncio.Task[None] | None = None
+    stalled: bool = False  # its last health probes failed; new requests probe it before being sent
 
     def healthy(self, now: float) -> bool:
         return self.down_until <= now
@@ -132,6 +142,9 @@ class Teacher:
         return sum(e.outstanding for e in self.pool.endpoints)
 
     async def aclose(self) -> None:
+        for endpoint in self.pool.endpoints:
+            if endpoint.watchdog is not None:
+                endpoint.watchdog.cancel()
         await asyncio.gather(*(e.client.close() for e in self.pool.endpoints))
 
     # ------------------------------------------------------------ start-up
@@ -151,8 +164,16 @@ class Teacher:
                     raise ConfigError(f"model {self.model!r} is not served at {endpoint.url} (it serves "
                                       f"{', '.join(models)}); fix --model or VLLM_URL")
         if self.mode is None:
-            self.mode = await self._detect_mode()
+            self.mode = "text" if await self._refusing_tools() else "native"
             log.info("tool-call protocol: %s", self.mode)
+        elif self.mode == "native":
+            refusing = await self._refusing_tools()
+            if refusing:
+                # Every rollout would fail the same way, and no rerun could fix it: a usage error, now.
+                raise ConfigError(f"--tool-call-mode native needs vLLM's tool-call parser, but the teacher at "
+                                  f"{refusing[0].url} refuses tools= (it was started without it); start vLLM with "
+                                  "--enable-auto-tool-choice --tool-call-parser hermes, or use --tool-call-mode "
+                                  "text (or auto)")
 
     async def _served_models(self, endpoint: Endpoint) -> list[str]:
         try:
@@ -168,20 +189,20 @@ class Teacher:
             raise TeacherError(f"the teacher at {endpoint.url} serves no model; check the vLLM server")
         return ids
 
-    async def _detect_mode(self) -> str:
-        """Native when every endpoint accepts `tools=`; text when vLLM refuses them with its 400."""
+    async def _refusing_tools(self) -> list[Endpoint]:
+        """The endpoints that refuse `tools=` with vLLM's 400 (started without a tool-call parser)."""
         body = json.dumps({"model": self.model, "messages": [{"role": "user", "content": "Say OK."}],
                            "tools": self.tools, "max_tokens": 1}).encode()
+        refusing = []
         for endpoint in self.pool.endpoints:
             try:
                 await self._post_once(endpoint, body)
             except TeacherError as e:
-                if e.cause == "tools_refused":
-                    log.info("%s refuses tools= (started without --enable-auto-tool-choice); "
-                             "using the text protocol", endpoint.url)
-                    return "text"
-                raise
-        return "native"
+                if e.cause != "tools_refused":
+                    raise
+                log.info("%s refuses tools= (started without --enable-auto-tool-choice)", endpoint.url)
+                refusing.append(endpoint)
+        return refusing
 
     # ------------------------------------------------------------ the hot path
 
@@ -194,11 +215,13 @@ class Teacher:
             if n > 1:
                 self.stats.retries += 1
             try:
-                return await self._post_once(endpoint, body)
+                reply = await self._post_once(endpoint, body)
             except TeacherError as e:
-                if e.cause in ("connection", "timeout"):
+                if e.cause in ("connection", "timeout", "stalled"):
                     self.pool.mark_down(endpoint)
                 raise
+            self._count(endpoint, reply)
+            return reply
 
         return await with_retries(attempt, self.config.retry, what="teacher call")
 
@@ -213,16 +236,30 @@ class Teacher:
                     params[name] = getattr(c, name)
             if self.mode == "native":
                 params["tools"] = self.tools
-            else:
-                params["stop"] = TEXT_STOP
+            # In both protocols: a model that goes on to invent the tool's result is cut there (vLLM's tool
+            # parser still reads the call before it), rather than generating tokens that are thrown away.
+            params["stop"] = STOP
             self._params = (key, json.dumps(params, ensure_ascii=False).encode()[:-1])
         return self._params[1]
 
     async def _post_once(self, endpoint: Endpoint, body: bytes) -> TeacherReply:
+        if endpoint.stalled and not await self._answers(endpoint):
+            raise _stalled(endpoint)
+        task = asyncio.current_task()
+        assert task is not None
         endpoint.outstanding += 1
+        endpoint.open[task] = time.monotonic()
+        self._watch(endpoint)
         try:
             response = await endpoint.http.post(endpoint.chat_url, content=body, headers=self._headers)
             payload = response.content
+        except asyncio.CancelledError:
+            if task not in endpoint.failed_by_watchdog:
+                raise
+            endpoint.failed_by_watchdog.discard(task)
+            if hasattr(task, "uncancel"):  # Python >= 3.11: this cancellation is handled here
+                task.uncancel()
+            raise _stalled(endpoint) from None
         except (httpx2.ConnectError, httpx2.ConnectTimeout) as e:
             # (the aiohttp transport reports a refused connection as ConnectTimeout)
             raise TeacherError(f"cannot reach the teacher at {endpoint.url} ({_reason(e)})", transient=True,
@@ -235,14 +272,66 @@ class Teacher:
                                cause="connection") from None
         finally:
             endpoint.outstanding -= 1
+            endpoint.open.pop(task, None)
         if response.status_code >= 400:
             raise _status_error(response.status_code, payload, response.headers.get("retry-after"), endpoint.url)
-        reply = _reply(payload, endpoint.url)
+        return _reply(payload, endpoint.url, self.config.max_tokens)
+
+    def _count(self, endpoint: Endpoint, reply: TeacherReply) -> None:
+        """Rollout calls only: the start-up probes are not the run's work."""
         self.stats.calls += 1
         self.stats.by_endpoint[endpoint.name] = self.stats.by_endpoint.get(endpoint.name, 0) + 1
         self.stats.prompt_tokens += reply.usage.prompt_tokens
         self.stats.completion_tokens += reply.usage.completion_tokens
-        return reply
+
+
+    # ------------------------------------------------------------ the watchdog
+
+    def _watch(self, endpoint: Endpoint) -> None:
+        if endpoint.watchdog is None or endpoint.watchdog.done():
+            endpoint.watchdog = asyncio.get_running_loop().create_task(self._watchdog(endpoint))
+
+    async def _watchdog(self, endpoint: Endpoint) -> None:
+        """While requests are open long, probe the server; fail them when it stopped answering.
+
+        Generations may legitimately take as long as --request-timeout, so the requests themselves are
+        not timed: a vLLM stopped with SIGTERM can keep its sockets open without ever answering, and
+        only its health endpoint tells the two apart.
+        """
+        every = self.config.retry.stall_probe
+        failures = 0
+        while endpoint.open:
+            await asyncio.sleep(every)
+            oldest = min(endpoint.open.values(), default=time.monotonic())
+            if time.monotonic() - oldest < every or await self._answers(endpoint):
+                failures = 0
+                endpoint.stalled = False
+                continue
+            failures += 1
+            if failures >= _STALL_PROBES:
+                log.warning("teacher %s stopped answering (%d health probes failed); failing its %d open "
+                            "requests", endpoint.url, failures, len(endpoint.open))
+                endpoint.stalled = True
+                self.pool.mark_down(endpoint)
+                for task in list(endpoint.open):
+                    endpoint.failed_by_watchdog.add(task)
+                    task.cancel()
+                failures = 0
+
+    async def _answers(self, endpoint: Endpoint) -> bool:
+        """Whether the server answers `GET /v1/models` (any HTTP status) within the probe interval."""
+        try:
+            await endpoint.http.get(f"{endpoint.url}/models", headers=self._headers,
+                                    timeout=self.config.retry.stall_probe)
+        except httpx2.TransportError:
+            return False
+        endpoint.stalled = False
+        return True
+
+
+def _stalled(endpoint: Endpoint) -> TeacherError:
+    return TeacherError(f"teacher {endpoint.url} stopped answering (its /v1/models health probe fails)",
+                        transient=True, cause="stalled")
 
 
 def _unlimited() -> Any:
@@ -292,7 +381,7 @@ def _error_message(payload: bytes) -> str:
     return str(body)[:500]
 
 
-def _reply(payload: bytes, url: str) -> TeacherReply:
+def _reply(payload: bytes, url: str, max_tokens: int) -> TeacherReply:
     try:
         data = json.loads(payload)
         choice = data["choices"][0]
@@ -303,12 +392,17 @@ def _reply(payload: bytes, url: str) -> TeacherReply:
             for c in message.get("tool_calls") or ()
         )
         usage = data.get("usage") or {}
+        finish_reason = choice.get("finish_reason") or "stop"
+        completion_tokens = int(usage.get("completion_tokens") or 0)
         return TeacherReply(
             content=message.get("content") or "",
             reasoning=message.get("reasoning") or message.get("reasoning_content"),
             tool_calls=calls,
-            finish_reason=choice.get("finish_reason") or "stop",
-            usage=Usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)),
+            finish_reason=finish_reason,
+            usage=Usage(int(usage.get("prompt_tokens") or 0), completion_tokens),
+            # vLLM shortens max_tokens to what is left of the context instead of refusing, so a turn cut
+            # before the max_tokens asked for was cut by the context window, not by max_tokens.
+            context_full=finish_reason == "length" and 0 < completion_tokens < max_tokens,
         )
     except (KeyError, IndexError, TypeError, AttributeError, ValueError):
         raise TeacherError(f"teacher {url} answered something that is not a chat completion: "

@@ -12,10 +12,10 @@ import jinja2.meta
 
 from hfdistill.errors import TemplateError
 
-__all__ = ["OBSERVATION_FORMATS", "Templates", "card_template_path", "template_dir"]
+__all__ = ["OBSERVATION_TEMPLATES", "Templates", "card_template_path", "template_dir"]
 
 # --observation-format value -> template file; the default is the original tool's format.
-OBSERVATION_FORMATS = {"seed": "tool_observation.j2", "verl": "tool_observation_verl.j2"}
+OBSERVATION_TEMPLATES = {"seed": "tool_observation.j2", "verl": "tool_observation_verl.j2"}
 
 _PACKAGE = Path(__file__).resolve().parent
 
@@ -61,10 +61,10 @@ class Templates:
     """The template set of one run: built-ins, overridden by file name from `override_dir`."""
 
     def __init__(self, override_dir: str | Path | None = None, *, observation: str = "seed") -> None:
-        if observation not in OBSERVATION_FORMATS:
+        if observation not in OBSERVATION_TEMPLATES:
             raise TemplateError(f"unknown observation format {observation!r}; "
-                                f"choose one of {', '.join(OBSERVATION_FORMATS)}")
-        self.observation = OBSERVATION_FORMATS[observation]
+                                f"choose one of {', '.join(OBSERVATION_TEMPLATES)}")
+        self.observation = OBSERVATION_TEMPLATES[observation]
         search_path = [str(template_dir())]
         if override_dir is not None:
             path = Path(override_dir)

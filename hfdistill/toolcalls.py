@@ -9,20 +9,20 @@ from __future__ import annotations
 import ast
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from hfdistill.tools import Tool, ToolArgumentError
 from hfdistill.types import ToolCall
 
 __all__ = [
     "CallError",
     "ParsedTurn",
-    "SearchCall",
+    "ToolRequest",
     "extract_answer",
     "interpret_turn",
     "parse_tool_call_blocks",
-    "search_queries",
     "split_thinking",
 ]
 
@@ -30,15 +30,15 @@ _THINK_RE = re.compile(r"<think>(.*?)</think>", re.DOTALL)
 _TOOL_CALL_RE = re.compile(r"<tool_call>(.*?)(?:</tool_call>|\Z)", re.DOTALL)
 _ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 _TRAILING_COMMA_RE = re.compile(r",\s*([}\]])")
-_QUERY_KEYS = ("query_list", "query", "queries")
 
 
 @dataclass(frozen=True, slots=True)
-class SearchCall:
-    """A usable call of the search tool: its id and the non-empty queries it asks for."""
+class ToolRequest:
+    """A call to run: its id, the tool's name and its arguments as the tool normalised them."""
 
     id: str
-    queries: tuple[str, ...]
+    name: str
+    arguments: dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,13 +59,14 @@ class ParsedTurn:
     text: str  # visible text with tool-call blocks kept: what is stored when a call is malformed
     reasoning: str | None
     answer: str | None  # text of the last <answer>…</answer>, or None
-    calls: tuple[SearchCall | CallError, ...]
+    calls: tuple[ToolRequest | CallError, ...]
 
 
 def split_thinking(content: str, reasoning: str | None) -> tuple[str, str | None]:
     """Separate `<think>` text from visible content; server-side reasoning wins when present.
 
-    A bare `</think>` with no opening tag means the chat template opened the block in the prompt.
+    A bare `</think>` with no opening tag means the chat template opened the block in the prompt; an
+    opening tag with no closing one means the turn was cut inside its thinking.
     """
     thoughts = []
     if "</think>" in content and "<think>" not in content.split("</think>", 1)[0]:
@@ -73,6 +74,11 @@ def split_thinking(content: str, reasoning: str | None) -> tuple[str, str | None
         thoughts.append(head)
     thoughts.extend(_THINK_RE.findall(content))
     content = _THINK_RE.sub("", content)
+    if "<think>" in content:
+        # An unclosed block: the turn was cut (max_tokens) inside its thinking. What follows the tag
+        # is thinking, never visible content (verl trains on content, and must not see a stray tag).
+        content, cut = content.split("<think>", 1)
+        thoughts.append(cut)
     inline = "\n\n".join(t.strip() for t in thoughts if t.strip()) or None
     if reasoning is not None and reasoning.strip():
         return content.strip(), reasoning.strip()
@@ -120,28 +126,19 @@ def _lenient_json(text: str) -> Any:
         return None
 
 
-def search_queries(args: dict[str, Any]) -> list[str]:
-    """Queries from `query_list`, `query` or `queries`, each a string or a list of strings."""
-    for key in _QUERY_KEYS:
-        if key in args:
-            value = args[key]
-            items = [value] if isinstance(value, str) else value if isinstance(value, list) else []
-            return [q.strip() for q in items if isinstance(q, str) and q.strip()]
-    return []
-
-
 def interpret_turn(
     content: str,
     reasoning: str | None,
     native_calls: Sequence[ToolCall],
     *,
-    tool_name: str,
+    tools: Mapping[str, Tool],
     call_id: str,
 ) -> ParsedTurn:
-    """Turn one teacher reply into stored content plus at most one executable search call.
+    """Turn one teacher reply into stored content plus at most one call to run.
 
-    Several search calls in one turn are folded into one (their queries concatenated), so every
-    stored assistant turn has one call and one tool message, as verl's per-message rendering needs.
+    Several calls of one tool in a turn are folded into one (a search's queries concatenated), so
+    every stored assistant turn has one call and one tool message, as verl's per-message rendering
+    needs; calls of other tools in the same turn are not run (as the model's authors run the first).
     """
     text, thinking = split_thinking(content, reasoning)
     visible, text_calls = parse_tool_call_blocks(text)
@@ -153,29 +150,32 @@ def interpret_turn(
     if not native_calls:
         candidates = text_calls
     first_id = native_calls[0].id if native_calls and native_calls[0].id else call_id
-    calls = _fold_calls(candidates, tool_name=tool_name, call_id=first_id)
+    calls = _fold_calls(candidates, tools=tools, call_id=first_id)
     return ParsedTurn(content=visible, text=text, reasoning=thinking, answer=extract_answer(visible),
                       calls=calls)
 
 
-def _fold_calls(candidates: list[tuple[str, dict[str, Any] | str]], *, tool_name: str,
-                call_id: str) -> tuple[SearchCall | CallError, ...]:
+def _fold_calls(candidates: list[tuple[str, dict[str, Any] | str]], *, tools: Mapping[str, Tool],
+                call_id: str) -> tuple[ToolRequest | CallError, ...]:
     if not candidates:
         return ()
-    queries: list[str] = []
+    valid: dict[str, list[dict[str, Any]]] = {}
     errors: list[str] = []
     for name, args in candidates:
         if isinstance(args, str):
             errors.append(args)
-        elif name != tool_name:
-            errors.append(f"unknown tool {name!r}; the only tool is {tool_name!r}")
+        elif name not in tools:
+            errors.append(f"unknown tool {name!r}; the tools are {', '.join(map(repr, tools))}")
         else:
-            found = search_queries(args)
-            queries.extend(found)
-            if not found:
-                errors.append(f"{tool_name} needs a non-empty \"query_list\" of strings, got {json.dumps(args)}")
-    if queries:
-        return (SearchCall(id=call_id, queries=tuple(dict.fromkeys(queries))),)
+            try:
+                normalised = tools[name].arguments(args)
+            except ToolArgumentError as e:
+                errors.append(str(e))
+                continue
+            valid.setdefault(name, []).append(normalised)
+    if valid:
+        name, calls = next(iter(valid.items()))
+        return (ToolRequest(id=call_id, name=name, arguments=tools[name].fold(calls)),)
     name, args = candidates[0]
     arguments = json.dumps(args, ensure_ascii=False) if isinstance(args, dict) else ""
     return (CallError(id=call_id, name=name, arguments=arguments, message="; ".join(errors)),)

@@ -10,6 +10,7 @@ __all__ = [
     "Document",
     "Message",
     "RolloutJob",
+    "StopRequest",
     "TeacherReply",
     "ToolCall",
     "Trajectory",
@@ -105,6 +106,7 @@ class TeacherReply:
     tool_calls: tuple[ToolCall, ...]
     finish_reason: str
     usage: Usage
+    context_full: bool = False  # cut because prompt + output reached the model's context window
 
 
 @dataclass(slots=True)
@@ -131,3 +133,10 @@ class RolloutJob:
     question: str
     golden_answers: tuple[str, ...]
     extra_info: Any = None
+
+
+@dataclass(slots=True)
+class StopRequest:
+    """Set by whoever owns the process's signals (the CLI): a run starts no new rollout once it is set."""
+
+    requested: bool = False

@@ -65,17 +65,27 @@ class CallTool:
 
 @dataclass
 class Cut:
-    """A reply cut off by max_tokens (finish_reason length)."""
+    """A reply cut off by max_tokens (finish_reason length); `think`: cut inside its thinking instead."""
 
     text: str = "Let me think about this at great length"
+    think: str | None = None
+    at_context: bool = False  # vLLM shrank max_tokens to what was left of the context: fewer tokens came back
 
 
 @dataclass
 class Overflow:
-    """vLLM's 400 for a conversation longer than the context window."""
+    """vLLM 0.32's 400 for a prompt longer than the context window, or (`exact`) exactly as long as it."""
+
+    exact: bool = False
 
 
 Step = Search | Answer | Say | Raw | CallTool | Cut | Overflow
+
+# vLLM 0.32's wording (SPEC §8).
+OVERFLOW_MESSAGE = ("This model's maximum context length is 4096 tokens. However, your prompt contains at least "
+                    "4097 input tokens, which exceeds this limit even without any output tokens. Please reduce "
+                    "the length of the input prompt. (parameter=input_tokens, value=4097)")
+AT_LIMIT_MESSAGE = "max_tokens must be at least 1, got 0. (parameter=max_tokens, value=0)"
 
 
 @dataclass
@@ -109,7 +119,8 @@ class FakeTeacher:
         self.model = model
         self.scripts: dict[str, list[Step]] = {}
         self.faults: list[Fault] = []  # consumed one per chat request, in order
-        self.requests: list[dict[str, Any]] = []
+        self.requests: list[dict[str, Any]] = []  # chat requests of rollouts
+        self.probes: list[dict[str, Any]] = []  # hfdistill's start-up `tools=` probes (never given faults)
         self.chat_calls = 0
         self.models_calls = 0
         self.on_request: Callable[[dict[str, Any]], None] | None = None
@@ -139,6 +150,12 @@ class FakeTeacher:
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
+        if _is_probe(body):
+            with self._lock:
+                self.probes.append(body)
+            if "tools" in body and not self.behaviour.native:
+                return _tools_refused()
+            return web.json_response(self._completion(Say("OK"), native=False, max_tokens=1))
         with self._lock:
             self.requests.append(body)
         if self.on_request is not None:
@@ -147,8 +164,7 @@ class FakeTeacher:
         if fault is not None:
             return await _apply_fault(fault, request)
         if "tools" in body and not self.behaviour.native:
-            return web.json_response({"object": "error", "message": TOOLS_REFUSED, "type": "BadRequestError",
-                                      "code": 400}, status=400)
+            return _tools_refused()
         question = _question_of(body["messages"])
         with self._lock:
             self.in_flight += 1
@@ -164,9 +180,9 @@ class FakeTeacher:
         turn = _tool_results(body["messages"])
         step = script[min(turn, len(script) - 1)]
         if isinstance(step, Overflow):
-            return web.json_response({"object": "error", "type": "BadRequestError", "code": 400,
-                                      "message": "This model's maximum context length is 32768 tokens. However, "
-                                                 "you requested 33000 tokens."}, status=400)
+            message = AT_LIMIT_MESSAGE if step.exact else OVERFLOW_MESSAGE
+            return web.json_response({"error": {"message": message, "type": "BadRequestError", "param": None,
+                                                "code": 400}}, status=400)
         with self._lock:
             self.chat_calls += 1
         return web.json_response(self._completion(step, native="tools" in body, max_tokens=body.get("max_tokens")))
@@ -185,7 +201,14 @@ class FakeTeacher:
         elif isinstance(step, Raw):
             content = step.content
         elif isinstance(step, Cut):
-            content, finish = step.text, "length"
+            finish = "length"
+            if step.think is None:
+                content = step.text
+            elif self.behaviour.reasoning:  # the reasoning parser returns the open block as reasoning
+                return self._reply({"role": "assistant", "content": None, self.behaviour.reasoning: f"\n{step.think}"},
+                                   finish, max_tokens, cut_short=step.at_context)
+            else:
+                content = f"<think>\n{step.think}"
         message: dict[str, Any] = {"role": "assistant", "content": content}
         if calls and native and not self.behaviour.hermes_fails:
             message["tool_calls"] = [
@@ -196,11 +219,23 @@ class FakeTeacher:
             blocks = "".join(f"<tool_call>\n{json.dumps({'name': n, 'arguments': a})}\n</tool_call>" for n, a in calls)
             message["content"] = f"{content}\n{blocks}".strip()
         if think and self.behaviour.reasoning:
-            message[self.behaviour.reasoning] = think
+            # As vLLM 0.32's qwen3 parser splits `<think>\nT\n</think>\n\nC`: the newlines stay on both sides,
+            # and a turn that only calls a tool has no content at all.
+            message[self.behaviour.reasoning] = f"\n{think}\n"
+            message["content"] = f"\n\n{message['content']}" if message["content"] else None
         elif think:
             message["content"] = f"<think>\n{think}\n</think>\n\n{message['content']}"
+        cut_short = isinstance(step, Cut) and step.at_context
+        return self._reply(message, finish, max_tokens, cut_short=cut_short)
+
+    def _reply(self, message: dict[str, Any], finish: str, max_tokens: int | None, *,
+               cut_short: bool) -> dict[str, Any]:
         prompt_tokens = 100 + 50 * len(self.requests)
-        completion_tokens = max_tokens if finish == "length" and max_tokens else 20 + len(message["content"]) // 4
+        if finish == "length" and max_tokens:
+            # Near the limit vLLM shortens max_tokens instead of refusing: fewer tokens than asked come back.
+            completion_tokens = max_tokens // 4 if cut_short else max_tokens
+        else:
+            completion_tokens = 20 + len(message["content"] or "") // 4
         return {
             "id": f"chatcmpl-{len(self.requests)}", "object": "chat.completion", "created": int(time.time()),
             "model": self.model,
@@ -208,6 +243,15 @@ class FakeTeacher:
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                       "total_tokens": prompt_tokens + completion_tokens},
         }
+
+
+def _is_probe(body: dict[str, Any]) -> bool:
+    return body.get("max_tokens") == 1 and body.get("messages") == [{"role": "user", "content": "Say OK."}]
+
+
+def _tools_refused() -> web.Response:
+    return web.json_response({"error": {"message": TOOLS_REFUSED, "type": "BadRequestError", "param": None,
+                                        "code": 400}}, status=400)
 
 
 def _question_of(messages: list[dict[str, Any]]) -> str:

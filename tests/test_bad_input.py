@@ -77,7 +77,7 @@ def test_bad_input_is_one_line_and_exit_2_before_any_teacher_call(
     assert len(lines) == 1, err
     assert "Traceback" not in err
     assert re.search(message, lines[0]), lines[0]
-    assert teacher[0].requests == []  # nothing was sent, not even the probe
+    assert teacher[0].requests == [] and teacher[0].probes == []  # nothing was sent, not even the probe
     assert not (tmp_path / "out.parquet").exists()
 
 

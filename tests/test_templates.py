@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -11,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from hfdistill.errors import TemplateError
-from hfdistill.prompts import Prompts, search_tool_schema
+from hfdistill.prompts import Prompts
 from hfdistill.templates import Templates
+from hfdistill.tools import SearchTool, ToolContext, search_tool_schema
 from hfdistill.types import Document
 
 REPO = Path(__file__).resolve().parent.parent
@@ -21,23 +23,34 @@ DOCS = [[Document("1", "Paris", "Paris is the capital of France.", '"Paris"\nPar
         []]
 
 
+def _observe(prompts: Prompts, queries: list[str]) -> str:
+    async def search(_queries: object) -> list[list[Document]]:
+        return DOCS
+
+    tool = next(iter(prompts.toolset.values()))
+    output = asyncio.run(tool({"query_list": queries}, ToolContext(search=search, render=prompts.render)))
+    assert output.queries == len(queries)
+    return output.observation
+
+
 def test_seed_observation_format() -> None:
-    prompts = Prompts.build(Templates(), "query_list")
-    text = prompts.observation(["capital of France", "nothing"], DOCS)
+    prompts = Prompts.build(Templates(), [SearchTool()])
+    text = _observe(prompts, ["capital of France", "nothing"])
     assert text == ("Query: capital of France\n[1] Paris: Paris is the capital of France.\n[2] France: A country.\n"
                     "\nQuery: nothing\n(no results)")
 
 
 def test_verl_observation_format_matches_verls_search_tool() -> None:
-    prompts = Prompts.build(Templates(observation="verl"), "query_list")
-    text = prompts.observation(["capital of France", "nothing"], DOCS)
+    templates = Templates(observation="verl")
+    prompts = Prompts.build(templates, [SearchTool(observation_template=templates.observation)])
+    text = _observe(prompts, ["capital of France", "nothing"])
     expected = ('Doc 1 (Title: "Paris")\nParis is the capital of France.\n\nDoc 2 (Title: "France")\nA country.'
                 "\n---\n")
     assert text == json.dumps({"result": expected}, ensure_ascii=False)
 
 
 def test_tools_section_matches_what_the_qwen3_template_renders() -> None:
-    prompts = Prompts.build(Templates(), "query_list")
+    prompts = Prompts.build(Templates(), [SearchTool()])
     tool_json = json.dumps(search_tool_schema(), ensure_ascii=False)
     assert f"<tools>\n{tool_json}\n</tools>" in prompts.tools_section
     assert prompts.system_on_wire(True) == f"{prompts.system}\n\n{prompts.tools_section}"
@@ -48,7 +61,7 @@ def test_tools_section_matches_what_the_qwen3_template_renders() -> None:
 
 def test_override_by_file_name(tmp_path: Path) -> None:
     (tmp_path / "user_prompt.j2").write_text("Q: {{ question }} (answers hidden: {{ golden_answers | length }})")
-    prompts = Prompts.build(Templates(tmp_path), "query_list")
+    prompts = Prompts.build(Templates(tmp_path), [SearchTool()])
     assert prompts.user("Why?", ["x", "y"]) == "Q: Why? (answers hidden: 2)"
     assert prompts.system.startswith("You are a deep research assistant")  # the rest stays built-in
     assert Templates(tmp_path).sources()["user_prompt.j2"] == str(tmp_path / "user_prompt.j2")
@@ -67,7 +80,7 @@ def test_override_by_file_name(tmp_path: Path) -> None:
 def test_bad_templates_fail_before_any_work(tmp_path: Path, name: str, source: str, match: str) -> None:
     (tmp_path / name).write_text(source)
     with pytest.raises(TemplateError, match=match):
-        Prompts.build(Templates(tmp_path), "query_list")
+        Prompts.build(Templates(tmp_path), [SearchTool()])
 
 
 def test_missing_template_dir() -> None:
@@ -97,7 +110,8 @@ def test_wheel_ships_templates_and_card(tmp_path: Path) -> None:
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
     code = ("from hfdistill.templates import Templates, template_dir; from hfdistill.prompts import Prompts; "
-            "p = Prompts.build(Templates(), 'query_list'); print(template_dir()); print(p.user('Why?', []))")
+            "from hfdistill.tools import SearchTool; "
+            "p = Prompts.build(Templates(), [SearchTool()]); print(template_dir()); print(p.user('Why?', []))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
                           env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"}, timeout=60)
     assert proc.returncode == 0, proc.stderr

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from hfdistill.toolcalls import CallError, SearchCall, extract_answer, interpret_turn, split_thinking
+from hfdistill.toolcalls import CallError, ToolRequest, extract_answer, interpret_turn, split_thinking
+from hfdistill.tools import SearchTool
 from hfdistill.types import ToolCall
+
+TOOLS = {"search": SearchTool()}
 
 
 @pytest.mark.parametrize(
@@ -17,6 +20,8 @@ from hfdistill.types import ToolCall
         pytest.param("<think>a</think>Hello", "server", "Hello", "server", id="field-wins"),
         pytest.param("Hello", None, "Hello", None, id="no-thinking"),
         pytest.param("<think>  </think>Hi", None, "Hi", None, id="empty-think"),
+        pytest.param("<think>\nI keep thinking", None, "", "I keep thinking", id="cut-inside-think"),
+        pytest.param("<think>\na\n</think>\n\nb <think>\nmore", None, "b", "a\n\nmore", id="cut-in-second-think"),
     ],
 )
 def test_split_thinking(content: str, reasoning: str | None, visible: str, thinking: str | None) -> None:
@@ -38,7 +43,7 @@ def test_extract_answer(text: str, answer: str | None) -> None:
 
 
 def _text_turn(content: str):
-    return interpret_turn(content, None, (), tool_name="search", call_id="call_1")
+    return interpret_turn(content, None, (), tools=TOOLS, call_id="call_1")
 
 
 @pytest.mark.parametrize(
@@ -65,7 +70,7 @@ def _text_turn(content: str):
 )
 def test_text_tool_calls_are_parsed_leniently(content: str, queries: tuple[str, ...]) -> None:
     turn = _text_turn("Let me search.\n" + content)
-    assert turn.calls == (SearchCall(id="call_1", queries=queries),)
+    assert turn.calls == (ToolRequest(id="call_1", name="search", arguments={"query_list": list(queries)}),)
     assert turn.content == "Let me search."
 
 
@@ -93,19 +98,19 @@ def test_bad_calls_become_errors(content: str, message: str, stored_args: str) -
 
 def test_native_calls_win_and_keep_the_server_id() -> None:
     native = (ToolCall("chatcmpl-tool-9", "search", '{"query": ["x"]}'),)
-    turn = interpret_turn("", "thinking", native, tool_name="search", call_id="call_1")
-    assert turn.calls == (SearchCall(id="chatcmpl-tool-9", queries=("x",)),)
+    turn = interpret_turn("", "thinking", native, tools=TOOLS, call_id="call_1")
+    assert turn.calls == (ToolRequest(id="chatcmpl-tool-9", name="search", arguments={"query_list": ["x"]}),)
     assert turn.reasoning == "thinking"
 
 
 def test_a_valid_call_next_to_a_bad_one_is_executed() -> None:
     turn = _text_turn('<tool_call>{"name": "browse", "arguments": {}}</tool_call>'
                       '<tool_call>{"name": "search", "arguments": {"query_list": ["q"]}}</tool_call>')
-    assert turn.calls == (SearchCall(id="call_1", queries=("q",)),)
+    assert turn.calls == (ToolRequest(id="call_1", name="search", arguments={"query_list": ["q"]}),)
 
 
 def test_answer_is_read_from_visible_text_not_thinking() -> None:
     turn = interpret_turn("<think><answer>draft</answer></think>Final: <answer>Paris</answer>", None, (),
-                          tool_name="search", call_id="c")
+                          tools=TOOLS, call_id="c")
     assert turn.answer == "Paris"
     assert turn.reasoning == "<answer>draft</answer>"

@@ -28,7 +28,7 @@ from hfdistill.engines.worker import EVENT_COLUMN, JOB_COLUMN, Event, RolloutWor
 from hfdistill.errors import ClusterError
 from hfdistill.recorder import Prior
 from hfdistill.run import Run
-from hfdistill.types import RolloutJob
+from hfdistill.types import RolloutJob, StopRequest
 
 __all__ = ["ACTOR_CPUS", "MAX_DEFAULT_ACTORS", "run_on_ray"]
 
@@ -51,9 +51,13 @@ class _Dispatch:
     duplicates: int = 0
 
 
-def run_on_ray(distiller: Distiller, ds: datasets.Dataset, run: Run, *, actors: int | None,
+def run_on_ray(distiller: Distiller, ds: datasets.Dataset, run: Run, *, stop: StopRequest, actors: int | None,
                jobs_per_task: int) -> None:
-    """Make every rollout `run` still owes on the Ray cluster, recording each into `run`."""
+    """Make every rollout `run` still owes on the Ray cluster, recording each into `run`.
+
+    Once `stop` is requested, the driver stops taking answers and the pool is shut down: rollouts not
+    back yet stay owed (the rerun makes them), as in a local run that was stopped.
+    """
     import ray
 
     distiller.prepare()  # servers down, wrong model, ...: one line, before any actor starts
@@ -70,7 +74,7 @@ def run_on_ray(distiller: Distiller, ds: datasets.Dataset, run: Run, *, actors: 
     if started_here:
         _connect(ray)
     try:
-        _execute(ray, distiller, run, rows, dispatch, actors=actors, jobs_per_task=jobs_per_task)
+        _execute(ray, distiller, run, rows, dispatch, stop, actors=actors, jobs_per_task=jobs_per_task)
     finally:
         if started_here:
             ray.shutdown()
@@ -119,8 +123,8 @@ def _connect(ray: Any) -> None:
                            "RAY_ADDRESS (e.g. 127.0.0.1:6379 for `ray start --head`) or unset it") from None
 
 
-def _execute(ray: Any, distiller: Distiller, run: Run, rows: list[dict[str, str]], dispatch: _Dispatch, *,
-             actors: int | None, jobs_per_task: int) -> None:
+def _execute(ray: Any, distiller: Distiller, run: Run, rows: list[dict[str, str]], dispatch: _Dispatch,
+             stop: StopRequest, *, actors: int | None, jobs_per_task: int) -> None:
     from ray.data import ActorPoolStrategy
 
     blocks = math.ceil(len(rows) / jobs_per_task)
@@ -139,24 +143,25 @@ def _execute(ray: Any, distiller: Distiller, run: Run, rows: list[dict[str, str]
                                   max_concurrent_calls_per_actor=tasks))
     try:
         with _data_context():
-            _consume(events, run, distiller, dispatch)
+            _consume(events, run, distiller, dispatch, stop)
     except ray.exceptions.RayError as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         log.error("the Ray cluster failed to run the rollouts (%s); those not back are listed as failures", reason)
         for job in list(dispatch.jobs.values()):
             run.failed(job, "cluster", 0, f"the Ray cluster failed: {reason}")
         dispatch.jobs.clear()
-    if distiller.stopping:
+    if stop.requested:
+        distiller.stop()  # the run reads it to tell an interrupted run from a finished one
         return  # the rollouts not back yet stay owed: the rerun makes them
     for job in list(dispatch.jobs.values()):  # sent, never answered: never silently dropped
         run.failed(job, "cluster", 0, "the Ray cluster returned no result for this rollout")
 
 
-def _consume(events: Any, run: Run, distiller: Distiller, dispatch: _Dispatch) -> None:
+def _consume(events: Any, run: Run, distiller: Distiller, dispatch: _Dispatch, stop: StopRequest) -> None:
     for batch in events.iter_batches(batch_size=None, batch_format="pyarrow"):
         for text in batch[EVENT_COLUMN].to_pylist():
             _record(decode_event(text), run, distiller, dispatch)
-        if distiller.stopping:
+        if stop.requested:
             return
 
 
