@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from hfdistill.config import OBSERVATION_FORMATS, TOOL_CALL_MODES, DistillConfig, RetryPolicy
+from hfdistill.config import OBSERVATION_FORMATS, PRIORITY_MODES, TOOL_CALL_MODES, DistillConfig, RetryPolicy
 from hfdistill.errors import ConfigError, HfdistillError
 
 __all__ = ["main"]
@@ -95,6 +95,9 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     _flag(t, "tool_call_mode", choices=TOOL_CALL_MODES, default="auto",
           help="native: tools= and server-side parsing; text: tools in the system prompt, <tool_call> parsed "
                "here; auto (default): native unless the server refuses tools=")
+    _flag(t, "priority", choices=PRIORITY_MODES, default="auto",
+          help="send vLLM a request priority so continuing conversations are served before new ones (vLLM "
+               "--scheduling-policy priority): on, off, or auto (default: on, off for a server that refuses it)")
     _flag(t, "concurrency", type=int, help="rollouts in flight (default: 512 per teacher endpoint)")
     _flag(t, "request_timeout", type=float, default=1800.0, help="seconds per HTTP request (default 1800)")
     _flag(t, "max_retries", type=int, default=4, help="retries of a transient HTTP failure (default 4)")
@@ -177,7 +180,7 @@ def _config(args: argparse.Namespace, seed: dict[str, Any]) -> DistillConfig:
         api_key=args.api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY",
         max_assistant_turns=seed["max_assistant_turns"], temperature=seed["temperature"],
         max_tokens=seed["max_tokens"], top_p=args.top_p, presence_penalty=args.presence_penalty, seed=args.seed,
-        topk=args.topk, tool_call_mode=args.tool_call_mode, query_arg=args.query_arg,
+        topk=args.topk, tool_call_mode=args.tool_call_mode, priority=args.priority, query_arg=args.query_arg,
         observation_format=args.observation_format, template_dir=args.template_dir,
         num_rollouts=args.num_rollouts, concurrency=args.concurrency, question_field=args.question_field,
         answer_field=args.answer_field,
