@@ -226,10 +226,11 @@ class Teacher:
             try:
                 reply = await self._post_once(endpoint, body(endpoint))
             except TeacherError as e:
-                if e.cause == "priority_refused" and self.config.priority == "auto" and endpoint.priority:
+                if e.cause == "priority_refused" and self.config.priority == "auto":
+                    if endpoint.priority:  # (turns sent before the first refusal came back are refused too)
+                        log.info("teacher %s does not schedule by priority (vLLM --scheduling-policy fcfs); "
+                                 "sending it none", endpoint.url)
                     endpoint.priority = False  # a server on --scheduling-policy fcfs: no priority from now on
-                    log.info("teacher %s does not schedule by priority (vLLM --scheduling-policy fcfs); sending "
-                             "it none", endpoint.url)
                     reply = await self._post_once(endpoint, body(endpoint))
                     self._count(endpoint, reply)
                     return reply
