@@ -28,7 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hfdistill import bm25, bm25_index
+from hfdistill.retrieval import bm25, bm25_index
 
 SEED = 1234
 VOCAB_SIZE = 300_000

@@ -300,7 +300,7 @@ def _report_failure(m: Measurement) -> None:
 
 # What each client imports before its first request: the fixed cost of a run, whatever its size.
 STARTUP_IMPORTS = {
-    "hfdistill": "import hfdistill.cli, hfdistill.generate, hfdistill.card",
+    "hfdistill": "import hfdistill.cli, hfdistill.generate, hfdistill.publish.card",
     "baseline": "import openai, requests, pandas, pyarrow.parquet",
 }
 

@@ -7,16 +7,19 @@ original `generate_search_data.py` keeps its name, meaning and default; flags wi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import re
 import shlex
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from hfdistill.config import OBSERVATION_FORMATS, PRIORITY_MODES, TOOL_CALL_MODES, DistillConfig, RetryPolicy
 from hfdistill.errors import ConfigError, HfdistillError
+from hfdistill.inputs import DATA_FILES
 
 __all__ = ["main"]
 
@@ -24,15 +27,15 @@ log = logging.getLogger("hfdistill")
 
 # The original tool's interface: (env var, flag, type, default). Dash spellings are accepted too.
 SEED_OPTIONS: list[tuple[str, str, Callable[[str], Any], Any]] = [
-    ("VLLM_URL", "vllm_url", str, "http://localhost:8000/v1"),
-    ("RETRIEVAL_URL", "retrieval_url", str, "http://127.0.0.1:8000/retrieve"),
-    ("MAX_ASSISTANT_TURNS", "max_assistant_turns", int, 3),
+    ("VLLM_URL", "vllm_url", str, DistillConfig.vllm_url),
+    ("RETRIEVAL_URL", "retrieval_url", str, DistillConfig.retrieval_url),
+    ("MAX_ASSISTANT_TURNS", "max_assistant_turns", int, DistillConfig.max_assistant_turns),
     ("MAX_SAMPLES", "max_samples", int, -1),
     ("INPUT_FILE", "input_file", str, "data/hotpotqa_hard_train/train.parquet"),
     ("OUTPUT_FILE", "output_file", str, None),  # None: <input name>_distilled.parquet here
     ("BATCH_SIZE", "batch_size", int, 16),
-    ("TEMPERATURE", "temperature", float, 0.7),
-    ("MAX_TOKENS", "max_tokens", int, 2048),
+    ("TEMPERATURE", "temperature", float, DistillConfig.temperature),
+    ("MAX_TOKENS", "max_tokens", int, DistillConfig.max_tokens),
 ]
 
 
@@ -51,16 +54,44 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("\nerror: stopped at once; finished rollouts are recorded, rerun the same command to resume",
               file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # `hfdistill inspect OUT | head`: the reader has what it wanted. Point stdout at /dev/null so
+        # the interpreter's final flush does not raise again, and exit as a SIGPIPE'd tool does.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+
+
+@contextlib.contextmanager
+def _errors_reported_once() -> Iterator[None]:
+    """`datasets` logs an ERROR line of its own (an Arrow message) before raising the exception we
+    translate into one `error:` line; drop those records while a command runs, keep its warnings.
+    Enter it after importing `datasets`, which installs the handler."""
+    def below_error(record: logging.LogRecord) -> bool:
+        return record.levelno < logging.ERROR
+
+    # Its records come from child loggers (datasets.packaged_modules...): filter at its handlers.
+    handlers = list(logging.getLogger("datasets").handlers)
+    for handler in handlers:
+        handler.addFilter(below_error)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(below_error)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from hfdistill import __version__
+
     parser = argparse.ArgumentParser(
         prog="hfdistill", description="Distil multi-turn search-tool conversations from a teacher served by vLLM "
                                       "into datasets that verl trains on.")
+    parser.add_argument("--version", action="version", version=f"hfdistill {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_generate(sub)
     _add_serve_retriever(sub)
     _add_inspect(sub)
+    _add_report(sub)
     _add_card(sub)
     _add_push(sub)
     return parser
@@ -134,7 +165,20 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     _flag(h, "private", action="store_true", default=None, help="create the Hub repo private")
     _flag(h, "license", help="license id for the card (default 'other', a placeholder to replace)")
     _flag(h, "hf_token", help="Hugging Face write token (default: HF_TOKEN, else your `hf auth login`)")
+    _flag(p, "log_interval", type=_positive_seconds, default=30.0, metavar="SECONDS",
+          help="seconds between progress lines when stderr is not a terminal (default 30; a terminal gets a "
+               "live bar)")
     p.set_defaults(func=_cmd_generate)
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0 seconds, got {text!r}")
+    return value
 
 
 def _env_or(args: argparse.Namespace, env: str, name: str, conv: Callable[[str], Any], default: Any) -> Any:
@@ -158,11 +202,33 @@ def _seed_values(args: argparse.Namespace) -> dict[str, Any]:
     return values
 
 
+def _from_env(args: argparse.Namespace) -> dict[str, str]:
+    """Seed options whose value came from the environment: flag name -> variable name."""
+    return {name: env for env, name, *_ in SEED_OPTIONS
+            if getattr(args, name) is None and os.environ.get(env, "").strip()}
+
+
+@contextlib.contextmanager
+def _named_as_given(from_env: dict[str, str]) -> Iterator[None]:
+    """Validation messages name the flag (`--max_assistant_turns must be >= 1`); a user who set
+    MAX_ASSISTANT_TURNS should read that name instead."""
+    try:
+        yield
+    except ConfigError as e:
+        message = str(e)
+        for name, env in from_env.items():
+            if env not in message:
+                message = re.sub(rf"--(?:{name}|{name.replace('_', '-')})\b", env, message)
+        if message == str(e):
+            raise
+        raise ConfigError(message) from None
+
+
 def default_output(input_file: str) -> str:
     """`data/train.parquet` -> `train_distilled.parquet`; `org/name:split` -> `name_split_distilled.parquet`."""
     base = input_file.rstrip("/").replace(":", "_")
     name = Path(base).name
-    for suffix in (".parquet", ".jsonl", ".json", ".csv", ".arrow"):
+    for suffix in DATA_FILES:
         name = name.removesuffix(suffix)
     return f"{name.replace('*', '') or 'output'}_distilled.parquet"
 
@@ -189,28 +255,33 @@ def _config(args: argparse.Namespace, seed: dict[str, Any]) -> DistillConfig:
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
-    from hfdistill.generate import GenerateOptions, generate
-    from hfdistill.process import run_settings
-    from hfdistill.types import StopRequest
+    from hfdistill.inputs import check_source
 
     seed = _seed_values(args)
-    config = _config(args, seed)
-    options = GenerateOptions(input_file=seed["input_file"], output_file=seed["output_file"],
-                              max_samples=seed["max_samples"], batch_size=seed["batch_size"], keep=args.keep,
-                              keep_malformed=args.keep_malformed, overwrite=args.overwrite,
-                              command=_command_line(args.argv), progress=not args.quiet, engine=args.engine,
-                              ray_actors=args.ray_actors)
+    with _named_as_given(_from_env(args)):
+        config = _config(args, seed)
+        check_source(seed["input_file"])  # a mistyped file name fails here, in milliseconds
+        from hfdistill.generate import GenerateOptions, generate
+        from hfdistill.process import run_settings
+        from hfdistill.types import StopRequest
+
+        options = GenerateOptions(input_file=seed["input_file"], output_file=seed["output_file"],
+                                  max_samples=seed["max_samples"], batch_size=seed["batch_size"], keep=args.keep,
+                                  keep_malformed=args.keep_malformed, overwrite=args.overwrite,
+                                  command=_command_line(args.argv), progress=not args.quiet,
+                                  log_interval=args.log_interval, engine=args.engine, ray_actors=args.ray_actors)
     if args.push_to_hub:
-        from hfdistill.hub import check_push_target
+        from hfdistill.publish.hub import check_push_target
 
         check_push_target(args.push_to_hub, license=args.license, token=args.hf_token)
     stop = StopRequest()
-    with run_settings(stop):  # process-wide settings are the CLI's to change (and restore)
+    # process-wide settings are the CLI's to change (and restore)
+    with run_settings(stop), _errors_reported_once():
         result = generate(config, options, stop=stop)
     if not result.skipped_as_done:
         _print_summary(result)
     if args.push_to_hub and result.complete:
-        from hfdistill.hub import push
+        from hfdistill.publish.hub import push
 
         url = push(result.output, args.push_to_hub, private=args.private, token=args.hf_token, license=args.license)
         log.info("pushed %s and its card to %s", result.output, url)
@@ -222,7 +293,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 def _command_line(argv: Sequence[str]) -> str:
     """The command that reproduces this run, for the file's record; secrets are masked."""
-    from hfdistill.card import redact_command
+    from hfdistill.publish.card import redact_command
 
     seed_env = [f"{env}={shlex.quote(os.environ[env])}" for env, *_ in SEED_OPTIONS if os.environ.get(env)]
     return redact_command(" ".join([*seed_env, "hfdistill", *map(shlex.quote, argv)]))
@@ -278,7 +349,7 @@ def _add_serve_retriever(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_serve_retriever(args: argparse.Namespace) -> int:
-    from hfdistill.retriever_server import serve
+    from hfdistill.retrieval.server import serve
 
     serve(args.corpus, host=args.host, port=args.port, index_dir=args.index_dir, topk=args.topk)
     return 0
@@ -294,10 +365,40 @@ def _add_inspect(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    from hfdistill.render import load_rows, render_conversation
+    from hfdistill.publish.render import load_rows, render_conversation
 
     for row in load_rows(args.path, args.row, args.n):
         print(render_conversation(row))
+    return 0
+
+
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="write one HTML page with charts and a browsable list of conversations",
+                       description="Write a self-contained HTML report of an output file: the funnel, stop "
+                                   "reasons, turns, searches, accuracy by searches and tokens as charts over every "
+                                   "row, and a filterable list of conversations (a seeded sample of --max-rows "
+                                   "rows). Open it in any browser; it makes no network request.")
+    _common(p)
+    p.add_argument("path", help="an output parquet file")
+    p.add_argument("-o", "--output", help="HTML file to write (default: next to the input, its name ending in "
+                                          ".report.html)")
+    # The default is report.DEFAULT_MAX_ROWS, not imported here: pyarrow would slow every command.
+    p.add_argument("--max-rows", type=int, default=None,
+                   help="conversations embedded in the page, a random sample (default 2000); the charts always "
+                        "count every row")
+    p.add_argument("--seed", type=int, default=0, help="seed of that sample (default 0)")
+    p.set_defaults(func=_cmd_report)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from hfdistill.publish.report import DEFAULT_MAX_ROWS, write_report
+
+    output = args.output or str(Path(args.path).with_suffix(".report.html"))
+    max_rows = DEFAULT_MAX_ROWS if args.max_rows is None else args.max_rows
+    report = write_report(args.path, output, max_rows=max_rows, seed=args.seed)
+    sample = f"all {report.rows:,}" if report.sampled == report.rows else f"a sample of {report.sampled:,}"
+    log.info("wrote %s (%.1f MB): charts over %s rows, %s conversations in the list", report.path,
+             report.size / 1e6, f"{report.rows:,}", sample)
     return 0
 
 
@@ -321,7 +422,7 @@ def _add_card(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_card(args: argparse.Namespace) -> int:
-    from hfdistill.card import build_card, load_card_inputs, write_card
+    from hfdistill.publish.card import build_card, load_card_inputs, write_card
 
     if args.output:
         merged = write_card(args.path, args.output, repo_id=args.repo_id, license=args.license,
@@ -350,7 +451,7 @@ def _add_push(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_push(args: argparse.Namespace) -> int:
-    from hfdistill.hub import push
+    from hfdistill.publish.hub import push
 
     url = push(args.path, args.repo_id, private=args.private, token=args.token, license=args.license,
                overwrite_card=args.overwrite_card)
@@ -358,8 +459,20 @@ def _cmd_push(args: argparse.Namespace) -> int:
     return 0
 
 
+class _AboveTheBar(logging.StreamHandler):
+    """Log lines go above the live progress bar (tqdm clears and redraws it) instead of through it."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+
+        try:
+            tqdm.write(self.format(record), file=self.stream)
+        except (OSError, ValueError):  # a closed stream: logging's own policy, as StreamHandler does
+            self.handleError(record)
+
+
 def _setup_logging(level: int) -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _AboveTheBar(sys.stderr)
     handler.setFormatter(logging.Formatter("[hfdistill] %(message)s"))
     log.handlers[:] = [handler]
     log.propagate = False

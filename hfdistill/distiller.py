@@ -28,7 +28,8 @@ from hfdistill.errors import ConfigError, HfdistillError, RolloutError
 from hfdistill.inputs import FieldPlan, plan_fields
 from hfdistill.prompts import Prompts
 from hfdistill.recorder import Collector, Prior, Recorder
-from hfdistill.retrieval import HttpRetriever, Retriever
+from hfdistill.retrieval.http import HttpRetriever
+from hfdistill.retrieval.protocol import Retriever
 from hfdistill.rollout import RolloutSpec, TurnStep, rollout
 from hfdistill.rows import build_table, extra_info_of, output_features, output_schema, result_of
 from hfdistill.teacher import Route, Teacher, TeacherStats
@@ -261,7 +262,7 @@ class Distiller:
         if self.config.corpus is None:
             return HttpRetriever(self.config.retrieval_url, self.config.retry)
         if self._embedded is None:
-            from hfdistill.bm25 import BM25Retriever
+            from hfdistill.retrieval.bm25 import BM25Retriever
 
             self._embedded = BM25Retriever.load(self.config.corpus, self.config.index_dir)
         return self._embedded

@@ -38,6 +38,7 @@ __all__ = [
     "ServiceError",
     "TeacherError",
     "TemplateError",
+    "first_line",
 ]
 
 
@@ -135,6 +136,15 @@ class HubError(HfdistillError):
 
 class ClusterError(HfdistillError):
     """The Ray cluster cannot be reached (RAY_ADDRESS) or failed to run the work."""
+
+
+def first_line(e: BaseException) -> str:
+    """A foreign exception's message for a one-line error: the first line of its innermost cause
+    (libraries wrap the useful message, e.g. datasets around Arrow's), else its type's name."""
+    while e.__cause__ is not None:
+        e = e.__cause__
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
 
 
 class Interrupted(HfdistillError):

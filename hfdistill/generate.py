@@ -54,6 +54,7 @@ class GenerateOptions:
     overwrite: bool = False
     command: str = ""  # the command line, recorded for reproduction
     progress: bool = True  # the progress line on stderr
+    log_interval: float = 30.0  # seconds between progress lines when stderr is not a terminal
     engine: str = "local"  # where rollouts are made: this process, or a Ray cluster (see `engines`)
     ray_actors: int | None = None  # --engine ray: actors in the pool (None: from the cluster's CPUs)
 
@@ -110,7 +111,8 @@ def _generate(config: DistillConfig, options: GenerateOptions, output: Path, sto
         return GenerateResult(output, failures_path(output), RunStats(), complete=True, skipped_as_done=True,
                               kept_rows=int(done.get("rows", 0)), record=done)
     identity.note_other_runs()
-    monitor = Monitor(len(ds) * config.num_rollouts, gauges=distiller.gauges, enabled=options.progress)
+    monitor = Monitor(len(ds) * config.num_rollouts, gauges=distiller.gauges, enabled=options.progress,
+                      log_interval=options.log_interval)
     started = time.monotonic()
     with Run(identity, items, config.num_rollouts, monitor) as run:
         if run.pending:
@@ -133,7 +135,7 @@ def _generate(config: DistillConfig, options: GenerateOptions, output: Path, sto
 def _run_rollouts(distiller: Distiller, ds: datasets.Dataset, run: Run, options: GenerateOptions,
                   stop: StopRequest) -> RunStats:
     """Every rollout not in the journal yet, through `Distiller.map` (the API's path), into the run."""
-    log.info("distilling %d questions x %d rollouts (%d still to make)", len(ds), distiller.config.num_rollouts,
+    log.info("distilling %d questions x %d rollouts; %d still to make", len(ds), distiller.config.num_rollouts,
              run.pending)
     try:
         if options.engine == "ray":

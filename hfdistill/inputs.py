@@ -7,26 +7,30 @@ Field resolution follows SPEC §2: the real HotpotQA "hard" layout (verl RL rows
 
 from __future__ import annotations
 
+import difflib
 import glob
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import datasets
+from hfdistill.errors import InputError, first_line
 
-from hfdistill.errors import InputError
+if TYPE_CHECKING:
+    import datasets
 
-__all__ = ["FieldPlan", "describe_fields", "input_kind", "load_input", "plan_fields"]
+__all__ = ["DATA_FILES", "FieldPlan", "check_source", "describe_fields", "input_kind", "load_input", "plan_fields"]
 
 QUESTION_FIELDS = ("extra_info.question", "question", "prompt")
 ANSWER_FIELDS = ("reward_model.ground_truth.target", "golden_answers", "answer", "extra_info.answer")
-_BUILDERS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv", ".arrow": "arrow"}
+# Data file suffix -> the `datasets` builder that reads it.
+DATA_FILES = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv", ".arrow": "arrow"}
 
 
 def load_input(source: str, *, max_samples: int = -1) -> datasets.Dataset:
     """Load a file, glob, directory, `save_to_disk` folder or Hub id (`name` / `name:split`)."""
+    check_source(source)
     ds = _load(source)
     if len(ds) == 0:
         raise InputError(f"input {source} has no rows; point INPUT_FILE / --input_file at a non-empty dataset")
@@ -48,10 +52,19 @@ def _load(source: str) -> datasets.Dataset:
         if not files:
             raise InputError(f"no files match {source}; check the pattern in INPUT_FILE / --input_file")
         return _from_files(files, source)
-    if _looks_like_path(source):
-        raise InputError(f"input file not found: {source}; set INPUT_FILE or --input_file to an existing "
-                         "parquet/jsonl/json/csv file, a directory of them, or a Hub dataset id")
     return _from_hub(source)
+
+
+def check_source(source: str) -> None:
+    """What can be checked about the input without `datasets` and in milliseconds, before anything
+    slow: a local-looking name that does not exist (never sent to the Hub), an empty file, a file
+    that is not parquet. `load_input` runs it too; the CLI runs it before importing `datasets`."""
+    path = Path(source).expanduser()
+    if path.is_file():
+        _check_file(path, source)
+    elif not path.exists() and not any(ch in source for ch in "*?[") and _looks_like_path(source):
+        raise InputError(f"input file not found: {source}{_did_you_mean(path)}; set INPUT_FILE or --input_file "
+                         "to an existing parquet/jsonl/json/csv file, a directory of them, or a Hub dataset id")
 
 
 def input_kind(source: str) -> str:
@@ -63,12 +76,73 @@ def input_kind(source: str) -> str:
 
 
 def _looks_like_path(source: str) -> bool:
-    suffix = Path(source.split(":")[0]).suffix.lower()
-    return suffix in _BUILDERS or source.startswith((".", "/", "~")) or source.count("/") > 1
+    """A name no Hub dataset id has: a path (`./x`, `a/b/c`, `~/x`, `C:\\x`), a local directory as its
+    namespace, or a data file suffix, even mistyped (`questions.jsnol`): Hub ids are `name` or
+    `namespace/name`, and a typo sent to the Hub costs half a minute of retries before failing."""
+    if source.startswith((".", "/", "~")) or "\\" in source or source.count("/") > 1:
+        return True
+    namespace, slash, _ = source.partition("/")
+    if slash and Path(namespace).is_dir():
+        return True
+    suffix = Path(source.split(":")[0]).suffix.lower().lstrip(".")
+    return bool(suffix) and (f".{suffix}" in DATA_FILES or _near_data_suffix(suffix))
+
+
+def _near_data_suffix(suffix: str) -> bool:
+    """`jsnol`, `parqeut`, `cvs`: one edit (a transposition counts as one) from a data suffix, two for
+    the long ones. Digits never match, so `name.v2` stays a Hub id."""
+    if not suffix.isalpha():
+        return False
+    for known in (s.lstrip(".") for s in DATA_FILES):
+        if _edit_distance(suffix, known) <= (1 if len(known) <= 4 else 2):
+            return True
+    return False
+
+
+def _edit_distance(a: str, b: str) -> int:
+    """Optimal string alignment distance: insertions, deletions, substitutions, adjacent swaps."""
+    d = [[i + j if i * j == 0 else 0 for j in range(len(b) + 1)] for i in range(len(a) + 1)]
+    for i in range(1, len(a) + 1):
+        for j in range(1, len(b) + 1):
+            d[i][j] = min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + (a[i - 1] != b[j - 1]))
+            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                d[i][j] = min(d[i][j], d[i - 2][j - 2] + 1)
+    return d[-1][-1]
+
+
+def _did_you_mean(path: Path) -> str:
+    try:
+        siblings = [p.name for p in path.parent.iterdir() if p.suffix.lower() in DATA_FILES]
+    except OSError:  # the directory is missing or unreadable: no suggestion, the message stands
+        return ""
+    close = difflib.get_close_matches(path.name, siblings, n=1, cutoff=0.8)
+    return f" (did you mean {path.with_name(close[0])}?)" if close else ""
+
+
+def _check_file(path: Path, source: str) -> None:
+    """An empty file or a broken parquet footer, said plainly (the builders raise StopIteration for
+    the one and log an Arrow error line of their own for the other)."""
+    if path.suffix.lower() not in DATA_FILES:
+        return  # _from_files names the supported suffixes
+    with path.open("rb") as f:
+        head = f.read(4096)
+    if not head.strip() and path.stat().st_size <= len(head):
+        raise InputError(f"input {source} is an empty file; point INPUT_FILE / --input_file at a dataset with "
+                         "at least one row")
+    if path.suffix.lower() == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            rows = pq.read_metadata(path).num_rows
+        except (OSError, ValueError) as e:  # ArrowInvalid is a ValueError
+            raise InputError(f"cannot read {source} as parquet: {first_line(e)}; check it is a complete parquet "
+                             "file (was it copied whole?), or point INPUT_FILE / --input_file at another") from None
+        if rows == 0:
+            raise InputError(f"input {source} has no rows; point INPUT_FILE / --input_file at a non-empty dataset")
 
 
 def _data_files_in(path: Path) -> list[str]:
-    files = sorted(str(p) for p in path.rglob("*") if p.is_file() and p.suffix.lower() in _BUILDERS)
+    files = sorted(str(p) for p in path.rglob("*") if p.is_file() and p.suffix.lower() in DATA_FILES)
     if not files:
         raise InputError(f"directory {path} holds no parquet/jsonl/json/csv files; "
                          "point INPUT_FILE / --input_file at the data files")
@@ -76,23 +150,29 @@ def _data_files_in(path: Path) -> list[str]:
 
 
 def _from_files(files: Sequence[str], source: str) -> datasets.Dataset:
-    kinds = {_BUILDERS.get(Path(f).suffix.lower()) for f in files}
+    import datasets  # ~1 s to import: not needed by the checks above
+
+    for f in files:
+        _check_file(Path(f), f)
+    kinds = {DATA_FILES.get(Path(f).suffix.lower()) for f in files}
     if None in kinds or len(kinds) != 1:
         raise InputError(f"cannot read {source}: expected files ending in one of "
-                         f"{', '.join(sorted(_BUILDERS))} (all of one kind)")
+                         f"{', '.join(sorted(DATA_FILES))} (all of one kind)")
     builder = kinds.pop()
     try:
         return datasets.load_dataset(builder, data_files=list(files), split="train")
     except Exception as e:  # noqa: BLE001 - builders raise anything (even StopIteration on an empty file)
-        raise InputError(f"cannot read {source} as {builder}: {_first_line(e)}; check the file is valid "
+        raise InputError(f"cannot read {source} as {builder}: {first_line(e)}; check the file is valid "
                          f"{builder}") from None
 
 
 def _from_disk(path: Path) -> datasets.Dataset:
+    import datasets
+
     try:
         loaded = datasets.load_from_disk(str(path))
     except (OSError, ValueError, FileNotFoundError) as e:
-        raise InputError(f"cannot load the saved dataset at {path}: {_first_line(e)}") from None
+        raise InputError(f"cannot load the saved dataset at {path}: {first_line(e)}") from None
     if isinstance(loaded, datasets.DatasetDict):
         split = "train" if "train" in loaded else next(iter(loaded))
         return loaded[split]
@@ -100,17 +180,15 @@ def _from_disk(path: Path) -> datasets.Dataset:
 
 
 def _from_hub(source: str) -> datasets.Dataset:
+    import datasets
+
     name, _, split = source.partition(":")
     try:
         return datasets.load_dataset(name, split=split or "train")
     except Exception as e:  # noqa: BLE001 - the Hub raises many types; all mean "could not load"
-        raise InputError(f"cannot load {source!r} from the Hugging Face Hub ({_first_line(e)}); check the "
+        raise InputError(f"cannot load {source!r} from the Hugging Face Hub ({first_line(e)}); check the "
                          "dataset id and split, your network and HF_TOKEN, or pass a local file") from None
 
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
 
 
 # ---------------------------------------------------------------- fields

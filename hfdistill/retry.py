@@ -13,7 +13,7 @@ from typing import TypeVar
 from hfdistill.config import RetryPolicy
 from hfdistill.errors import ServiceError
 
-__all__ = ["parse_retry_after", "with_retries"]
+__all__ = ["is_transient", "parse_retry_after", "with_retries"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -36,6 +36,11 @@ async def with_retries(op: Callable[[int], Awaitable[T]], policy: RetryPolicy, *
                       e, delay)
             await asyncio.sleep(delay)
             attempt += 1
+
+
+def is_transient(status: int) -> bool:
+    """Whether an HTTP status may go away by itself: a timeout, too early, too many requests, a 5xx."""
+    return status in (408, 425, 429) or status >= 500
 
 
 def parse_retry_after(value: str | None) -> float | None:

@@ -25,7 +25,7 @@ import openai
 
 from hfdistill.config import DistillConfig
 from hfdistill.errors import ConfigError, ContextLengthError, TeacherError
-from hfdistill.retry import parse_retry_after, with_retries
+from hfdistill.retry import is_transient, parse_retry_after, with_retries
 from hfdistill.types import TeacherReply, ToolCall, Usage
 
 __all__ = ["EndpointPool", "Route", "Teacher", "TeacherStats"]
@@ -381,7 +381,7 @@ def _status_error(status: int, payload: bytes, retry_after: str | None, url: str
     if status == 404:
         return TeacherError(f"teacher {url} answered 404 ({message}); check that VLLM_URL ends in /v1 and "
                             "that --model names a served model", cause="http_404")
-    transient = status in (408, 409, 425, 429) or status >= 500
+    transient = is_transient(status)
     return TeacherError(f"teacher {url} answered HTTP {status}: {message}", transient=transient,
                         cause=f"http_{status}", retry_after=parse_retry_after(retry_after) if transient else None)
 

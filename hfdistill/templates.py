@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,8 @@ import jinja2.meta
 
 from hfdistill.errors import TemplateError
 
-__all__ = ["OBSERVATION_TEMPLATES", "Templates", "card_template_path", "template_dir"]
+__all__ = ["OBSERVATION_TEMPLATES", "Templates", "card_template_path", "environment", "render_file",
+           "report_template_path", "template_dir"]
 
 # --observation-format value -> template file; the default is the original tool's format.
 OBSERVATION_TEMPLATES = {"seed": "tool_observation.j2", "verl": "tool_observation_verl.j2"}
@@ -51,10 +53,36 @@ def card_template_path() -> Path:
     return _data_path("dataset_card.md")
 
 
+def report_template_path() -> Path:
+    """The page template of `hfdistill report` (`report.html`)."""
+    return _data_path("report.html")
+
+
 def _tojson(value: Any, indent: int | None = None) -> str:
     # Hugging Face chat templates' `tojson`: no key sorting and no HTML escaping (unlike Jinja's),
     # so a text-protocol prompt matches what the server renders from `tools=` byte for byte.
     return json.dumps(value, ensure_ascii=False, indent=indent)
+
+
+def environment(*, filters: Mapping[str, Callable[..., Any]] | None = None, **options: Any) -> jinja2.Environment:
+    """The one way hfdistill makes a Jinja environment: strict (an unknown variable is an error, not
+    an empty string), with the `tojson` every template may use; `options` go to `jinja2.Environment`."""
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined, **{"autoescape": False, **options})
+    env.filters["tojson"] = _tojson
+    env.filters.update(filters or {})
+    return env
+
+
+def render_file(path: Path, context: Mapping[str, Any], *, filters: Mapping[str, Callable[..., Any]] | None = None,
+                **options: Any) -> str:
+    """Render the template file `path` strictly; its mistakes are one-line TemplateErrors naming it."""
+    try:
+        template = environment(filters=filters, **options).from_string(path.read_text(encoding="utf-8"))
+        return template.render(**context)
+    except jinja2.TemplateSyntaxError as e:
+        raise TemplateError(f"template {path} line {e.lineno}: {e.message}; fix the template") from None
+    except jinja2.UndefinedError as e:
+        raise TemplateError(f"template {path} uses an unknown variable: {e.message}") from None
 
 
 class Templates:
@@ -72,13 +100,7 @@ class Templates:
                 raise TemplateError(f"--template-dir {override_dir} is not a directory; "
                                     "create it or drop the option")
             search_path.insert(0, str(path))
-        self._env = jinja2.Environment(
-            loader=jinja2.FileSystemLoader(search_path),
-            undefined=jinja2.StrictUndefined,
-            autoescape=False,
-            keep_trailing_newline=False,
-        )
-        self._env.filters["tojson"] = _tojson
+        self._env = environment(loader=jinja2.FileSystemLoader(search_path))
         self._cache: dict[str, jinja2.Template] = {}
 
     @property

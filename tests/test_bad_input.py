@@ -9,11 +9,29 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from hfdistill.cli import main
 from tests.conftest import write_jsonl
 from tests.fakes import FakeRetriever, FakeTeacher, Fault, Served
+
+
+def _text(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def _empty_parquet(tmp_path: Path) -> Path:
+    pq.write_table(pa.table({"question": pa.array([], pa.string())}), tmp_path / "none.parquet")
+    return tmp_path / "none.parquet"
+
+
+def _truncated(real: Path, tmp_path: Path) -> Path:
+    data = real.read_bytes()
+    (tmp_path / "cut.parquet").write_bytes(data[: len(data) // 2])  # an interrupted copy
+    return tmp_path / "cut.parquet"
 
 
 def _template_dir(tmp_path: Path, name: str, content: bytes) -> str:
@@ -30,13 +48,26 @@ CASES: list[tuple[str, Callable[[Path, Path], list[str]], dict[str, str], str]] 
     ("unreadable-input", lambda t, i: ["--input_file", str((t / "bad.parquet").write_text("garbage") and
                                                           t / "bad.parquet")], {},
      r"cannot read .*bad\.parquet as parquet"),
-    ("empty-dataset", lambda t, i: ["--input_file", str(write_jsonl(t / "empty.jsonl", []))], {},
-     r"has no rows|cannot read"),
+    ("empty-file", lambda t, i: ["--input_file", str(write_jsonl(t / "empty.jsonl", []))], {},
+     r"input .*empty\.jsonl is an empty file; point INPUT_FILE / --input_file at a dataset"),
+    ("empty-dataset", lambda t, i: ["--input_file", str(_empty_parquet(t))], {}, r"has no rows"),
+    ("truncated-parquet", lambda t, i: ["--input_file", str(_truncated(i, t))], {},
+     r"cannot read .*cut\.parquet as parquet: .*; check it is a complete parquet file"),
+    ("broken-jsonl", lambda t, i: ["--input_file", str(_text(t / "b.jsonl", '{"question": "x"}\n{broken\n'))], {},
+     r"cannot read .*b\.jsonl as json: JSON parse error"),
+    ("typo-suffix-not-sent-to-the-hub", lambda t, i: ["--input_file", "questions.jsnol"], {},
+     r"input file not found: questions\.jsnol; set INPUT_FILE"),
+    ("typo-suggests-the-file", lambda t, i: ["--input_file", str(t / "train.parqeut")], {},
+     r"input file not found: .*train\.parqeut \(did you mean .*train\.parquet\?\)"),
     ("missing-field", lambda t, i: ["--question-field", "extra_info.query"], {},
      r"--question-field 'extra_info\.query' is not in the input; fields: .*extra_info\.question"),
     ("no-question-anywhere", lambda t, i: ["--input_file", str(write_jsonl(t / "q.jsonl", [{"query": "x"}]))], {},
      r"cannot find the question: .*fields: query; pass --question-field"),
-    ("zero-turns", lambda t, i: [], {"MAX_ASSISTANT_TURNS": "0"}, r"--max_assistant_turns must be >= 1, got 0"),
+    ("zero-turns-from-env", lambda t, i: [], {"MAX_ASSISTANT_TURNS": "0"}, r"^error: MAX_ASSISTANT_TURNS must be >= 1, "
+     r"got 0"),
+    ("zero-turns-from-flag", lambda t, i: ["--max-assistant-turns", "0"], {}, r"--max_assistant_turns must be >= 1"),
+    ("tokens-from-env", lambda t, i: [], {"MAX_TOKENS": "-1"}, r"^error: MAX_TOKENS must be >= 1, got -1"),
+    ("batch-size-from-env", lambda t, i: [], {"BATCH_SIZE": "0"}, r"^error: BATCH_SIZE must be >= 1, got 0"),
     ("negative-turns", lambda t, i: ["--max_assistant_turns", "-2"], {}, r"must be >= 1, got -2"),
     ("turns-not-a-number", lambda t, i: [], {"MAX_ASSISTANT_TURNS": "three"},
      r"MAX_ASSISTANT_TURNS must be an integer, got 'three'"),
@@ -56,7 +87,7 @@ CASES: list[tuple[str, Callable[[Path, Path], list[str]], dict[str, str], str]] 
     ("output-dir-not-writable", lambda t, i: ["--output_file", "/proc/out.parquet"], {},
      r"cannot write to /proc"),
     ("output-is-a-directory", lambda t, i: ["--output_file", str(t)], {}, r"is a directory"),
-    ("bad-temperature", lambda t, i: [], {"TEMPERATURE": "5"}, r"--temperature must be between 0 and 2"),
+    ("bad-temperature", lambda t, i: [], {"TEMPERATURE": "5"}, r"^error: TEMPERATURE must be between 0 and 2"),
     ("bad-batch-size", lambda t, i: ["--batch_size", "0"], {}, r"--batch_size must be >= 1"),
     ("bad-num-rollouts", lambda t, i: ["--num-rollouts", "0"], {}, r"--num_rollouts must be >= 1"),
 ]

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hfdistill import bm25
-from hfdistill.bm25 import BM25Retriever, parse_passage
 from hfdistill.errors import ConfigError, CorpusError, RetrievalError
+from hfdistill.retrieval import bm25
+from hfdistill.retrieval.bm25 import BM25Retriever, parse_passage
 from hfdistill.types import Document
 from tests.corpus_util import CITIES, write_jsonl
 

@@ -11,7 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 from huggingface_hub import DatasetCard, DatasetCardData
 
-from hfdistill.card import (
+from hfdistill.cli import main
+from hfdistill.publish.card import (
     BEGIN_MARKER,
     END_MARKER,
     LICENSE_PLACEHOLDER,
@@ -23,8 +24,7 @@ from hfdistill.card import (
     redact_command,
     size_category,
 )
-from hfdistill.cli import main
-from hfdistill.render import render_conversation
+from hfdistill.publish.render import render_conversation
 from tests.conftest import QUESTIONS
 from tests.fake_hub import metadata_errors
 from tests.fakes import Answer, FakeRetriever, FakeTeacher, Say, Search, Served
@@ -108,19 +108,13 @@ def test_size_category_follows_the_hub_buckets(rows: int, bucket: str) -> None:
 
 
 @pytest.mark.parametrize(("source", "kind", "expected"), [
-    pytest.param("data/hotpotqa_hard_train/train.parquet", None, None, id="file"),
-    pytest.param("/data/train", None, None, id="absolute-dir"),
-    pytest.param("./train", None, None, id="relative-dir"),
-    pytest.param("data/*.jsonl", None, None, id="glob"),
-    pytest.param("train.csv", None, None, id="bare-file"),
-    pytest.param("org/name", None, "org/name", id="hub-id"),
-    pytest.param("org/name:validation", None, "org/name", id="hub-id-split"),
-    pytest.param("org/name", "local", None, id="recorded-local"),
-    pytest.param("squad", "hub", "squad", id="recorded-hub"),
+    pytest.param("data/hotpotqa_hard_train/train.parquet", "local", None, id="file"),
+    pytest.param("org/name", "local", None, id="a-local-folder-named-like-a-hub-id"),
+    pytest.param("org/name:validation", "hub", "org/name", id="hub-id-split"),
+    pytest.param("squad", "hub", "squad", id="canonical-hub-id"),
 ])
-def test_hub_dataset_id(source: str, kind: str | None, expected: str | None) -> None:
-    record = {"input": {"source": source, **({"kind": kind} if kind else {})}}
-    assert hub_dataset_id(record) == expected
+def test_hub_dataset_id_is_what_generate_recorded(source: str, kind: str, expected: str | None) -> None:
+    assert hub_dataset_id({"input": {"source": source, "kind": kind}}) == expected
 
 
 # ---------------------------------------------------------------- body

@@ -60,9 +60,10 @@ def _python(code: str, *, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 def test_engine_ray_without_ray_installed_is_one_line_and_exit_2(tmp_path: Path) -> None:
     # sys.modules["ray"] = None is how Python's import system marks a module that cannot be imported.
+    write_jsonl(tmp_path / "q.jsonl", [{"question": "What is the capital of France?"}])
     done = _python("import sys; sys.modules['ray'] = None\n"
                    "from hfdistill.cli import main\n"
-                   "sys.exit(main(['generate', '--engine', 'ray', '--input_file', 'none.jsonl']))", cwd=tmp_path)
+                   "sys.exit(main(['generate', '--engine', 'ray', '--input_file', 'q.jsonl']))", cwd=tmp_path)
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip() == 'error: --engine ray needs Ray, which is not installed: pip install "hfdistill[ray]"'
 

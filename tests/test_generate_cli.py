@@ -150,7 +150,7 @@ def test_progress_and_summary_go_to_stderr(env: dict[str, str], real_layout: Pat
     assert main(["generate", "--input_file", str(real_layout), "--output_file", str(tmp_path / "o.parquet")]) == 0
     captured = capsys.readouterr()
     assert captured.out == ""
-    assert "3/3 rollouts (100.0%)" in captured.err and "ETA" in captured.err and "failed 0" in captured.err
+    assert "3/3 rollouts (100.0%) | elapsed" in captured.err and "failed 0" in captured.err
     assert "stop reasons: answer 3" in captured.err
     assert "mean assistant turns 2.00, mean searches 1.00" in captured.err
     assert "tokens: prompt" in captured.err and "done in" in captured.err

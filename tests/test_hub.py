@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 from huggingface_hub import DatasetCard
 
-from hfdistill.card import BEGIN_MARKER, END_MARKER
+from hfdistill.publish.card import BEGIN_MARKER, END_MARKER
 from tests.fake_hub import USER, FakeHub, metadata_errors
 from tests.fakes import FakeRetriever, FakeTeacher, Served
 from tests.test_card import distill
@@ -148,15 +148,15 @@ def test_a_hand_written_card_survives_and_overwrite_card_replaces_it(
     assert fake.unknown == []
 
 
-@pytest.mark.parametrize(("token", "message"), [
-    pytest.param("hf_wrong", "the Hub refused the token (401 Unauthorized", id="401"),
-    pytest.param(None, "no Hugging Face token found", id="no-token"),
+@pytest.mark.parametrize(("token", "message", "code"), [
+    pytest.param("hf_wrong", "the Hub refused the token (401 Unauthorized", 1, id="401"),
+    pytest.param(None, "no Hugging Face token found", 2, id="no-token-is-bad-usage"),
 ])
-def test_a_refused_or_missing_token_is_one_line_and_exit_1(hub: tuple[FakeHub, Served], output: Path,
-                                                           tmp_path: Path, token: str | None, message: str) -> None:
+def test_a_refused_or_missing_token_is_one_line(hub: tuple[FakeHub, Served], output: Path, tmp_path: Path,
+                                                token: str | None, message: str, code: int) -> None:
     fake, served = hub
     done = _push(_env(tmp_path, served.url, token=token), output, "--repo-id", REPO_ID)
-    assert done.returncode == 1
+    assert done.returncode == code
     assert "Traceback" not in done.stderr
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert errors == [done.stderr.strip().splitlines()[-1]] and len(errors) == 1

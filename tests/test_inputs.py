@@ -84,8 +84,13 @@ def test_max_samples(tmp_path: Path) -> None:
                      id="unknown-extension"),
         pytest.param(lambda p: (p / "bad.parquet").write_text("not parquet") and str(p / "bad.parquet"),
                      "cannot read .*bad.parquet as parquet", id="corrupt-parquet"),
-        pytest.param(lambda p: (p / "e.jsonl").write_text("") or str(p / "e.jsonl"), "has no rows|cannot read",
+        pytest.param(lambda p: (p / "e.jsonl").write_text("") or str(p / "e.jsonl"), "e.jsonl is an empty file",
                      id="empty-file"),
+        pytest.param(lambda p: (p / "w.jsonl").write_text("\n  \n") and str(p / "w.jsonl"), "w.jsonl is an empty file",
+                     id="blank-lines-only"),
+        pytest.param(lambda p: "questions.jsnol", "input file not found: questions.jsnol", id="typo-not-a-hub-id"),
+        pytest.param(lambda p: (p / "q.jsonl").write_text("{}") and str(p / "q.jsnol"),
+                     r"input file not found: .*q.jsnol \(did you mean .*q.jsonl\?\)", id="typo-suggests"),
     ],
 )
 def test_bad_inputs(tmp_path: Path, make, match: str) -> None:
@@ -118,3 +123,8 @@ def test_input_kind(tmp_path: Path) -> None:
     assert input_kind("data/hotpotqa_hard_train/train.parquet") == "local"
     assert input_kind(str(tmp_path)) == "local"
     assert input_kind("data/*.jsonl") == "local"
+    assert input_kind("questions.jsnol") == "local"  # a mistyped suffix is a file, never a Hub id
+    assert input_kind("train.parqeut") == "local"
+    assert input_kind("data.cvs") == "local"
+    assert input_kind("org/name.v2") == "hub"  # digits: a version, not a suffix
+    assert input_kind("org/dataset.names") == "hub"  # far from every data suffix

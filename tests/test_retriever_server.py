@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from hfdistill.bm25 import BM25Retriever
 from hfdistill.errors import ConfigError
-from hfdistill.retriever_server import make_app
+from hfdistill.retrieval.bm25 import BM25Retriever
+from hfdistill.retrieval.server import make_app
 from tests.corpus_util import CITIES, write_jsonl
 from tests.fakes import Served
 
@@ -146,7 +146,7 @@ def test_make_app_rejects_bad_default_topk(tmp_path: Path) -> None:
 def test_serve_builds_then_serves_until_sigterm(tmp_path: Path) -> None:
     corpus = write_jsonl(tmp_path / "c.jsonl", CITIES)
     script = ("import logging, sys; logging.basicConfig(level=logging.INFO, format='%(message)s');"
-              "from hfdistill.retriever_server import serve; serve(sys.argv[1], port=0, topk=1)")
+              "from hfdistill.retrieval.server import serve; serve(sys.argv[1], port=0, topk=1)")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-c", script, str(corpus)], stderr=subprocess.PIPE, text=True,
                             env=env)

@@ -106,6 +106,7 @@ def test_wheel_ships_templates_and_card(tmp_path: Path) -> None:
     for template in Templates().names:
         assert f"hfdistill/_data/templates/{template}" in names
     assert "hfdistill/_data/dataset_card.md" in names
+    assert "hfdistill/_data/report.html" in names  # `hfdistill report`'s page
     # and the unpacked wheel, imported ahead of this checkout, renders from its own copy
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)

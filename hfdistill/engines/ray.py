@@ -25,7 +25,7 @@ import datasets
 
 from hfdistill.distiller import Distiller
 from hfdistill.engines.worker import EVENT_COLUMN, JOB_COLUMN, Event, RolloutWorker, decode_event, encode_job
-from hfdistill.errors import ClusterError
+from hfdistill.errors import ClusterError, first_line
 from hfdistill.recorder import Prior
 from hfdistill.run import Run
 from hfdistill.types import RolloutJob, StopRequest
@@ -119,7 +119,7 @@ def _connect(ray: Any) -> None:
     try:
         ray.init(logging_level=logging.WARNING, log_to_driver=False)
     except (ConnectionError, RuntimeError, ValueError) as e:
-        raise ClusterError(f"cannot start or join a Ray cluster ({str(e).strip().splitlines()[0]}); check "
+        raise ClusterError(f"cannot start or join a Ray cluster ({first_line(e)}); check "
                            "RAY_ADDRESS (e.g. 127.0.0.1:6379 for `ray start --head`) or unset it") from None
 
 
@@ -145,7 +145,7 @@ def _execute(ray: Any, distiller: Distiller, run: Run, rows: list[dict[str, str]
         with _data_context():
             _consume(events, run, distiller, dispatch, stop)
     except ray.exceptions.RayError as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        reason = first_line(e)
         log.error("the Ray cluster failed to run the rollouts (%s); those not back are listed as failures", reason)
         for job in list(dispatch.jobs.values()):
             run.failed(job, "cluster", 0, f"the Ray cluster failed: {reason}")

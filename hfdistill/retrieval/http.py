@@ -1,8 +1,5 @@
-"""Retrievers: the Search-R1 HTTP API over aiohttp, behind the one `Retriever` protocol.
-
-The embedded BM25 retriever (`hfdistill.bm25`) implements the same protocol, so the rollout loop
-and the observation templates see identical documents whichever is used.
-"""
+"""A client of a Search-R1 retrieval server (`POST /retrieve`) over aiohttp; the one module that
+talks HTTP to it, translating aiohttp's exceptions into `RetrievalError`s."""
 
 from __future__ import annotations
 
@@ -10,58 +7,19 @@ import asyncio
 import dataclasses
 import json
 from collections.abc import Sequence
-from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 import aiohttp
 
 from hfdistill.config import RetryPolicy
 from hfdistill.errors import RetrievalError
-from hfdistill.retry import parse_retry_after, with_retries
+from hfdistill.retrieval.protocol import parse_search_response
+from hfdistill.retry import is_transient, parse_retry_after, with_retries
 from hfdistill.types import Document
 
-__all__ = ["HttpRetriever", "Retriever", "document_from_json", "parse_search_response"]
+__all__ = ["HttpRetriever"]
 
 _JSON = {"Content-Type": "application/json"}
-
-
-class Retriever(Protocol):
-    """What the rollout loop needs: one list of documents per query, in order."""
-
-    async def search(self, queries: Sequence[str], topk: int) -> list[list[Document]]: ...
-
-    async def aclose(self) -> None: ...
-
-
-def document_from_json(doc: dict[str, Any], score: float | None = None) -> Document:
-    """A Search-R1 document (`{"id", "contents"}` or `{"title", "text"[, "contents"]}`) as a Document."""
-    contents = doc.get("contents")
-    if not isinstance(contents, str) or not contents:
-        title, text = str(doc.get("title") or ""), str(doc.get("text") or "")
-        contents = f'"{title}"\n{text}' if title else text
-    first, _, rest = contents.partition("\n")
-    title = doc.get("title") if isinstance(doc.get("title"), str) else first.strip().strip('"')
-    text = doc.get("text") if isinstance(doc.get("text"), str) else rest.strip()
-    return Document(id=str(doc.get("id", "")), title=title, text=text, contents=contents,
-                    score=float(score) if isinstance(score, (int, float)) else None)
-
-
-def parse_search_response(payload: Any, n_queries: int) -> list[list[Document]]:
-    """`{"result": [[{"document": {...}, "score": s} | {...doc...}, ...], ...]}` -> documents per query."""
-    result = payload.get("result") if isinstance(payload, dict) else None
-    if not isinstance(result, list) or len(result) != n_queries:
-        raise ValueError(f"expected {{\"result\": [...]}} with {n_queries} lists, got {str(payload)[:200]}")
-    out = []
-    for hits in result:
-        docs = []
-        for hit in hits or ():
-            if isinstance(hit, dict) and isinstance(hit.get("document"), dict):
-                docs.append(document_from_json(hit["document"], hit.get("score")))
-            elif isinstance(hit, dict):
-                docs.append(document_from_json(hit))
-            else:
-                raise ValueError(f"a search hit is not an object: {str(hit)[:100]}")
-        out.append(docs)
-    return out
 
 
 class HttpRetriever:
@@ -119,10 +77,14 @@ class HttpRetriever:
 
 
 def _status_error(status: int, text: str, url: str, retry_after: str | None) -> RetrievalError:
-    transient = status in (408, 425, 429) or status >= 500
+    transient = is_transient(status)
     hint = ""
-    if status == 404:
-        hint = "; check RETRIEVAL_URL points at the /retrieve endpoint"
+    if status in (404, 405):
+        hint = "; check RETRIEVAL_URL / --retrieval_url is the retrieval server's /retrieve endpoint"
+        if urlsplit(url).port == 8000:  # RETRIEVAL_URL's default port (the original script's) is also vLLM's
+            hint += (": port 8000 is vLLM's default, so it probably points at the vLLM server; start the retrieval "
+                     "server on another port (e.g. `hfdistill serve-retriever --corpus C.jsonl --port 8001`) and "
+                     "set RETRIEVAL_URL=http://127.0.0.1:8001/retrieve")
     elif status == 422:
         hint = "; the server does not accept Search-R1 requests ({\"queries\": [...], \"topk\": k})"
     return RetrievalError(f"retrieval server {url} answered HTTP {status}: {text.strip()[:200]}{hint}",

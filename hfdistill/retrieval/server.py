@@ -18,8 +18,8 @@ from typing import Any
 
 from aiohttp import web
 
-from hfdistill.bm25 import BM25Retriever
 from hfdistill.errors import ConfigError, HfdistillError
+from hfdistill.retrieval.bm25 import BM25Retriever
 from hfdistill.types import Document
 
 __all__ = ["make_app", "serve"]

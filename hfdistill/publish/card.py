@@ -22,22 +22,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import jinja2
 import pyarrow.parquet as pq
 from huggingface_hub import DatasetCard, DatasetCardData
+from huggingface_hub.repocard import REGEX_YAML_BLOCK
 
 from hfdistill.atomic import atomic_write_text
-from hfdistill.errors import ConfigError, InputError, TemplateError
+from hfdistill.errors import ConfigError, InputError
 from hfdistill.output import read_record
 from hfdistill.progress import format_duration
-from hfdistill.render import load_rows, render_conversation
-from hfdistill.templates import card_template_path
+from hfdistill.publish.render import load_rows, render_conversation
+from hfdistill.templates import card_template_path, render_file
 
 __all__ = [
     "BASE_TAGS",
     "BEGIN_MARKER",
     "DATA_FILES",
     "END_MARKER",
+    "HUB_ID",
     "LICENSE_PLACEHOLDER",
     "SIZE_CATEGORIES",
     "MergedCard",
@@ -73,8 +74,7 @@ SIZE_CATEGORIES: tuple[tuple[float, str], ...] = (
 _MERGED_LISTS = ("tags", "task_categories", "source_datasets")
 _TAIL_KEYS = ("dataset_info", "configs")
 _LICENSE_ID = re.compile(r"[a-z0-9][a-z0-9.+-]*")
-_FILE_SUFFIXES = (".parquet", ".jsonl", ".json", ".csv", ".arrow")
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
 _SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD", re.I)
 _SECRET_FLAGS = ("--api-key", "--api_key", "--token", "--hf-token", "--hf_token")
 _REDACTED = "REDACTED"
@@ -107,17 +107,11 @@ def size_category(rows: int) -> str:
 def hub_dataset_id(record: Mapping[str, Any]) -> str | None:
     """The input's Hub id (`owner/name`), or None when the input was a local file, glob or folder.
 
-    The record says so if it has `input.kind`; otherwise an `owner/name[:split]` source without a
-    file suffix is taken for a Hub id (a local folder named like that is indistinguishable).
+    The record's `input.kind` says which (generate decides it once, from how it loaded the input).
     """
     source = str(record.get("input", {}).get("source") or "")
-    kind = record.get("input", {}).get("kind")
     name = source.partition(":")[0]
-    if kind is not None:
-        return name if kind == "hub" else None
-    if name.lower().endswith(_FILE_SUFFIXES) or any(ch in name for ch in "*?[~") or name.startswith((".", "/")):
-        return None
-    return name if _HUB_ID.fullmatch(name) else None
+    return name if record.get("input", {}).get("kind") == "hub" and name else None
 
 
 def _teacher_tag(model: str | None) -> str | None:
@@ -236,7 +230,7 @@ def _context(record: Mapping[str, Any], sample: Mapping[str, Any] | None, repo_i
         "license": license,
         "license_is_placeholder": license == LICENSE_PLACEHOLDER,
         "teacher": model,
-        "teacher_link": f"https://huggingface.co/{model}" if _HUB_ID.fullmatch(model) else None,
+        "teacher_link": f"https://huggingface.co/{model}" if HUB_ID.fullmatch(model) else None,
         "input_source": record.get("input", {}).get("source") or "unknown",
         "input_link": f"https://huggingface.co/datasets/{source}" if source else None,
         "questions": record.get("input", {}).get("questions"),
@@ -279,25 +273,12 @@ def _md(value: Any) -> str:
     return str(value).replace("|", "\\|").replace("\n", " ")
 
 
-def _environment() -> jinja2.Environment:
-    env = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False, trim_blocks=True,
-                             lstrip_blocks=True, keep_trailing_newline=True)
-    env.filters["md"] = _md
-    env.filters["thousands"] = lambda n: f"{int(n):,}"
-    return env
-
-
 def card_body(record: Mapping[str, Any], sample: Mapping[str, Any] | None, *, repo_id: str | None = None,
               license: str = LICENSE_PLACEHOLDER) -> str:
     """The generated body, between the markers; `sample` is one output row (None: no rows)."""
-    path = card_template_path()
-    try:
-        template = _environment().from_string(path.read_text(encoding="utf-8"))
-        text = template.render(**_context(record, sample, repo_id, license))
-    except jinja2.TemplateSyntaxError as e:
-        raise TemplateError(f"template {path} line {e.lineno}: {e.message}; fix the template") from None
-    except jinja2.UndefinedError as e:
-        raise TemplateError(f"template {path} uses an unknown variable: {e.message}") from None
+    text = render_file(card_template_path(), _context(record, sample, repo_id, license),
+                       filters={"md": _md, "thousands": lambda n: f"{int(n):,}"}, trim_blocks=True,
+                       lstrip_blocks=True, keep_trailing_newline=True)
     return f"{BEGIN_MARKER}\n{text.strip()}\n{END_MARKER}"
 
 
@@ -341,14 +322,23 @@ def merge_card(existing: str | None, record: Mapping[str, Any], sample: Mapping[
     """Our card merged into `existing` (a README's text, None if there is none); see the module docstring."""
     if existing is None or not existing.strip():
         return MergedCard(build_card(record, sample, repo_id=repo_id, license=license), "new")
+    existing_meta, existing_text = _split_card(existing)
+    meta = _merge_metadata(existing_meta, card_metadata(record, license=license), license_given=bool(license))
+    body = card_body(record, sample, repo_id=repo_id, license=str(meta.get("license")))
+    text, what = _merge_body(existing_text, body, overwrite=overwrite)
+    return MergedCard(render_card(meta, text), what)  # type: ignore[arg-type]
+
+
+def _split_card(existing: str) -> tuple[dict[str, Any], str]:
+    """A README's metadata and text. One without a YAML block is all text: parsing it with
+    `DatasetCard` would log "Repo card metadata block was not found" at the user."""
+    if not REGEX_YAML_BLOCK.search(existing):
+        return {}, existing
     try:
         card = DatasetCard(existing)
     except (ValueError, TypeError) as e:  # the YAML block is not a mapping, or not YAML at all
         raise InputError(f"the existing README.md has invalid metadata ({e}); fix its YAML block") from None
-    meta = _merge_metadata(card.data.to_dict(), card_metadata(record, license=license), license_given=bool(license))
-    body = card_body(record, sample, repo_id=repo_id, license=str(meta.get("license")))
-    text, what = _merge_body(card.text, body, overwrite=overwrite)
-    return MergedCard(render_card(meta, text), what)  # type: ignore[arg-type]
+    return card.data.to_dict(), card.text
 
 
 # ---------------------------------------------------------------- files

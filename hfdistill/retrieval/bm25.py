@@ -19,8 +19,8 @@ from typing import Any
 import bm25s
 import numpy as np
 
-from hfdistill.bm25_index import Analyzer, Stemmer, build_index, parse_passage, reusable
 from hfdistill.errors import ConfigError, CorpusError, RetrievalError
+from hfdistill.retrieval.bm25_index import Analyzer, Stemmer, build_index, parse_passage, reusable
 from hfdistill.types import Document
 
 __all__ = ["BM25Retriever", "Stemmer", "parse_passage", "top_k"]

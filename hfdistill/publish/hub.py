@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,13 +24,12 @@ from huggingface_hub.errors import (
     RepositoryNotFoundError,
 )
 
-from hfdistill.card import MergedCard, check_license, load_card_inputs, merge_card
-from hfdistill.errors import ConfigError, HfdistillError, HubError
+from hfdistill.errors import ConfigError, HfdistillError, HubError, first_line
+from hfdistill.publish.card import HUB_ID, MergedCard, check_license, load_card_inputs, merge_card
 
 __all__ = ["check_push_target", "push", "push_card"]
 
 log = logging.getLogger(__name__)
-_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
 _TOKEN_FIX = "log in with `hf auth login`, set HF_TOKEN, or pass --token with a write token"
 _TRANSPORT_MODULES = {"httpx", "httpx2", "requests", "urllib3", "aiohttp", "http"}
 
@@ -63,8 +61,8 @@ def check_push_target(repo_id: str, *, license: str | None = None, token: str | 
     """
     _check_repo_id(repo_id)
     check_license(license)
-    if token is None and get_token() is None:
-        raise HubError(f"no Hugging Face token found; {_TOKEN_FIX}")
+    if token is None and get_token() is None:  # a usage problem (exit 2), found before any upload or rollout
+        raise ConfigError(f"no Hugging Face token found; {_TOKEN_FIX}")
 
 
 def push_card(repo_id: str, record: dict, sample: dict | None, *, token: str | None = None,
@@ -88,7 +86,7 @@ def _read_readme(repo_id: str, revision: str | None, token: str | None) -> str |
 
 
 def _check_repo_id(repo_id: str) -> None:
-    if not _REPO_ID.fullmatch(repo_id or "") or ".." in repo_id:
+    if not HUB_ID.fullmatch(repo_id or "") or ".." in repo_id:
         raise ConfigError(f"the Hub repo id (--repo-id / --push-to-hub) must look like USER/NAME or ORG/NAME, "
                           f"got {repo_id!r}")
 
@@ -133,21 +131,21 @@ def _translate(e: BaseException, repo_id: str) -> HfdistillError | None:
         if isinstance(err, OfflineModeIsEnabled):
             return HubError("HF_HUB_OFFLINE is set; unset it to push to the Hub")
         if isinstance(err, HFValidationError):
-            return ConfigError(f"--repo-id {repo_id!r} is not a valid repo id: {_first_line(err)}")
+            return ConfigError(f"--repo-id {repo_id!r} is not a valid repo id: {first_line(err)}")
         if isinstance(err, HfHubHTTPError) and err.response is not None:
             return _http_error(err, repo_id)
         if isinstance(err, ValueError) and str(err).startswith("Invalid metadata in README.md"):
             return HubError(f"the Hub rejected the card's metadata: {' '.join(str(err).split())}; "
                             "fix the YAML block of the repo's README.md")
         if _is_transport_error(err):
-            return HubError(f"cannot reach the Hub at {constants.ENDPOINT} ({_first_line(err) or type(err).__name__}); "
+            return HubError(f"cannot reach the Hub at {constants.ENDPOINT} ({first_line(err)}); "
                             "check your network connection and HF_ENDPOINT, then push again")
     return None
 
 
 def _http_error(err: HfHubHTTPError, repo_id: str) -> HubError:
     status = err.response.status_code
-    said = err.server_message or _first_line(err)
+    said = err.server_message or first_line(err)
     if status == 401 and not isinstance(err, RepositoryNotFoundError):
         return HubError(f"the Hub refused the token (401 Unauthorized: {said}); {_TOKEN_FIX}")
     if status == 403:
@@ -170,8 +168,3 @@ def _is_transport_error(err: BaseException) -> bool:
         return True
     module = type(err).__module__.split(".")[0]
     return module in _TRANSPORT_MODULES and not hasattr(err, "response")
-
-
-def _first_line(err: BaseException) -> str:
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    return lines[0] if lines else ""
