@@ -11,13 +11,14 @@ except PackageNotFoundError:  # running from a source tree that was never instal
     __version__ = "0.0.0+unknown"
 
 if TYPE_CHECKING:
-    from hfdistill.config import DistillConfig, RetryPolicy
+    from hfdistill.config import DistillConfig
     from hfdistill.distiller import Distiller
     from hfdistill.errors import HfdistillError
+    from hfdistill.teacher.retry import RetryPolicy
 
 __all__ = ["DistillConfig", "Distiller", "HfdistillError", "RetryPolicy", "__version__"]
 
-_LAZY = {"DistillConfig": "hfdistill.config", "RetryPolicy": "hfdistill.config",
+_LAZY = {"DistillConfig": "hfdistill.config", "RetryPolicy": "hfdistill.teacher.retry",
          "Distiller": "hfdistill.distiller", "HfdistillError": "hfdistill.errors"}
 
 

@@ -8,10 +8,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from hfdistill.errors import ConfigError
+from hfdistill.teacher.retry import RetryPolicy
 
 __all__ = ["DEFAULT_CONCURRENCY_PER_ENDPOINT", "OBSERVATION_FORMATS", "PRIORITY_MODES", "TOOL_CALL_MODES",
-           "DistillConfig",
-           "RetryPolicy"]
+           "DistillConfig"]
 
 TOOL_CALL_MODES = ("auto", "native", "text")
 # vLLM request `priority` (served lowest first with --scheduling-policy priority): on, off, or auto (on
@@ -21,25 +21,6 @@ OBSERVATION_FORMATS = ("seed", "verl")  # the original tool's tool message, or v
 # vLLM queues what exceeds its sequence slots at no cost, while rollouts spend part of their
 # life in retrieval; 512 per endpoint keeps a 256-slot server full (see benchmarks/).
 DEFAULT_CONCURRENCY_PER_ENDPOINT = 512
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How transient HTTP failures are retried: bounded attempts, exponential backoff, full jitter."""
-
-    attempts: int = 5
-    backoff: float = 1.0  # seconds before the first retry; doubles each time
-    max_backoff: float = 30.0
-    timeout: float = 1800.0  # per request; vLLM may queue a request behind hundreds of others
-    # While a teacher request is open longer than this, the server is probed this often; two failed
-    # probes in a row fail its open requests (a stopped vLLM may hold sockets open without answering).
-    stall_probe: float = 20.0
-
-    def delay(self, attempt: int, rand: float, retry_after: float | None = None) -> float:
-        """Seconds to wait before attempt `attempt + 1`; `rand` is uniform in [0, 1)."""
-        if retry_after is not None:
-            return min(max(retry_after, 0.0), self.max_backoff * 4)
-        return min(self.max_backoff, self.backoff * 2 ** (attempt - 1)) * (0.5 + rand / 2)
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,8 @@ from hfdistill.retrieval.http import HttpRetriever
 from hfdistill.retrieval.protocol import Retriever
 from hfdistill.rollout import RolloutSpec, TurnStep, rollout
 from hfdistill.rows import build_table, extra_info_of, output_features, output_schema, result_of
-from hfdistill.teacher import Route, Teacher, TeacherStats
+from hfdistill.teacher.client import Teacher, TeacherStats
+from hfdistill.teacher.pool import Route
 from hfdistill.templates import Templates
 from hfdistill.tools import SearchTool, ToolContext
 from hfdistill.types import RolloutJob, StopRequest

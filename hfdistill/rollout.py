@@ -93,11 +93,7 @@ async def rollout(question: str, golden_answers: Sequence[str], *, chat: ChatFn,
                                 call_id=f"call_{turn}")
         stop = _stop_reason(reply, parsed)
         if stop is not None:
-            traj.usage.add(reply.usage)
-            traj.assistant_turns += 1
-            content = parsed.text if stop in ("length", "context") else parsed.content
-            traj.messages.append(Message("assistant", content, parsed.reasoning))
-            traj.stop_reason = stop
+            _finish(traj, reply, parsed, stop)
             break
         try:
             step = await _act(parsed.calls[0], reply, parsed, tools, spec)
@@ -109,6 +105,15 @@ async def rollout(question: str, golden_answers: Sequence[str], *, chat: ChatFn,
     final = next((m for m in reversed(traj.messages) if m.role == "assistant"), None)
     traj.prediction = (extract_answer(final.content) or "") if final is not None else ""
     return traj
+
+
+def _finish(traj: Trajectory, reply: TeacherReply, parsed: ParsedTurn, stop: str) -> None:
+    """The last turn: stored as written when cut off (the text is all there is), else its visible content."""
+    traj.usage.add(reply.usage)
+    traj.assistant_turns += 1
+    content = parsed.text if stop in ("length", "context") else parsed.content
+    traj.messages.append(Message("assistant", content, parsed.reasoning))
+    traj.stop_reason = stop
 
 
 def _apply(step: TurnStep, traj: Trajectory, wire: list[dict[str, Any]]) -> None:

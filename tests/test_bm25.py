@@ -280,8 +280,12 @@ def test_async_search_matches_search_batch_and_survives_aclose(retriever: BM25Re
 
     expected = retriever.search_batch(["paris", ""], 2)
     assert asyncio.run(go()) == expected
-    # The distiller shares one retriever across event loops and closes each loop's clients.
+    # The distiller shares one retriever across event loops and closes each loop's clients: closing a
+    # loop's side keeps the index open for the next; close() is what ends it.
     assert asyncio.run(go()) == expected
+    retriever.close()
+    with pytest.raises(RetrievalError, match="closed"):
+        retriever.search_batch(["paris"], 1)
 
 
 def test_pickles_as_a_reopen_of_the_index(retriever: BM25Retriever) -> None:

@@ -93,6 +93,7 @@ class Run:
     mode: str  # the protocol the run used: "native" or "text"
     rc: int
     failures: list[dict[str, Any]]
+    skipped: list[dict[str, Any]]
     rows: dict[str, dict[str, Any]]
     prompts: dict[str, list[dict[str, Any]]]
     all_prompts: list[dict[str, Any]]
@@ -133,20 +134,24 @@ def runs(engine: tuple[str, ServerConfig, Engine], tmp_path_factory: pytest.Temp
 def _generate(server: Engine, config: ServerConfig, mode: str, corpus: Path, work: Path) -> Run:
     protocol = "native" if mode == "auto" and "--tool-call-parser" in config.flags else mode
     protocol = "text" if protocol == "auto" else protocol
-    questions = [_question(server, s, protocol == "text") for s in SCENARIOS] + ["   "]  # blank: never sent
+    questions = [_question(server, s, protocol == "text") for s in EXPECTED] + ["   "]  # blank: never sent
     inp = write_jsonl(work / f"{mode}.jsonl", [{"question": q, "golden_answers": ["Paris"]} for q in questions])
     out = work / f"{mode}.parquet"
     server.prompt_log.unlink(missing_ok=True)
     rc = main(["generate", "--vllm_url", f"{server.url}/v1", "--corpus", str(corpus), "--input_file", str(inp),
                "--output_file", str(out), "--max_assistant_turns", str(MAX_TURNS), "--max_tokens", str(MAX_TOKENS),
-               "--temperature", "0", "--tool-call-mode", mode, "--api-key", config.api_key or "EMPTY", "-q"])
-    failures_file = work / f"{mode}.failures.jsonl"
-    failures = [json.loads(line) for line in failures_file.read_text().splitlines()] if failures_file.exists() else []
+               "--temperature", "0", "--tool-call-mode", mode, "--api-key", config.api_key or "EMPTY", "-q",
+               "--keep-malformed"])  # the non-JSON call's row is written (flagged) so its guarantees are checked
     rows = {_scenario(r["question"]): r for r in check_output(out)}
     prompts: dict[str, list[dict[str, Any]]] = {}
     for entry in server.prompts():
         prompts.setdefault(entry["scenario"], []).append(entry)
-    return Run(protocol, rc, failures, rows, prompts, server.prompts())
+    return Run(protocol, rc, _jsonl(work / f"{mode}.failures.jsonl"), _jsonl(work / f"{mode}.skipped.jsonl"), rows,
+               prompts, server.prompts())
+
+
+def _jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
 def _scenario(question: str) -> str:
@@ -180,9 +185,12 @@ def _question(server: Engine, scenario: str, text_protocol: bool) -> str:
 
 def test_the_run_finishes_with_only_the_blank_question_left_out(runs: dict[str, Run]) -> None:
     for run in runs.values():
-        assert sorted(run.rows) == sorted(SCENARIOS)
-        assert [(f["cause"], f["question"].strip()) for f in run.failures] == [("empty_question", "")]
-        assert run.rc == 3  # a skipped question leaves the run incomplete
+        assert sorted(run.rows) == sorted(EXPECTED)
+        assert run.failures == []
+        assert run.skipped == [{"input_index": len(EXPECTED), "reason": "blank question"}]
+        assert run.rc == 0
+        flagged = sorted(s for s, r in run.rows.items() if r["quality_flags"])
+        assert flagged == ["malformed"] and run.rows["malformed"]["quality_flags"] == ["malformed_call"]
         # never sent as "Question: ": every prompt the model saw names a scenario, but the start-up probe
         unscripted = [p["prompt"] for p in run.all_prompts if p["scenario"] not in SCENARIOS]
         assert all("Say OK.<|im_end|>" in p and "Question:" not in p for p in unscripted), unscripted

@@ -19,7 +19,7 @@ from hfdistill.config import DistillConfig
 from hfdistill.distiller import Distiller
 from hfdistill.recorder import Prior
 from hfdistill.rollout import TurnStep
-from hfdistill.teacher import TeacherStats
+from hfdistill.teacher.client import TeacherStats
 from hfdistill.types import RolloutJob
 
 __all__ = ["EVENT_COLUMN", "JOB_COLUMN", "Event", "RolloutWorker", "decode_event", "encode_job"]

@@ -20,7 +20,8 @@ import bm25s
 import numpy as np
 
 from hfdistill.errors import ConfigError, CorpusError, RetrievalError
-from hfdistill.retrieval.bm25_index import Analyzer, Stemmer, build_index, parse_passage, reusable
+from hfdistill.retrieval.bm25_index import build_index, reusable
+from hfdistill.retrieval.corpus import Analyzer, Stemmer, parse_passage
 from hfdistill.types import Document
 
 __all__ = ["BM25Retriever", "Stemmer", "parse_passage", "top_k"]

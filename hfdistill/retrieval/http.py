@@ -11,10 +11,9 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from hfdistill.config import RetryPolicy
 from hfdistill.errors import RetrievalError
 from hfdistill.retrieval.protocol import parse_search_response
-from hfdistill.retry import is_transient, parse_retry_after, with_retries
+from hfdistill.teacher.retry import RetryPolicy, is_transient, parse_retry_after, with_retries
 from hfdistill.types import Document
 
 __all__ = ["HttpRetriever"]

@@ -12,7 +12,7 @@ import json
 import re
 from typing import Any
 
-__all__ = ["SCENARIOS", "answer", "call", "scenario_of", "think", "turn_of"]
+__all__ = ["SCENARIOS", "answer", "call", "researcher", "scenario_of", "think", "turn_of"]
 
 _SCENARIO_RE = re.compile(r"Question: \[([a-z0-9-]+)\]")
 
@@ -60,11 +60,31 @@ SCENARIOS: dict[str, list[str]] = {
                                     + "\n<tool_response>\nParis, surely.\n</tool_response>"), _ANSWER],
     "no-tool-call": [think("Hmm.", "I think it is Paris.")],
     "max-turns": [_SEARCH],
+    # Thinks until max_tokens: keeps requests open (the test that stops the server mid-run).
+    "endless": ["<think>\n" + _LONG_THOUGHT * 10],
     # Context scenarios: the question is padded so the prompt is over, exactly at, or just under the limit.
     "overflow": [_ANSWER],
     "at-limit": [_ANSWER],
     "near-limit": [think(_LONG_THOUGHT, answer("Paris"))],
 }
+
+
+_QUESTION_RE = re.compile(r"Question: ?(.*?)<\|im_end\|>", re.DOTALL)
+_TOP_TITLE_RE = re.compile(r"<tool_response>\n(?:Query: [^\n]*\n)?\[1\] ([^\n]*?): ")
+
+
+def researcher(prompt: str, turn: int) -> str | None:
+    """For a question with no scenario (e.g. HotpotQA's): search the question, then answer with the title of
+    the first passage found (the seed observation format), or say it found nothing. None: not a question."""
+    question = _QUESTION_RE.search(prompt)
+    if question is None:
+        return None
+    if turn == 0:
+        return think("I should search for this.", call({"query_list": [question.group(1).strip()]}))
+    titles = _TOP_TITLE_RE.findall(prompt)
+    if not titles:
+        return think("The search found nothing.", "I could not find the answer.")
+    return think(f"The best passage is about {titles[-1]}.", answer(titles[-1]))
 
 
 def scenario_of(prompt: str) -> str | None:

@@ -2,9 +2,9 @@
 
 Passed to the server as ``--logits-processors scripted:ScriptedCompletions`` with this directory on PYTHONPATH.
 Per request it decodes the prompt once, picks the completion from `scenarios` (scenario named in the question,
-turn = assistant turns already in the prompt), and masks every logit but the next scripted token; after the
-script it forces <|im_end|>. Every decoded prompt is appended to the JSONL file named by `SCRIPT_PROMPT_LOG`,
-which is how the tests see exactly what the teacher saw.
+turn = assistant turns already in the prompt; a question with no scenario gets the generic `researcher`), and
+masks every logit but the next scripted token; after the script it forces <|im_end|>. Every decoded prompt is
+appended to the JSONL file named by `SCRIPT_PROMPT_LOG`, which is how the tests see exactly what the teacher saw.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from scenarios import SCENARIOS, scenario_of, turn_of
+from scenarios import SCENARIOS, researcher, scenario_of, turn_of
 from transformers import AutoTokenizer
 from vllm.v1.sample.logits_processor import AdapterLogitsProcessor
 
@@ -54,7 +54,7 @@ class ScriptedCompletions(AdapterLogitsProcessor):
         prompt = self.tokenizer.decode(prompt_ids, skip_special_tokens=False)
         scenario, turn = scenario_of(prompt), turn_of(prompt)
         steps = SCENARIOS.get(scenario or "")
-        text = steps[min(turn, len(steps) - 1)] if steps else _FALLBACK
+        text = steps[min(turn, len(steps) - 1)] if steps else researcher(prompt, turn) or _FALLBACK
         if self.log_path:
             with _LOG_LOCK, open(self.log_path, "a", encoding="utf-8") as fh:
                 fh.write(json.dumps({"scenario": scenario, "turn": turn, "prompt": prompt}, ensure_ascii=False) + "\n")

@@ -16,7 +16,6 @@ import json
 import logging
 import re
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,10 +24,11 @@ import openai
 
 from hfdistill.config import DistillConfig
 from hfdistill.errors import ConfigError, ContextLengthError, TeacherError
-from hfdistill.retry import is_transient, parse_retry_after, with_retries
+from hfdistill.teacher.pool import Endpoint, EndpointPool, Route
+from hfdistill.teacher.retry import is_transient, parse_retry_after, with_retries
 from hfdistill.types import TeacherReply, ToolCall, Usage
 
-__all__ = ["EndpointPool", "Route", "Teacher", "TeacherStats"]
+__all__ = ["Teacher", "TeacherStats"]
 
 log = logging.getLogger(__name__)
 
@@ -41,68 +41,7 @@ _CONTEXT_RE = re.compile(r"maximum context length|context length|context window|
                          r"|max_tokens must be at least 1, got (?:0|-\d+)", re.IGNORECASE)
 _TOOLS_REFUSED_RE = re.compile(r"tool.choice|enable-auto-tool-choice|tool-call-parser", re.IGNORECASE)
 _PRIORITY_REFUSED_RE = re.compile(r"priority scheduling is not enabled", re.IGNORECASE)  # vLLM's fcfs policy
-_DOWN_SECONDS = 30.0  # an endpoint that fails at the connection level sits out this long
 _STALL_PROBES = 2  # failed health probes in a row after which an endpoint's open requests are failed
-
-
-@dataclass(eq=False)
-class Endpoint:
-    """One vLLM server: its client, requests in flight, and when it may be used again."""
-
-    url: str
-    client: openai.AsyncOpenAI
-    http: httpx2.AsyncClient  # the client's own aiohttp-backed HTTP client, for the hot path
-    chat_url: httpx2.URL
-    name: str  # host:port, for statistics (never credentials)
-    outstanding: int = 0
-    down_until: float = 0.0
-    priority: bool = True  # takes vLLM's `priority` field (--priority auto learns otherwise from a refusal)
-    # Requests waiting for an answer: the task awaiting each, and when it was sent (for the watchdog).
-    open: dict[asyncio.Task[Any], float] = field(default_factory=dict)
-    failed_by_watchdog: set[asyncio.Task[Any]] = field(default_factory=set)
-    watchdog: asyncio.Task[None] | None = None
-    stalled: bool = False  # its last health probes failed; new requests probe it before being sent
-
-    def healthy(self, now: float) -> bool:
-        return self.down_until <= now
-
-
-@dataclass
-class Route:
-    """Per-rollout state: the endpoint it sticks to (so its prefix cache is reused) and its
-    messages serialised so far (a conversation only grows, so each message is encoded once)."""
-
-    endpoint: Endpoint | None = None
-    encoded: list[bytes] = field(default_factory=list)
-
-    def messages_json(self, messages: list[dict[str, Any]]) -> bytes:
-        for message in messages[len(self.encoded):]:
-            self.encoded.append(json.dumps(message, ensure_ascii=False).encode())
-        return b",".join(self.encoded)
-
-
-class EndpointPool:
-    """Least-outstanding-requests routing with stickiness and a cool-down for failed endpoints."""
-
-    def __init__(self, endpoints: Sequence[Endpoint]) -> None:
-        self.endpoints = list(endpoints)
-
-    def pick(self, route: Route) -> Endpoint:
-        now = time.monotonic()
-        current = route.endpoint
-        if current is not None and current.healthy(now):
-            return current
-        healthy = [e for e in self.endpoints if e.healthy(now)]
-        # When every endpoint is cooling down, use the one that comes back first.
-        candidates = healthy or [min(self.endpoints, key=lambda e: e.down_until)]
-        chosen = min(candidates, key=lambda e: e.outstanding)
-        route.endpoint = chosen
-        return chosen
-
-    def mark_down(self, endpoint: Endpoint) -> None:
-        if len(self.endpoints) > 1:
-            endpoint.down_until = time.monotonic() + _DOWN_SECONDS
-            log.warning("teacher %s failed; taking it out of rotation for %.0fs", endpoint.url, _DOWN_SECONDS)
 
 
 @dataclass
@@ -301,7 +240,6 @@ class Teacher:
         self.stats.prompt_tokens += reply.usage.prompt_tokens
         self.stats.completion_tokens += reply.usage.completion_tokens
 
-
     # ------------------------------------------------------------ the watchdog
 
     def _watch(self, endpoint: Endpoint) -> None:
@@ -351,12 +289,10 @@ def _stalled(endpoint: Endpoint) -> TeacherError:
                         transient=True, cause="stalled")
 
 
-def _unlimited() -> Any:
+def _unlimited() -> httpx2.Limits:
     # The aiohttp transport defaults to 100 connections, which would silently cap the window;
-    # the window (--concurrency) is the limit. The Limits type is httpx's or httpx2's, per version.
-    from openai._constants import DEFAULT_CONNECTION_LIMITS
-
-    return type(DEFAULT_CONNECTION_LIMITS)(max_connections=None, max_keepalive_connections=None)
+    # the window (--concurrency) is the limit.
+    return httpx2.Limits(max_connections=None, max_keepalive_connections=None)
 
 
 def _reason(e: BaseException) -> str:
@@ -402,28 +338,49 @@ def _error_message(payload: bytes) -> str:
 
 
 def _reply(payload: bytes, url: str, max_tokens: int) -> TeacherReply:
+    """A chat completion, validated where it enters: a reply of another shape is the server's fault
+    (a TeacherError the retry policy may retry), never an exception from deeper in our code."""
     try:
-        data = json.loads(payload)
-        choice = data["choices"][0]
-        message = choice["message"]
-        calls = tuple(
-            ToolCall(id=c.get("id") or "", name=c["function"]["name"],
-                     arguments=c["function"].get("arguments") or "{}")
-            for c in message.get("tool_calls") or ()
-        )
-        usage = data.get("usage") or {}
-        finish_reason = choice.get("finish_reason") or "stop"
-        completion_tokens = int(usage.get("completion_tokens") or 0)
-        return TeacherReply(
-            content=message.get("content") or "",
-            reasoning=message.get("reasoning") or message.get("reasoning_content"),
-            tool_calls=calls,
-            finish_reason=finish_reason,
-            usage=Usage(int(usage.get("prompt_tokens") or 0), completion_tokens),
-            # vLLM shortens max_tokens to what is left of the context instead of refusing, so a turn cut
-            # before the max_tokens asked for was cut by the context window, not by max_tokens.
-            context_full=finish_reason == "length" and 0 < completion_tokens < max_tokens,
-        )
-    except (KeyError, IndexError, TypeError, AttributeError, ValueError):
-        raise TeacherError(f"teacher {url} answered something that is not a chat completion: "
+        return _completion(json.loads(payload), max_tokens)
+    except ValueError as e:
+        raise TeacherError(f"teacher {url} answered something that is not a chat completion ({e}): "
                            f"{payload[:200]!r}", transient=True, cause="bad_response") from None
+
+
+def _completion(data: Any, max_tokens: int) -> TeacherReply:
+    """The reply of a chat completion's JSON; ValueError names what is missing or of another type."""
+    choices = _field(data, "choices", list)
+    if not choices:
+        raise ValueError("no choices")
+    message = _field(choices[0], "message", dict)
+    calls = tuple(ToolCall(_field(c, "id", str, "") or "", _field(_field(c, "function", dict), "name", str),
+                           _field(c["function"], "arguments", str, "") or "{}")
+                  for c in _field(message, "tool_calls", list, []) or ())
+    usage = _field(data, "usage", dict, {}) or {}
+    finish_reason = _field(choices[0], "finish_reason", str, "") or "stop"
+    completion_tokens = _field(usage, "completion_tokens", int, 0) or 0
+    return TeacherReply(
+        content=_field(message, "content", str, "") or "",
+        reasoning=_field(message, "reasoning", str, None) or _field(message, "reasoning_content", str, None),
+        tool_calls=calls,
+        finish_reason=finish_reason,
+        usage=Usage(_field(usage, "prompt_tokens", int, 0) or 0, completion_tokens),
+        # vLLM shortens max_tokens to what is left of the context instead of refusing, so a turn cut
+        # before the max_tokens asked for was cut by the context window, not by max_tokens.
+        context_full=finish_reason == "length" and 0 < completion_tokens < max_tokens,
+    )
+
+
+_REQUIRED = object()
+
+
+def _field(obj: Any, key: str, kind: type, default: Any = _REQUIRED) -> Any:
+    """`obj[key]` if it is a `kind`; a missing or null one is `default` (when there is one)."""
+    if not isinstance(obj, dict):
+        raise ValueError(f"expected an object holding {key!r}, got {type(obj).__name__}")
+    value = obj.get(key)
+    if value is None and default is not _REQUIRED:
+        return default
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ValueError(f"{key!r} is not a {kind.__name__}")
+    return value

@@ -8,15 +8,35 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TypeVar
 
-from hfdistill.config import RetryPolicy
 from hfdistill.errors import ServiceError
 
-__all__ = ["is_transient", "parse_retry_after", "with_retries"]
+__all__ = ["RetryPolicy", "is_transient", "parse_retry_after", "with_retries"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How transient HTTP failures are retried: bounded attempts, exponential backoff, full jitter."""
+
+    attempts: int = 5
+    backoff: float = 1.0  # seconds before the first retry; doubles each time
+    max_backoff: float = 30.0
+    timeout: float = 1800.0  # per request; vLLM may queue a request behind hundreds of others
+    # While a teacher request is open longer than this, the server is probed this often; two failed
+    # probes in a row fail its open requests (a stopped vLLM may hold sockets open without answering).
+    stall_probe: float = 20.0
+
+    def delay(self, attempt: int, rand: float, retry_after: float | None = None) -> float:
+        """Seconds to wait before attempt `attempt + 1`; `rand` is uniform in [0, 1)."""
+        if retry_after is not None:
+            return min(max(retry_after, 0.0), self.max_backoff * 4)
+        return min(self.max_backoff, self.backoff * 2 ** (attempt - 1)) * (0.5 + rand / 2)
+
 
 
 async def with_retries(op: Callable[[int], Awaitable[T]], policy: RetryPolicy, *, what: str) -> T:

@@ -46,7 +46,8 @@ def test_both_endpoints_share_the_work_and_rollouts_stick(two_teachers: list[tup
     distiller, rows = _run([s.url for _, s in two_teachers], retriever[1], 40, concurrency=8)
     assert len(rows) == 40 and not distiller.failures
     a, b = (fake for fake, _ in two_teachers)
-    assert 0.35 <= len(a.requests) / (len(a.requests) + len(b.requests)) <= 0.65
+    # least outstanding requests: equal servers never differ by more than the window's conversations
+    assert abs(len(_questions(a)) - len(_questions(b))) <= 8
     # every conversation's turns went to one server, so its prefix cache is reused
     assert not _questions(a) & _questions(b)
     assert len(_questions(a) | _questions(b)) == 40

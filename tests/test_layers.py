@@ -1,0 +1,81 @@
+"""The layer contract, read from the source: imports point down the layers, only `cli` reads argv or the
+environment, only the client packages import HTTP clients. A new module must be placed in a layer here."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "hfdistill"
+
+# Bottom to top; a module may import modules of its own layer or of layers below it.
+LAYERS: dict[str, tuple[str, ...]] = {
+    "core": ("types", "errors", "scoring", "toolcalls", "tools", "templates", "prompts", "rollout", "rows",
+             "atomic"),
+    "clients": ("teacher", "retrieval", "config"),
+    "run": ("inputs", "journal", "identity", "output", "recorder", "run", "progress", "publish", "curation"),
+    "front": ("distiller", "generate", "engines", "process", "cli", "__init__", "__main__"),
+}
+HTTP_CLIENTS = {"aiohttp", "httpx", "httpx2", "openai", "requests", "urllib3", "urllib.request"}
+HTTP_PACKAGES = {"teacher", "retrieval"}
+
+
+def _modules() -> list[Path]:
+    return sorted(PACKAGE.rglob("*.py"))
+
+
+def _unit(path: Path) -> str:
+    """The name the contract places: a top-level module, or a subpackage as a whole."""
+    return path.relative_to(PACKAGE).parts[0].removesuffix(".py")
+
+
+def _layer(unit: str) -> int:
+    for rank, units in enumerate(LAYERS.values()):
+        if unit in units:
+            return rank
+    raise AssertionError(f"hfdistill.{unit} is in no layer of tests/test_layers.py: place it")
+
+
+def _imports(path: Path) -> list[str]:
+    names = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.append(node.module)
+            names += [f"{node.module}.{a.name}" for a in node.names if node.module == "hfdistill"]
+    return names
+
+
+@pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_imports_point_down_the_layers(path: Path) -> None:
+    unit = _unit(path)
+    for name in _imports(path):
+        parts = name.split(".")
+        if parts[0] != "hfdistill" or len(parts) < 2 or parts[1] == "__version__":  # the package's own metadata
+            continue
+        assert _layer(parts[1]) <= _layer(unit), f"hfdistill.{unit} imports {name}, a layer above it"
+
+
+@pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_only_the_cli_reads_argv_and_the_environment(path: Path) -> None:
+    if _unit(path) == "cli":
+        return
+    source = path.read_text()
+    for read in ("os.environ", "os.getenv", "sys.argv"):
+        assert read not in source, f"{path.name} reads {read}: only hfdistill.cli may"
+
+
+@pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_only_the_client_packages_import_http_clients(path: Path) -> None:
+    if _unit(path) in HTTP_PACKAGES:
+        return
+    for name in _imports(path):
+        assert not any(name == c or name.startswith(c + ".") for c in HTTP_CLIENTS), \
+            f"{path.name} imports {name}: HTTP clients belong in teacher/ or retrieval/"
+
+
+def test_the_contract_sees_every_module() -> None:
+    assert {_unit(p) for p in _modules()} <= {u for units in LAYERS.values() for u in units}
