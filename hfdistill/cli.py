@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from hfdistill.commands import add_other_commands, common_options, flag
-from hfdistill.config import OBSERVATION_FORMATS, TOOL_CALL_MODES, DistillConfig, RetryPolicy
+from hfdistill.config import OBSERVATION_FORMATS, PRIORITY_MODES, TOOL_CALL_MODES, DistillConfig, RetryPolicy
 from hfdistill.errors import ConfigError, HfdistillError
 from hfdistill.inputs import DATA_FILES
 
@@ -106,6 +106,12 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     _teacher_options(p.add_argument_group("teacher"))
     _retrieval_options(p.add_argument_group("retrieval"))
     _data_options(p.add_argument_group("data"))
+    e = p.add_argument_group("engine")
+    flag(e, "engine", choices=("local", "ray"), default="local",
+         help="where rollouts are made: local (this process, default) or ray (an actor pool on the Ray cluster "
+              "named by RAY_ADDRESS, or a local one without it; pip install \"hfdistill[ray]\")")
+    flag(e, "ray_actors", type=int, help="--engine ray: actors in the pool (default: one per CPU of the cluster, "
+                                         "at most 32)")
     h = p.add_argument_group("publishing (checked before the run, pushed after a complete one)")
     flag(h, "push_to_hub", metavar="USER/NAME", help="push the output and its dataset card to this Hub repo")
     flag(h, "private", action="store_true", default=None, help="create the Hub repo private")
@@ -126,6 +132,9 @@ def _teacher_options(t: argparse._ArgumentGroup) -> None:
     flag(t, "tool_call_mode", choices=TOOL_CALL_MODES, default="auto",
          help="native: tools= and server-side parsing; text: tools in the system prompt, <tool_call> parsed "
                "here; auto (default): native unless the server refuses tools=")
+    flag(t, "priority", choices=PRIORITY_MODES, default="auto",
+         help="send vLLM a request priority so continuing conversations are served before new ones (vLLM "
+              "--scheduling-policy priority): on, off, or auto (default: on, off for a server that refuses it)")
     flag(t, "concurrency", type=int, help="rollouts in flight (default: 512 per teacher endpoint)")
     flag(t, "request_timeout", type=float, default=1800.0, help="seconds per HTTP request (default 1800)")
     flag(t, "max_retries", type=int, default=4, help="retries of a transient HTTP failure (default 4)")
@@ -232,7 +241,7 @@ def _config(args: argparse.Namespace, seed: dict[str, Any]) -> DistillConfig:
         api_key=args.api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY",
         max_assistant_turns=seed["max_assistant_turns"], temperature=seed["temperature"],
         max_tokens=seed["max_tokens"], top_p=args.top_p, presence_penalty=args.presence_penalty, seed=args.seed,
-        topk=args.topk, tool_call_mode=args.tool_call_mode, query_arg=args.query_arg,
+        topk=args.topk, tool_call_mode=args.tool_call_mode, priority=args.priority, query_arg=args.query_arg,
         observation_format=args.observation_format, template_dir=args.template_dir,
         num_rollouts=args.num_rollouts, concurrency=args.concurrency, question_field=args.question_field,
         answer_field=args.answer_field,
@@ -255,7 +264,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
                                   max_samples=seed["max_samples"], batch_size=seed["batch_size"], keep=args.keep,
                                   keep_malformed=args.keep_malformed, overwrite=args.overwrite,
                                   command=_command_line(args.argv), progress=not args.quiet,
-                                  log_interval=args.log_interval)
+                                  log_interval=args.log_interval, engine=args.engine, ray_actors=args.ray_actors)
     if args.push_to_hub:
         from hfdistill.publish.hub import check_push_target
 

@@ -40,6 +40,7 @@ STOP = ["\n<tool_response>", "<tool_response>"]
 _CONTEXT_RE = re.compile(r"maximum context length|context length|context window|too long|max_model_len"
                          r"|max_tokens must be at least 1, got (?:0|-\d+)", re.IGNORECASE)
 _TOOLS_REFUSED_RE = re.compile(r"tool.choice|enable-auto-tool-choice|tool-call-parser", re.IGNORECASE)
+_PRIORITY_REFUSED_RE = re.compile(r"priority scheduling is not enabled", re.IGNORECASE)  # vLLM's fcfs policy
 _STALL_PROBES = 2  # failed health probes in a row after which an endpoint's open requests are failed
 
 
@@ -148,15 +149,30 @@ class Teacher:
 
     async def chat(self, messages: list[dict[str, Any]], route: Route) -> TeacherReply:
         """One assistant turn for `messages`; raises ContextLengthError when they no longer fit."""
-        body = b"".join((self._request_params(), b',"messages":[', route.messages_json(messages), b"]}"))
+        params, history = self._request_params(), route.messages_json(messages)
+        # Continuing conversations first: with vLLM's --scheduling-policy priority the lowest value is
+        # served first, so turn n (priority 1 - n) never queues behind new conversations (turn 1, 0).
+        priority = 0 if self.config.priority == "off" else -sum(m.get("role") == "assistant" for m in messages)
+
+        def body(endpoint: Endpoint) -> bytes:
+            extra = b',"priority":%d' % priority if priority and endpoint.priority else b""
+            return b"".join((params, extra, b',"messages":[', history, b"]}"))
 
         async def attempt(n: int) -> TeacherReply:
             endpoint = self.pool.pick(route)
             if n > 1:
                 self.stats.retries += 1
             try:
-                reply = await self._post_once(endpoint, body)
+                reply = await self._post_once(endpoint, body(endpoint))
             except TeacherError as e:
+                if e.cause == "priority_refused" and self.config.priority == "auto":
+                    if endpoint.priority:  # (turns sent before the first refusal came back are refused too)
+                        log.info("teacher %s does not schedule by priority (vLLM --scheduling-policy fcfs); "
+                                 "sending it none", endpoint.url)
+                    endpoint.priority = False  # a server on --scheduling-policy fcfs: no priority from now on
+                    reply = await self._post_once(endpoint, body(endpoint))
+                    self._count(endpoint, reply)
+                    return reply
                 if e.cause in ("connection", "timeout", "stalled"):
                     self.pool.mark_down(endpoint)
                 raise
@@ -288,6 +304,9 @@ def _status_error(status: int, payload: bytes, retry_after: str | None, url: str
     message = _error_message(payload)
     if status == 400 and _CONTEXT_RE.search(message):
         return ContextLengthError(f"the conversation no longer fits the teacher's context: {message}")
+    if status == 400 and _PRIORITY_REFUSED_RE.search(message):
+        return TeacherError(f"teacher {url} refuses request priorities ({message}); start vLLM with "
+                            "--scheduling-policy priority, or pass --priority auto or off", cause="priority_refused")
     if status == 400 and _TOOLS_REFUSED_RE.search(message):
         return TeacherError(f"teacher {url} refuses tools= ({message}); start vLLM with "
                             "--enable-auto-tool-choice --tool-call-parser hermes, or use --tool-call-mode text",
