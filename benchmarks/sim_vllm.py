@@ -20,13 +20,13 @@ import argparse
 import asyncio
 import contextlib
 import hashlib
+import heapq
 import itertools
 import json
 import random
 import re
 import sys
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -218,13 +218,21 @@ def build_message(plan: TurnPlan, native: bool, reasoning_parser: bool, call_id:
 
 
 class SlotPool:
-    """FIFO admission to `slots` sequence slots (0 = unlimited), integrating occupied slots over time."""
+    """Admission to `slots` sequence slots (0 = unlimited), integrating occupied slots over time.
+
+    Waiting requests are admitted in order of (priority, arrival): with every priority 0 (vLLM's
+    default `--scheduling-policy fcfs`) that is first come, first served; with `priority` set, a
+    lower value is served first, as vLLM's `--scheduling-policy priority` does. (vLLM may also
+    preempt a running request for a higher-priority one when its KV cache is full; the simulator
+    has no KV cache, so it only orders the queue.)
+    """
 
     def __init__(self, slots: int) -> None:
         self.slots = slots
         self.occupied = 0
         self.max_queue = 0
-        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []  # a heap
+        self._arrivals = itertools.count()
         self._area = 0.0
         self._mark = time.monotonic()
 
@@ -243,34 +251,32 @@ class SlotPool:
         self._area += self.occupied * (now - self._mark)
         self._mark, self.occupied = now, occupied
 
-    async def acquire(self) -> None:
+    async def acquire(self, priority: int = 0) -> None:
         if not self._waiters and (self.slots <= 0 or self.occupied < self.slots):
             self._set_occupied(self.occupied + 1)
             return
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
+        heapq.heappush(self._waiters, (priority, next(self._arrivals), waiter))
         self.max_queue = max(self.max_queue, len(self._waiters))
         try:
             await waiter
         except asyncio.CancelledError:
             if waiter.done() and not waiter.cancelled():
                 self.release()  # the slot reached us just as we were cancelled: pass it on
-            else:
-                with contextlib.suppress(ValueError):
-                    self._waiters.remove(waiter)
+            # else: left in the heap, cancelled; release() skips it
             raise
 
     def release(self) -> None:
         while self._waiters:
-            waiter = self._waiters.popleft()
+            _, _, waiter = heapq.heappop(self._waiters)
             if not waiter.done():
                 waiter.set_result(None)  # hand the slot over: occupancy stays the same
                 return
         self._set_occupied(self.occupied - 1)
 
     @contextlib.asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
-        await self.acquire()
+    async def slot(self, priority: int = 0) -> AsyncIterator[None]:
+        await self.acquire(priority)
         try:
             yield
         finally:
@@ -286,6 +292,7 @@ class SimConfig:
     tpot: float = 0.0007  # seconds per completion token
     no_tools: bool = False  # emulate `vllm serve` without --enable-auto-tool-choice
     reasoning_parser: bool = False  # emulate --reasoning-parser (thinking in message.reasoning)
+    scheduling_policy: str = "fcfs"  # vLLM's --scheduling-policy: fcfs refuses a non-zero `priority`
 
     def service_time(self, prompt_tokens: int, completion_tokens: int) -> float:
         return self.prefill + self.prefill_per_1k * prompt_tokens / 1000 + self.tpot * completion_tokens
@@ -355,7 +362,8 @@ async def chat_completions(request: web.Request) -> web.Response:
     prompt_tokens, n = _prompt_tokens(body), int(body.get("n") or 1)
     service = config.service_time(prompt_tokens, plan.completion_tokens)
     # n sequences occupy n slots, as in vLLM; they share the plan, so they finish together.
-    await asyncio.gather(*(_hold(state.pool, service) for _ in range(n)))
+    priority = int(body.get("priority") or 0)
+    await asyncio.gather(*(_hold(state.pool, service, priority) for _ in range(n)))
     number = next(state.ids)
     choices = []
     for index in range(n):
@@ -368,13 +376,15 @@ async def chat_completions(request: web.Request) -> web.Response:
 def _refusal(body: dict[str, Any], config: SimConfig) -> web.Response | None:
     if body.get("tools") and config.no_tools:
         return _error(400, NO_TOOLS_MESSAGE)
+    if body.get("priority") and config.scheduling_policy != "priority":  # vLLM's own words
+        return _error(400, f"Got priority {body['priority']} but Priority scheduling is not enabled.")
     if body.get("stream"):
         return _error(400, "sim_vllm does not simulate streaming; send stream=false")
     return None
 
 
-async def _hold(pool: SlotPool, seconds: float) -> None:
-    async with pool.slot():
+async def _hold(pool: SlotPool, seconds: float, priority: int) -> None:
+    async with pool.slot(priority):
         if seconds > 0:
             await asyncio.sleep(seconds)
 
@@ -535,11 +545,37 @@ async def _check_protocol(session: aiohttp.ClientSession, url: str) -> list[str]
     return failures
 
 
+async def _check_priority(session: aiohttp.ClientSession, url: str, fcfs_url: str) -> list[str]:
+    """One slot: requests queued behind a running one are served lowest priority value first; fcfs refuses."""
+    failures: list[str] = []
+    order: list[int] = []
+
+    async def one(priority: int) -> None:
+        body = {"messages": [{"role": "user", "content": make_question(1)}], "priority": priority}
+        async with session.post(f"{url}/v1/chat/completions", json=body) as r:
+            await r.read()
+        order.append(priority)
+
+    first = asyncio.create_task(one(5))
+    await asyncio.sleep(0.05)  # holds the slot
+    queued = [asyncio.create_task(one(p)) for p in (0, -2, -1)]
+    await asyncio.gather(first, *queued)
+    if order != [5, -2, -1, 0]:
+        failures.append(f"priority: served in order {order}, expected [5, -2, -1, 0]")
+    body = {"messages": [{"role": "user", "content": "q"}], "priority": -1}
+    async with session.post(f"{fcfs_url}/v1/chat/completions", json=body) as r:
+        if r.status != 400 or "Priority scheduling is not enabled" not in (await r.json())["error"]["message"]:
+            failures.append(f"fcfs: a priority request got {r.status}, expected vLLM's 400")
+    return failures
+
+
 async def self_check() -> list[str]:
     """Slot accounting and protocol checks against an in-process server; returns the failures."""
     slots, hold = 4, 0.4
     runner, port = await start(SimConfig(slots=slots, prefill=hold, prefill_per_1k=0, tpot=0))
     refusing, refusing_port = await start(SimConfig(no_tools=True, prefill=0, tpot=0))
+    ordered, ordered_port = await start(SimConfig(slots=1, prefill=0.2, prefill_per_1k=0, tpot=0,
+                                                  scheduling_policy="priority"))
     try:
         async with aiohttp.ClientSession() as session:
             url = f"http://127.0.0.1:{port}"
@@ -549,9 +585,11 @@ async def self_check() -> list[str]:
             async with session.post(f"http://127.0.0.1:{refusing_port}/v1/chat/completions", json=body) as r:
                 if r.status != 400 or NO_TOOLS_MESSAGE not in (await r.json())["error"]["message"]:
                     failures.append(f"--no-tools: expected 400 with vLLM's message, got {r.status}")
+            failures += await _check_priority(session, f"http://127.0.0.1:{ordered_port}", url)
     finally:
         await runner.cleanup()
         await refusing.cleanup()
+        await ordered.cleanup()
     return failures
 
 
@@ -569,6 +607,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", default=DEFAULT_MODEL)
     p.add_argument("--no-tools", action="store_true", help="refuse requests with `tools` (HTTP 400)")
     p.add_argument("--reasoning-parser", action="store_true", help="put thinking in message.reasoning")
+    p.add_argument("--scheduling-policy", choices=("fcfs", "priority"), default="fcfs",
+                   help="fcfs (vLLM's default) refuses requests with a non-zero priority; priority serves the "
+                        "lowest value first")
     p.add_argument("--self-check", action="store_true", help="check slot accounting and protocol, then exit")
     return p.parse_args(argv)
 
@@ -597,6 +638,7 @@ def main(argv: list[str] | None = None) -> int:
         args.tpot,
         args.no_tools,
         args.reasoning_parser,
+        args.scheduling_policy,
     )
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(config, args.host, args.port))

@@ -17,7 +17,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from hfdistill.config import OBSERVATION_FORMATS, TOOL_CALL_MODES, DistillConfig, RetryPolicy
+from hfdistill.commands import add_other_commands, common_options, flag
+from hfdistill.config import OBSERVATION_FORMATS, PRIORITY_MODES, TOOL_CALL_MODES, DistillConfig, RetryPolicy
 from hfdistill.curation import options as curation
 from hfdistill.errors import ConfigError, HfdistillError
 from hfdistill.inputs import DATA_FILES
@@ -90,79 +91,82 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"hfdistill {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_generate(sub)
-    _add_serve_retriever(sub)
-    _add_inspect(sub)
-    _add_report(sub)
-    _add_card(sub)
-    _add_push(sub)
+    add_other_commands(sub)
     _add_curate(sub)
     return parser
-
-
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (repeatable)")
-    p.add_argument("-q", "--quiet", action="count", default=0, help="less log output (and no progress line)")
-
-
-def _flag(p: argparse.ArgumentParser | argparse._ArgumentGroup, name: str, **kwargs: Any) -> None:
-    """Accept both `--snake_case` and `--dash-case` spellings."""
-    spellings = dict.fromkeys([f"--{name}", f"--{name.replace('_', '-')}"])
-    p.add_argument(*spellings, dest=name, **kwargs)
 
 
 def _add_generate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("generate", help="distil conversations from a teacher into a parquet file",
                        description="Distil multi-turn search-tool conversations. Every option of the "
                                    "original script works, as a flag or as its environment variable.")
-    _common(p)
+    common_options(p)
     seed = p.add_argument_group("options of the original script (flag or environment variable)")
     for env, name, _type, default in SEED_OPTIONS:
         shown = default if default is not None else "<input name>_distilled.parquet"
-        _flag(seed, name, default=None, metavar=env, help=f"env {env}; default {shown}")
-    t = p.add_argument_group("teacher")
-    _flag(t, "model", help="served model id (default: the one listed at /v1/models)")
-    _flag(t, "api_key", help="API key for the teacher (default: env OPENAI_API_KEY, else 'EMPTY')")
-    _flag(t, "top_p", type=float, help="nucleus sampling (Tongyi's authors use 0.95; default: server's)")
-    _flag(t, "presence_penalty", type=float, help="(Tongyi's authors use 1.1; default: server's)")
-    _flag(t, "seed", type=int, help="sampling seed sent with every request")
-    _flag(t, "tool_call_mode", choices=TOOL_CALL_MODES, default="auto",
-          help="native: tools= and server-side parsing; text: tools in the system prompt, <tool_call> parsed "
-               "here; auto (default): native unless the server refuses tools=")
-    _flag(t, "concurrency", type=int, help="rollouts in flight (default: 512 per teacher endpoint)")
-    _flag(t, "request_timeout", type=float, default=1800.0, help="seconds per HTTP request (default 1800)")
-    _flag(t, "max_retries", type=int, default=4, help="retries of a transient HTTP failure (default 4)")
-    _flag(t, "retry_backoff", type=float, default=1.0,
-          help="seconds before the first retry, doubling each time, with jitter (default 1)")
-    r = p.add_argument_group("retrieval")
-    _flag(r, "corpus", metavar="CORPUS.jsonl",
-          help="search this Search-R1 JSONL corpus with the embedded BM25 retriever instead of RETRIEVAL_URL")
-    _flag(r, "index_dir", help="where the corpus index lives (default: next to the corpus)")
-    _flag(r, "topk", type=int, default=3, help="documents per query (default 3)")
-    _flag(r, "query_arg", choices=("query_list", "query"), default="query_list",
-          help="argument name of the search tool's query array (default query_list, as verl)")
-    _flag(r, "observation_format", choices=OBSERVATION_FORMATS, default="seed",
-          help="tool message format: seed ('Query: ...' + '[i] title: text') or verl ({\"result\": ...})")
-    d = p.add_argument_group("data")
-    _flag(d, "num_rollouts", type=int, default=1, help="independent rollouts per question (default 1)")
-    _flag(d, "question_field", help="dotted path of the question, e.g. extra_info.question (default: found)")
-    _flag(d, "answer_field", help="dotted path of the golden answers (default: found)")
-    _flag(d, "template_dir", help="directory whose templates override the built-ins by file name")
-    _flag(d, "keep", default="all", help=curation.KEEP_HELP)
-    _flag(d, "keep_malformed", action="store_true",
-          help="also write rows in which the model wrote a tool call that is not even JSON (flagged "
-               "malformed_call; held back by default so the student does not learn to write one)")
-    _flag(d, "overwrite", action="store_true", help="discard an existing output and its run, start over")
-    curation.add_judge_arguments(p, _flag)
-    curation.add_curation_arguments(p, _flag)
+        flag(seed, name, default=None, metavar=env, help=f"env {env}; default {shown}")
+    _teacher_options(p.add_argument_group("teacher"))
+    _retrieval_options(p.add_argument_group("retrieval"))
+    _data_options(p.add_argument_group("data"))
+    e = p.add_argument_group("engine")
+    flag(e, "engine", choices=("local", "ray"), default="local",
+         help="where rollouts are made: local (this process, default) or ray (an actor pool on the Ray cluster "
+              "named by RAY_ADDRESS, or a local one without it; pip install \"hfdistill[ray]\")")
+    flag(e, "ray_actors", type=int, help="--engine ray: actors in the pool (default: one per CPU of the cluster, "
+                                         "at most 32)")
+    curation.add_judge_arguments(p, flag)
+    curation.add_curation_arguments(p, flag)
     h = p.add_argument_group("publishing (checked before the run, pushed after a complete one)")
-    _flag(h, "push_to_hub", metavar="USER/NAME", help="push the output and its dataset card to this Hub repo")
-    _flag(h, "private", action="store_true", default=None, help="create the Hub repo private")
-    _flag(h, "license", help="license id for the card (default 'other', a placeholder to replace)")
-    _flag(h, "hf_token", help="Hugging Face write token (default: HF_TOKEN, else your `hf auth login`)")
-    _flag(p, "log_interval", type=_positive_seconds, default=30.0, metavar="SECONDS",
-          help="seconds between progress lines when stderr is not a terminal (default 30; a terminal gets a "
-               "live bar)")
+    flag(h, "push_to_hub", metavar="USER/NAME", help="push the output and its dataset card to this Hub repo")
+    flag(h, "private", action="store_true", default=None, help="create the Hub repo private")
+    flag(h, "license", help="license id for the card (default 'other', a placeholder to replace)")
+    flag(h, "hf_token", help="Hugging Face write token (default: HF_TOKEN, else your `hf auth login`)")
+    flag(p, "log_interval", type=_positive_seconds, default=30.0, metavar="SECONDS",
+         help="seconds between progress lines when stderr is not a terminal (default 30; a terminal gets a "
+              "live bar)")
     p.set_defaults(func=_cmd_generate)
+
+
+def _teacher_options(t: argparse._ArgumentGroup) -> None:
+    flag(t, "model", help="served model id (default: the one listed at /v1/models)")
+    flag(t, "api_key", help="API key for the teacher (default: env OPENAI_API_KEY, else 'EMPTY')")
+    flag(t, "top_p", type=float, help="nucleus sampling (Tongyi's authors use 0.95; default: server's)")
+    flag(t, "presence_penalty", type=float, help="(Tongyi's authors use 1.1; default: server's)")
+    flag(t, "seed", type=int, help="sampling seed sent with every request")
+    flag(t, "tool_call_mode", choices=TOOL_CALL_MODES, default="auto",
+         help="native: tools= and server-side parsing; text: tools in the system prompt, <tool_call> parsed "
+               "here; auto (default): native unless the server refuses tools=")
+    flag(t, "priority", choices=PRIORITY_MODES, default="auto",
+         help="send vLLM a request priority so continuing conversations are served before new ones (vLLM "
+              "--scheduling-policy priority): on, off, or auto (default: on, off for a server that refuses it)")
+    flag(t, "concurrency", type=int, help="rollouts in flight (default: 512 per teacher endpoint)")
+    flag(t, "request_timeout", type=float, default=1800.0, help="seconds per HTTP request (default 1800)")
+    flag(t, "max_retries", type=int, default=4, help="retries of a transient HTTP failure (default 4)")
+    flag(t, "retry_backoff", type=float, default=1.0,
+         help="seconds before the first retry, doubling each time, with jitter (default 1)")
+
+
+def _retrieval_options(r: argparse._ArgumentGroup) -> None:
+    flag(r, "corpus", metavar="CORPUS.jsonl",
+         help="search this Search-R1 JSONL corpus with the embedded BM25 retriever instead of RETRIEVAL_URL")
+    flag(r, "index_dir", help="where the corpus index lives (default: next to the corpus)")
+    flag(r, "topk", type=int, default=3, help="documents per query (default 3)")
+    flag(r, "query_arg", choices=("query_list", "query"), default="query_list",
+         help="argument name of the search tool's query array (default query_list, as verl)")
+    flag(r, "observation_format", choices=OBSERVATION_FORMATS, default="seed",
+         help="tool message format: seed ('Query: ...' + '[i] title: text') or verl ({\"result\": ...})")
+
+
+def _data_options(d: argparse._ArgumentGroup) -> None:
+    flag(d, "num_rollouts", type=int, default=1, help="independent rollouts per question (default 1)")
+    flag(d, "question_field", help="dotted path of the question, e.g. extra_info.question (default: found)")
+    flag(d, "answer_field", help="dotted path of the golden answers (default: found)")
+    flag(d, "template_dir", help="directory whose templates override the built-ins by file name")
+    flag(d, "keep", default="all", help=curation.KEEP_HELP)
+    flag(d, "keep_malformed", action="store_true",
+         help="also write rows in which the model wrote a tool call that is not even JSON (flagged "
+               "malformed_call; held back by default so the student does not learn to write one)")
+    flag(d, "overwrite", action="store_true", help="discard an existing output and its run, start over")
 
 
 def _positive_seconds(text: str) -> float:
@@ -240,7 +244,7 @@ def _config(args: argparse.Namespace, seed: dict[str, Any]) -> DistillConfig:
         api_key=args.api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY",
         max_assistant_turns=seed["max_assistant_turns"], temperature=seed["temperature"],
         max_tokens=seed["max_tokens"], top_p=args.top_p, presence_penalty=args.presence_penalty, seed=args.seed,
-        topk=args.topk, tool_call_mode=args.tool_call_mode, query_arg=args.query_arg,
+        topk=args.topk, tool_call_mode=args.tool_call_mode, priority=args.priority, query_arg=args.query_arg,
         observation_format=args.observation_format, template_dir=args.template_dir,
         num_rollouts=args.num_rollouts, concurrency=args.concurrency, question_field=args.question_field,
         answer_field=args.answer_field,
@@ -264,7 +268,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
                                   max_samples=seed["max_samples"], batch_size=seed["batch_size"], keep=args.keep,
                                   keep_malformed=args.keep_malformed, overwrite=args.overwrite,
                                   command=_command_line(args.argv), progress=not args.quiet,
-                                  log_interval=args.log_interval,
+                                  log_interval=args.log_interval, engine=args.engine, ray_actors=args.ray_actors,
                                   curation=curation.curation_from_args(args))
     if args.push_to_hub:
         from hfdistill.publish.hub import check_push_target
@@ -338,138 +342,12 @@ def _duration(seconds: float) -> str:
     return format_duration(seconds)
 
 
-def _add_serve_retriever(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("serve-retriever", help="serve a JSONL corpus over the Search-R1 retrieval API (BM25)",
-                       description="A Search-R1-compatible retrieval server (POST /retrieve, GET /health) over a "
-                                   "JSONL corpus, with a BM25 index that is built once and reused while the "
-                                   "corpus is unchanged.")
-    _common(p)
-    p.add_argument("--corpus", required=True, metavar="CORPUS.jsonl",
-                   help='one passage per line: {"id", "contents"} (title on the first line) or {"id", "title", "text"}')
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
-    _flag(p, "index_dir", help="where the index is stored (default: CORPUS.jsonl.bm25s/ next to the corpus)")
-    p.add_argument("--topk", type=int, default=3, help="documents per query when a request gives none (default 3)")
-    p.set_defaults(func=_cmd_serve_retriever)
-
-
-def _cmd_serve_retriever(args: argparse.Namespace) -> int:
-    from hfdistill.retrieval.server import serve
-
-    serve(args.corpus, host=args.host, port=args.port, index_dir=args.index_dir, topk=args.topk)
-    return 0
-
-
-def _add_inspect(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("inspect", help="print conversations of an output file readably")
-    _common(p)
-    p.add_argument("path", help="an output parquet file")
-    p.add_argument("--row", type=int, default=0, help="first row to show (default 0)")
-    p.add_argument("-n", type=int, default=1, help="how many rows (default 1)")
-    p.set_defaults(func=_cmd_inspect)
-
-
-def _cmd_inspect(args: argparse.Namespace) -> int:
-    from hfdistill.publish.render import load_rows, render_conversation
-
-    for row in load_rows(args.path, args.row, args.n):
-        print(render_conversation(row))
-    return 0
-
-
-def _add_report(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("report", help="write one HTML page with charts and a browsable list of conversations",
-                       description="Write a self-contained HTML report of an output file: the funnel, stop "
-                                   "reasons, turns, searches, accuracy by searches and tokens as charts over every "
-                                   "row, and a filterable list of conversations (a seeded sample of --max-rows "
-                                   "rows). Open it in any browser; it makes no network request.")
-    _common(p)
-    p.add_argument("path", help="an output parquet file")
-    p.add_argument("-o", "--output", help="HTML file to write (default: next to the input, its name ending in "
-                                          ".report.html)")
-    # The default is report.DEFAULT_MAX_ROWS, not imported here: pyarrow would slow every command.
-    p.add_argument("--max-rows", type=int, default=None,
-                   help="conversations embedded in the page, a random sample (default 2000); the charts always "
-                        "count every row")
-    p.add_argument("--seed", type=int, default=0, help="seed of that sample (default 0)")
-    p.set_defaults(func=_cmd_report)
-
-
-def _cmd_report(args: argparse.Namespace) -> int:
-    from hfdistill.publish.report import DEFAULT_MAX_ROWS, write_report
-
-    output = args.output or str(Path(args.path).with_suffix(".report.html"))
-    max_rows = DEFAULT_MAX_ROWS if args.max_rows is None else args.max_rows
-    report = write_report(args.path, output, max_rows=max_rows, seed=args.seed)
-    sample = f"all {report.rows:,}" if report.sampled == report.rows else f"a sample of {report.sampled:,}"
-    log.info("wrote %s (%.1f MB): charts over %s rows, %s conversations in the list", report.path,
-             report.size / 1e6, f"{report.rows:,}", sample)
-    return 0
-
-
-def _card_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--license", help="license id for the card's metadata (default: keep the card's, else "
-                                     "'other', a placeholder to replace)")
-    p.add_argument("--overwrite-card", action="store_true",
-                   help="replace an existing card's hand-written text with the generated one (metadata is merged)")
-
-
-def _add_card(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("card", help="write the dataset card of an output file",
-                       description="Write the dataset card (Hub metadata, statistics, a sample, how to load and "
-                                   "train) of an output file. An existing card file is merged, as push does.")
-    _common(p)
-    p.add_argument("path", help="an output parquet file")
-    p.add_argument("-o", "--output", help="card file to write (default: print to stdout)")
-    p.add_argument("--repo-id", help="USER/NAME the data will live at, for the loading snippets")
-    _card_options(p)
-    p.set_defaults(func=_cmd_card)
-
-
-def _cmd_card(args: argparse.Namespace) -> int:
-    from hfdistill.publish.card import build_card, load_card_inputs, write_card
-
-    if args.output:
-        merged = write_card(args.path, args.output, repo_id=args.repo_id, license=args.license,
-                            overwrite=args.overwrite_card)
-        log.info("wrote %s (%s)", args.output, {"kept": "hand-written text kept, metadata merged",
-                                                "section": "generated section refreshed"}.get(merged.body, "new card"))
-        return 0
-    record, sample = load_card_inputs(args.path)
-    sys.stdout.write(build_card(record, sample, repo_id=args.repo_id, license=args.license))
-    return 0
-
-
-def _add_push(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("push", help="push an output file and its dataset card to the Hugging Face Hub",
-                       description="Push an output file to a Hub dataset repo (Dataset.push_to_hub), then merge the "
-                                   "generated card into the repo's README. The token comes from --token, HF_TOKEN "
-                                   "or `hf auth login`.")
-    _common(p)
-    p.add_argument("path", help="an output parquet file")
-    p.add_argument("--repo-id", required=True, help="USER/NAME or ORG/NAME of the dataset repo (created if missing)")
-    p.add_argument("--private", action="store_true", default=None,
-                   help="create the repo private (an existing repo keeps its visibility)")
-    p.add_argument("--token", help="Hugging Face token with write access (default: HF_TOKEN, else your login)")
-    _card_options(p)
-    p.set_defaults(func=_cmd_push)
-
-
-def _cmd_push(args: argparse.Namespace) -> int:
-    from hfdistill.publish.hub import push
-
-    url = push(args.path, args.repo_id, private=args.private, token=args.token, license=args.license,
-               overwrite_card=args.overwrite_card)
-    print(url)
-    return 0
-
-
 def _add_curate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("curate", help="re-curate an output file (judge, filter, select) without the teacher",
                        description="Judge, flag, filter and select the rows of an hfdistill output again, with the "
                                    "options of generate's curation, and write them atomically to -o.")
-    _common(p)
-    curation.add_curate_arguments(p, _flag)
+    common_options(p)
+    curation.add_curate_arguments(p, flag)
     p.set_defaults(func=_cmd_curate)
 
 

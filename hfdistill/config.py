@@ -10,10 +10,13 @@ from urllib.parse import urlsplit
 from hfdistill.errors import ConfigError
 from hfdistill.teacher.retry import RetryPolicy
 
-__all__ = ["DEFAULT_CONCURRENCY_PER_ENDPOINT", "OBSERVATION_FORMATS", "TOOL_CALL_MODES", "DistillConfig",
-           "JudgeConfig"]
+__all__ = ["DEFAULT_CONCURRENCY_PER_ENDPOINT", "OBSERVATION_FORMATS", "PRIORITY_MODES", "TOOL_CALL_MODES",
+           "DistillConfig", "JudgeConfig"]
 
 TOOL_CALL_MODES = ("auto", "native", "text")
+# vLLM request `priority` (served lowest first with --scheduling-policy priority): on, off, or auto (on
+# until a server refuses it, as vLLM's default fcfs policy does, then off for that server).
+PRIORITY_MODES = ("auto", "on", "off")
 OBSERVATION_FORMATS = ("seed", "verl")  # the original tool's tool message, or verl's search tool's
 # vLLM queues what exceeds its sequence slots at no cost, while rollouts spend part of their
 # life in retrieval; 512 per endpoint keeps a 256-slot server full (see benchmarks/).
@@ -53,6 +56,7 @@ class DistillConfig:
     seed: int | None = None
     topk: int = 3
     tool_call_mode: str = "auto"
+    priority: str = "auto"  # see PRIORITY_MODES; never changes a rollout, only when its turns are served
     query_arg: str = "query_list"
     observation_format: str = "seed"
     template_dir: str | None = None
@@ -77,6 +81,8 @@ class DistillConfig:
             raise ConfigError(f"--top_p must be in (0, 1], got {self.top_p}")
         if self.presence_penalty is not None and not -2 <= self.presence_penalty <= 2:
             raise ConfigError(f"--presence_penalty must be between -2 and 2, got {self.presence_penalty}")
+        if self.priority not in PRIORITY_MODES:
+            raise ConfigError(f"--priority must be one of {', '.join(PRIORITY_MODES)}, got {self.priority!r}")
         if self.tool_call_mode not in TOOL_CALL_MODES:
             raise ConfigError(f"--tool-call-mode must be one of {', '.join(TOOL_CALL_MODES)}, "
                               f"got {self.tool_call_mode!r}")

@@ -195,6 +195,22 @@ class Distiller:
         return {"calls": self.teacher_stats.calls, "tokens": self.teacher_stats.completion_tokens,
                 "requests": sum(r.teacher.in_flight for r in self._runtimes)}
 
+    def assume_teacher(self, model: str | None, mode: str | None, judge_model: str | None = None) -> None:
+        """Take the model ids and protocol that another process found when it probed the servers (an
+        engine's driver), instead of probing them again from here."""
+        self.model, self.mode, self._prepared = model, mode, True
+        self.judge_model = judge_model if judge_model is not None else self.judge_model
+
+    async def run_jobs(self, jobs: Sequence[RolloutJob], recorder: Recorder) -> None:
+        """Run these rollouts in the running loop, within the window, reporting each to `recorder`.
+
+        An engine's worker calls this with the jobs it was sent; every call in one loop shares the
+        clients and the window, as `map_batch` calls do.
+        """
+        self._recorder = recorder
+        runtime = await self._runtime()
+        await asyncio.gather(*(self._run(runtime, job) for job in jobs))
+
     def stop(self) -> None:
         """Start no new rollouts; those in flight finish and are recorded."""
         self._stop.requested = True

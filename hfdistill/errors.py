@@ -14,6 +14,7 @@
     ├── JournalError            the run directory cannot be used
     │   └── RunLockedError      another process is writing the same output
     ├── HubError                pushing to or reading from the Hugging Face Hub failed
+    ├── ClusterError            the Ray cluster cannot be reached or cannot run the work
     └── Interrupted             the run was stopped by a signal; finished work is kept
 
 Messages name the bad value and the fix. Foreign exceptions (openai, aiohttp, OSError)
@@ -23,6 +24,7 @@ are translated into these at the module that talks to the outside world.
 from __future__ import annotations
 
 __all__ = [
+    "ClusterError",
     "ConfigError",
     "ContextLengthError",
     "CorpusError",
@@ -138,6 +140,10 @@ class RunLockedError(JournalError):
 
 class HubError(HfdistillError):
     """A Hugging Face Hub operation failed."""
+
+
+class ClusterError(HfdistillError):
+    """The Ray cluster cannot be reached (RAY_ADDRESS) or failed to run the work."""
 
 
 def first_line(e: BaseException) -> str:

@@ -28,6 +28,7 @@ from hfdistill.curation.pipeline import CurationOptions, Curator
 from hfdistill.curation.rows import curated_row
 from hfdistill.curation.select import KEEP_VALUES, parse_keep
 from hfdistill.distiller import Distiller
+from hfdistill.engines import check_engine
 from hfdistill.errors import ConfigError, Interrupted, JournalError
 from hfdistill.identity import InputItems, RunIdentity, identify, rollout_options, scan_items
 from hfdistill.inputs import input_kind, load_input
@@ -62,8 +63,11 @@ class GenerateOptions:
     command: str = ""  # the command line, recorded for reproduction
     progress: bool = True  # the progress line on stderr
     log_interval: float = 30.0  # seconds between progress lines when stderr is not a terminal
+    engine: str = "local"  # where rollouts are made: this process, or a Ray cluster (see `engines`)
+    ray_actors: int | None = None  # --engine ray: actors in the pool (None: from the cluster's CPUs)
 
     def __post_init__(self) -> None:
+        check_engine(self.engine, self.ray_actors)
         if self.batch_size < 1:
             raise ConfigError(f"--batch_size must be >= 1, got {self.batch_size}")
         parse_keep(self.keep)
@@ -150,9 +154,14 @@ def _run_rollouts(distiller: Distiller, ds: datasets.Dataset, run: Run, options:
     log.info("distilling %d questions x %d rollouts; %d still to make", len(ds), distiller.config.num_rollouts,
              run.pending)
     try:
-        # The servers are probed as map starts, before its first rollout: one client per run.
-        distiller.map(ds, recorder=run, stop=stop, batch_size=options.batch_size, load_from_cache_file=False,
-                      cache_file_name=str(run.identity.run_dir / "map.arrow"), desc="hfdistill")
+        if options.engine == "ray":
+            from hfdistill.engines.ray import run_on_ray
+
+            run_on_ray(distiller, ds, run, stop=stop, actors=options.ray_actors, jobs_per_task=options.batch_size)
+        else:
+            # The servers are probed as map starts, before its first rollout: one client per run.
+            distiller.map(ds, recorder=run, stop=stop, batch_size=options.batch_size, load_from_cache_file=False,
+                          cache_file_name=str(run.identity.run_dir / "map.arrow"), desc="hfdistill")
     finally:
         stats = run.monitor.finish()
         teacher = distiller.teacher_stats

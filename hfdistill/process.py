@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import datasets
+from tqdm import tqdm
 
 from hfdistill.types import StopRequest
 
@@ -33,8 +34,9 @@ def _signals(stop: StopRequest) -> Iterator[None]:
         if stop.requested:
             raise KeyboardInterrupt
         stop.requested = True
-        sys.stderr.write(f"\n[hfdistill] {signal.Signals(signum).name}: finishing the rollouts in flight "
-                         "(they are recorded); press Ctrl-C again to stop at once\n")
+        # Through tqdm, so a live progress bar is cleared and redrawn below the message, not left stale.
+        tqdm.write(f"[hfdistill] {signal.Signals(signum).name}: finishing the rollouts in flight (they are "
+                   "recorded); press Ctrl-C again to stop at once", file=sys.stderr)
 
     previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from hfdistill.errors import ContextLengthError, TeacherError
-from hfdistill.teacher.client import _reply, _status_error
+from hfdistill.teacher.replies import reply_of, status_error
 from hfdistill.teacher.retry import RetryPolicy, is_transient
 
 NATIVE = {"choices": [{"message": {"content": None, "reasoning": "\nthink\n", "tool_calls": [
@@ -16,7 +16,7 @@ NATIVE = {"choices": [{"message": {"content": None, "reasoning": "\nthink\n", "t
 
 
 def test_a_vllm_completion_is_read() -> None:
-    reply = _reply(json.dumps(NATIVE).encode(), "http://t/v1", max_tokens=100)
+    reply = reply_of(json.dumps(NATIVE).encode(), "http://t/v1", max_tokens=100)
     assert reply.content == "" and reply.reasoning == "\nthink\n" and reply.finish_reason == "tool_calls"
     assert reply.tool_calls[0].arguments == '{"query": ["x"]}' and reply.usage.completion_tokens == 7
     assert not reply.context_full
@@ -24,7 +24,7 @@ def test_a_vllm_completion_is_read() -> None:
 
 def test_a_cut_short_of_max_tokens_is_the_context_window() -> None:
     cut = {"choices": [{"message": {"content": "a"}, "finish_reason": "length"}], "usage": {"completion_tokens": 1}}
-    assert _reply(json.dumps(cut).encode(), "u", max_tokens=100).context_full
+    assert reply_of(json.dumps(cut).encode(), "u", max_tokens=100).context_full
 
 
 @pytest.mark.parametrize("payload", [
@@ -37,7 +37,7 @@ def test_a_cut_short_of_max_tokens_is_the_context_window() -> None:
 ])
 def test_anything_else_is_a_transient_teacher_error(payload: bytes) -> None:
     with pytest.raises(TeacherError, match="not a chat completion") as caught:
-        _reply(payload, "http://t/v1", max_tokens=10)
+        reply_of(payload, "http://t/v1", max_tokens=10)
     assert caught.value.transient and caught.value.cause == "bad_response"
 
 
@@ -52,7 +52,7 @@ def test_anything_else_is_a_transient_teacher_error(payload: bytes) -> None:
     (503, "overloaded", TeacherError, True),
 ])
 def test_vllm_refusals_are_read(status: int, message: str, kind: type, transient: bool) -> None:
-    error = _status_error(status, json.dumps({"error": {"message": message}}).encode(), None, "http://t/v1")
+    error = status_error(status, json.dumps({"error": {"message": message}}).encode(), None, "http://t/v1")
     assert type(error) is kind and error.transient is transient and is_transient(status) is transient
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,10 +22,11 @@ import httpx2
 import openai
 
 from hfdistill.config import DistillConfig
-from hfdistill.errors import ConfigError, ContextLengthError, TeacherError
+from hfdistill.errors import ConfigError, TeacherError
 from hfdistill.teacher.pool import Endpoint, EndpointPool, Route
-from hfdistill.teacher.retry import is_transient, parse_retry_after, with_retries
-from hfdistill.types import TeacherReply, ToolCall, Usage
+from hfdistill.teacher.replies import reply_of, status_error
+from hfdistill.teacher.retry import with_retries
+from hfdistill.types import TeacherReply
 
 __all__ = ["Teacher", "TeacherStats"]
 
@@ -35,11 +35,6 @@ log = logging.getLogger(__name__)
 # vLLM tries stop strings in list order: the longer one first, or "<tool_response>" always wins and the
 # newline the model wrote before it stays at the end of the turn.
 STOP = ["\n<tool_response>", "<tool_response>"]
-# A prompt of exactly max-model-len tokens leaves no room for output: vLLM 0.32 answers
-# "max_tokens must be at least 1, got 0" rather than its context-length message.
-_CONTEXT_RE = re.compile(r"maximum context length|context length|context window|too long|max_model_len"
-                         r"|max_tokens must be at least 1, got (?:0|-\d+)", re.IGNORECASE)
-_TOOLS_REFUSED_RE = re.compile(r"tool.choice|enable-auto-tool-choice|tool-call-parser", re.IGNORECASE)
 _STALL_PROBES = 2  # failed health probes in a row after which an endpoint's open requests are failed
 
 
@@ -122,7 +117,7 @@ class Teacher:
             raise TeacherError(f"cannot reach the teacher at {endpoint.url} ({_reason(e)}); start vLLM "
                                "(vllm serve <model>) or fix VLLM_URL / --vllm_url") from None
         except openai.APIStatusError as e:
-            raise _status_error(e.status_code, e.response.content, e.response.headers.get("retry-after"),
+            raise status_error(e.status_code, e.response.content, e.response.headers.get("retry-after"),
                                 endpoint.url) from None
         ids = [m.id for m in page.data]
         if not ids:
@@ -148,15 +143,30 @@ class Teacher:
 
     async def chat(self, messages: list[dict[str, Any]], route: Route) -> TeacherReply:
         """One assistant turn for `messages`; raises ContextLengthError when they no longer fit."""
-        body = b"".join((self._request_params(), b',"messages":[', route.messages_json(messages), b"]}"))
+        params, history = self._request_params(), route.messages_json(messages)
+        # Continuing conversations first: with vLLM's --scheduling-policy priority the lowest value is
+        # served first, so turn n (priority 1 - n) never queues behind new conversations (turn 1, 0).
+        priority = 0 if self.config.priority == "off" else -sum(m.get("role") == "assistant" for m in messages)
+
+        def body(endpoint: Endpoint) -> bytes:
+            extra = b',"priority":%d' % priority if priority and endpoint.priority else b""
+            return b"".join((params, extra, b',"messages":[', history, b"]}"))
 
         async def attempt(n: int) -> TeacherReply:
             endpoint = self.pool.pick(route)
             if n > 1:
                 self.stats.retries += 1
             try:
-                reply = await self._post_once(endpoint, body)
+                reply = await self._post_once(endpoint, body(endpoint))
             except TeacherError as e:
+                if e.cause == "priority_refused" and self.config.priority == "auto":
+                    if endpoint.priority:  # (turns sent before the first refusal came back are refused too)
+                        log.info("teacher %s does not schedule by priority (vLLM --scheduling-policy fcfs); "
+                                 "sending it none", endpoint.url)
+                    endpoint.priority = False  # a server on --scheduling-policy fcfs: no priority from now on
+                    reply = await self._post_once(endpoint, body(endpoint))
+                    self._count(endpoint, reply)
+                    return reply
                 if e.cause in ("connection", "timeout", "stalled"):
                     self.pool.mark_down(endpoint)
                 raise
@@ -214,8 +224,8 @@ class Teacher:
             endpoint.outstanding -= 1
             endpoint.open.pop(task, None)
         if response.status_code >= 400:
-            raise _status_error(response.status_code, payload, response.headers.get("retry-after"), endpoint.url)
-        return _reply(payload, endpoint.url, self.config.max_tokens)
+            raise status_error(response.status_code, payload, response.headers.get("retry-after"), endpoint.url)
+        return reply_of(payload, endpoint.url, self.config.max_tokens)
 
     def _count(self, endpoint: Endpoint, reply: TeacherReply) -> None:
         """Rollout calls only: the start-up probes are not the run's work."""
@@ -282,86 +292,3 @@ def _unlimited() -> httpx2.Limits:
 def _reason(e: BaseException) -> str:
     cause = e.__cause__ or e.__context__
     return str(cause or e).strip().splitlines()[0] if str(cause or e).strip() else type(e).__name__
-
-
-def _status_error(status: int, payload: bytes, retry_after: str | None, url: str) -> TeacherError:
-    message = _error_message(payload)
-    if status == 400 and _CONTEXT_RE.search(message):
-        return ContextLengthError(f"the conversation no longer fits the teacher's context: {message}")
-    if status == 400 and _TOOLS_REFUSED_RE.search(message):
-        return TeacherError(f"teacher {url} refuses tools= ({message}); start vLLM with "
-                            "--enable-auto-tool-choice --tool-call-parser hermes, or use --tool-call-mode text",
-                            cause="tools_refused")
-    if status in (401, 403):
-        return TeacherError(f"teacher {url} refused the API key (HTTP {status}: {message}); set "
-                            "OPENAI_API_KEY or --api-key", cause=f"http_{status}")
-    if status == 404:
-        return TeacherError(f"teacher {url} answered 404 ({message}); check that VLLM_URL ends in /v1 and "
-                            "that --model names a served model", cause="http_404")
-    transient = is_transient(status)
-    return TeacherError(f"teacher {url} answered HTTP {status}: {message}", transient=transient,
-                        cause=f"http_{status}", retry_after=parse_retry_after(retry_after) if transient else None)
-
-
-def _error_message(payload: bytes) -> str:
-    """vLLM's error text: `{"message": ...}` or `{"error": {"message": ...}}`, else the raw body."""
-    try:
-        body = json.loads(payload)
-    except ValueError:
-        return payload.decode(errors="replace").strip()[:500]
-    if isinstance(body, dict):
-        inner = body.get("error", body)
-        if isinstance(inner, dict) and inner.get("message"):
-            return str(inner["message"])
-        if isinstance(inner, str):
-            return inner
-    return str(body)[:500]
-
-
-def _reply(payload: bytes, url: str, max_tokens: int) -> TeacherReply:
-    """A chat completion, validated where it enters: a reply of another shape is the server's fault
-    (a TeacherError the retry policy may retry), never an exception from deeper in our code."""
-    try:
-        return _completion(json.loads(payload), max_tokens)
-    except ValueError as e:
-        raise TeacherError(f"teacher {url} answered something that is not a chat completion ({e}): "
-                           f"{payload[:200]!r}", transient=True, cause="bad_response") from None
-
-
-def _completion(data: Any, max_tokens: int) -> TeacherReply:
-    """The reply of a chat completion's JSON; ValueError names what is missing or of another type."""
-    choices = _field(data, "choices", list)
-    if not choices:
-        raise ValueError("no choices")
-    message = _field(choices[0], "message", dict)
-    calls = tuple(ToolCall(_field(c, "id", str, "") or "", _field(_field(c, "function", dict), "name", str),
-                           _field(c["function"], "arguments", str, "") or "{}")
-                  for c in _field(message, "tool_calls", list, []) or ())
-    usage = _field(data, "usage", dict, {}) or {}
-    finish_reason = _field(choices[0], "finish_reason", str, "") or "stop"
-    completion_tokens = _field(usage, "completion_tokens", int, 0) or 0
-    return TeacherReply(
-        content=_field(message, "content", str, "") or "",
-        reasoning=_field(message, "reasoning", str, None) or _field(message, "reasoning_content", str, None),
-        tool_calls=calls,
-        finish_reason=finish_reason,
-        usage=Usage(_field(usage, "prompt_tokens", int, 0) or 0, completion_tokens),
-        # vLLM shortens max_tokens to what is left of the context instead of refusing, so a turn cut
-        # before the max_tokens asked for was cut by the context window, not by max_tokens.
-        context_full=finish_reason == "length" and 0 < completion_tokens < max_tokens,
-    )
-
-
-_REQUIRED = object()
-
-
-def _field(obj: Any, key: str, kind: type, default: Any = _REQUIRED) -> Any:
-    """`obj[key]` if it is a `kind`; a missing or null one is `default` (when there is one)."""
-    if not isinstance(obj, dict):
-        raise ValueError(f"expected an object holding {key!r}, got {type(obj).__name__}")
-    value = obj.get(key)
-    if value is None and default is not _REQUIRED:
-        return default
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise ValueError(f"{key!r} is not a {kind.__name__}")
-    return value

@@ -31,6 +31,7 @@ class Endpoint:
     name: str  # host:port, for statistics (never credentials)
     outstanding: int = 0
     down_until: float = 0.0
+    priority: bool = True  # takes vLLM's `priority` field (--priority auto learns otherwise from a refusal)
     # Requests waiting for an answer: the task awaiting each, and when it was sent (for the watchdog).
     open: dict[asyncio.Task[Any], float] = field(default_factory=dict)
     failed_by_watchdog: set[asyncio.Task[Any]] = field(default_factory=set)

@@ -1,0 +1,231 @@
+"""`--engine ray`: the run's rollouts spread over an actor pool across a Ray cluster.
+
+This process, the driver, keeps the run exactly as the local engine does: the output lock, the
+input and its identity by content, the journal, the account and the output are the local code.
+It probes the servers, then sends the rollouts the journal does not hold yet (with the turns an
+earlier attempt left of each unfinished conversation) through Ray Data: `map_batches` over an
+async actor class (`worker.RolloutWorker`, one per actor, each with its own window and teacher
+clients over every endpoint) on an `ActorPoolStrategy` pool, and `iter_batches` back here, where
+each finished rollout is journaled and each failure listed. Ray retries the work of an actor or a
+node that dies (Ray Data restarts its actors and re-runs their tasks); a retried task's second
+answer for a rollout already recorded is dropped, so the output holds every rollout exactly once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import datasets
+
+from hfdistill.distiller import Distiller
+from hfdistill.engines.worker import EVENT_COLUMN, JOB_COLUMN, Event, RolloutWorker, decode_event, encode_job
+from hfdistill.errors import ClusterError, first_line
+from hfdistill.recorder import Prior
+from hfdistill.run import Run
+from hfdistill.types import RolloutJob, StopRequest
+
+__all__ = ["ACTOR_CPUS", "MAX_DEFAULT_ACTORS", "run_on_ray"]
+
+log = logging.getLogger(__name__)
+
+MAX_DEFAULT_ACTORS = 32  # one actor feeds many GPUs (see the README); more only when asked for
+# An actor mostly waits on the network. Reserving half a CPU leaves room on the surviving nodes to
+# restart the actors of a lost one (Ray Data re-runs a dead actor's tasks on its restarted self).
+ACTOR_CPUS = 0.5
+_SCAN_CHUNK = 2048
+_ACTORS_START_SECONDS = 600  # a cluster that cannot start the pool in this time fails the run, naming why
+_Slot = tuple[int, int]
+
+
+@dataclass
+class _Dispatch:
+    """The jobs sent to the cluster by (input index, rollout index), and the answers dropped as duplicates."""
+
+    jobs: dict[_Slot, RolloutJob] = field(default_factory=dict)
+    duplicates: int = 0
+
+
+def run_on_ray(distiller: Distiller, ds: datasets.Dataset, run: Run, *, stop: StopRequest, actors: int | None,
+               jobs_per_task: int) -> None:
+    """Make every rollout `run` still owes on the Ray cluster, recording each into `run`.
+
+    Once `stop` is requested, the driver stops taking answers and the pool is shut down: rollouts not
+    back yet stay owed (the rerun makes them), as in a local run that was stopped.
+    """
+    import ray
+
+    distiller.prepare()  # servers down, wrong model, ...: one line, before any actor starts
+    dispatch = _Dispatch()
+    rows = []
+    for job, prior in _owed(distiller, ds, run):
+        assert job.input_index is not None
+        dispatch.jobs[job.input_index, job.rollout_index] = job
+        rows.append({JOB_COLUMN: encode_job(job, prior)})
+        run.started(job)
+    if not rows:
+        return
+    started_here = not ray.is_initialized()
+    if started_here:
+        _connect(ray)
+    try:
+        _execute(ray, distiller, run, rows, dispatch, stop, actors=actors, jobs_per_task=jobs_per_task)
+    finally:
+        if started_here:
+            ray.shutdown()
+    if dispatch.duplicates:
+        log.info("dropped %d duplicate answers of retried Ray tasks (each rollout is recorded once)",
+                 dispatch.duplicates)
+
+
+def _owed(distiller: Distiller, ds: datasets.Dataset, run: Run) -> Iterator[tuple[RolloutJob, Prior | None]]:
+    """The rollouts to make, with what an earlier attempt left; journaled ones are counted as reused."""
+    plan = distiller.plan
+    assert plan is not None
+    columns = sorted({f.split(".")[0] for f in (*plan.question, *plan.answers)} & set(ds.column_names))
+    index = 0
+    for batch in ds.select_columns(columns).iter(batch_size=_SCAN_CHUNK):
+        for i in range(len(batch[columns[0]]) if columns else 0):
+            row = {c: batch[c][i] for c in columns}
+            question, golden = plan.question_of(row), tuple(plan.answers_of(row))
+            if run.items.ids[index] is None:
+                run.skipped(RolloutJob(index, 0, "", golden))
+            for r in range(run.num_rollouts) if run.items.ids[index] is not None else ():
+                job = RolloutJob(index, r, question, golden)
+                prior = _usable(run.prior(job), distiller)
+                if prior is not None and prior.result is not None:
+                    run.finished(job, prior.result, model=prior.model, protocol=prior.protocol, reused=True)
+                else:
+                    yield job, prior
+            index += 1
+
+
+def _usable(prior: Prior | None, distiller: Distiller) -> Prior | None:
+    """What an earlier attempt left, if this teacher made it (as the local engine decides)."""
+    if prior is None or prior.model != distiller.model:
+        return None
+    if prior.result is None and prior.protocol != distiller.mode:
+        return None  # turns sent in the other protocol: start that conversation over
+    return prior
+
+
+def _connect(ray: Any) -> None:
+    """Join the cluster RAY_ADDRESS names (Ray reads it), or start a local one without it."""
+    try:
+        ray.init(logging_level=logging.WARNING, log_to_driver=False)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        raise ClusterError(f"cannot start or join a Ray cluster ({first_line(e)}); check "
+                           "RAY_ADDRESS (e.g. 127.0.0.1:6379 for `ray start --head`) or unset it") from None
+
+
+def _execute(ray: Any, distiller: Distiller, run: Run, rows: list[dict[str, str]], dispatch: _Dispatch,
+             stop: StopRequest, *, actors: int | None, jobs_per_task: int) -> None:
+    from ray.data import ActorPoolStrategy
+
+    blocks = math.ceil(len(rows) / jobs_per_task)
+    pool = _pool_size(ray, actors, blocks)
+    share = math.ceil(distiller.config.window / pool)  # the run's window, split over the actors
+    # Tasks queued at an actor: twice its window, so it never runs dry, but never more than its part
+    # of the work, so the first actor up does not take it all (and a lost node loses only its part).
+    tasks = min(2 * math.ceil(share / jobs_per_task), math.ceil(blocks / pool))
+    config = distiller.config.replace(concurrency=share, **_absolute_paths(distiller))
+    log.info("Ray: %d actors, %d rollouts in flight each, %d rollouts per task", pool, share, jobs_per_task)
+    jobs = ray.data.from_items(rows, override_num_blocks=blocks)
+    events = jobs.map_batches(
+        RolloutWorker, fn_constructor_kwargs={"config": config, "model": distiller.model, "mode": distiller.mode,
+                                           "judge_model": distiller.judge_model},
+        batch_size=jobs_per_task, num_cpus=ACTOR_CPUS,  # Ray Data spreads actors over the nodes by default
+        compute=ActorPoolStrategy(size=pool, max_tasks_in_flight_per_actor=tasks,
+                                  max_concurrent_calls_per_actor=tasks))
+    try:
+        with _data_context():
+            _consume(events, run, distiller, dispatch, stop)
+    except ray.exceptions.RayError as e:
+        reason = first_line(e)
+        log.error("the Ray cluster failed to run the rollouts (%s); those not back are listed as failures", reason)
+        for job in list(dispatch.jobs.values()):
+            run.failed(job, "cluster", 0, f"the Ray cluster failed: {reason}")
+        dispatch.jobs.clear()
+    if stop.requested:
+        distiller.stop()  # the run reads it to tell an interrupted run from a finished one
+        return  # the rollouts not back yet stay owed: the rerun makes them
+    for job in list(dispatch.jobs.values()):  # sent, never answered: never silently dropped
+        run.failed(job, "cluster", 0, "the Ray cluster returned no result for this rollout")
+
+
+def _consume(events: Any, run: Run, distiller: Distiller, dispatch: _Dispatch, stop: StopRequest) -> None:
+    for batch in events.iter_batches(batch_size=None, batch_format="pyarrow"):
+        for text in batch[EVENT_COLUMN].to_pylist():
+            _record(decode_event(text), run, distiller, dispatch)
+        if stop.requested:
+            return
+
+
+@contextlib.contextmanager
+def _data_context() -> Iterator[None]:
+    """Ray Data set for the run (and restored): every actor of the pool up before work is handed out, so
+    it is shared evenly; no progress bars or INFO logs (the run's own progress line says what matters)."""
+    from ray.data import DataContext
+
+    context, logger = DataContext.get_current(), logging.getLogger("ray.data")
+    saved, level = (context.enable_progress_bars, context.wait_for_min_actors_s), logger.level
+    context.enable_progress_bars, context.wait_for_min_actors_s = False, _ACTORS_START_SECONDS
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        context.enable_progress_bars, context.wait_for_min_actors_s = saved
+        logger.setLevel(level)
+
+
+def _record(event: Event, run: Run, distiller: Distiller, dispatch: _Dispatch) -> None:
+    """One worker event into the run: the first answer for a rollout counts, a retried task's repeat is dropped."""
+    if event.kind == "calls":
+        _add_calls(distiller, event.calls)
+        return
+    job = dispatch.jobs.pop(event.slot, None)
+    if job is None or run.key(job) in run.journal:  # type: ignore[operator]
+        dispatch.duplicates += 1
+        return
+    if event.kind == "finished":
+        assert event.result is not None
+        run.finished(job, event.result, model=event.model, protocol=event.protocol, reused=False)
+        return
+    for number, step in event.turns:  # so that the next run continues this conversation
+        run.turn(job, number, step, model=event.model, protocol=event.protocol)
+    run.failed(job, event.cause, event.turn, event.error)
+
+
+def _add_calls(distiller: Distiller, calls: dict[str, Any]) -> None:
+    stats = distiller.teacher_stats
+    stats.calls += calls["calls"]
+    stats.retries += calls["retries"]
+    stats.prompt_tokens += calls["prompt_tokens"]
+    stats.completion_tokens += calls["completion_tokens"]
+    for endpoint, n in calls["by_endpoint"].items():
+        stats.by_endpoint[endpoint] = stats.by_endpoint.get(endpoint, 0) + n
+    judge, judged = distiller.judge_stats, calls["judge"]
+    judge.calls += judged["calls"]
+    judge.retries += judged["retries"]
+    for cause, n in judged["failures"].items():
+        judge.failures[cause] = judge.failures.get(cause, 0) + n
+
+
+def _pool_size(ray: Any, actors: int | None, tasks: int) -> int:
+    """--ray-actors, or one per CPU of the cluster (at most MAX_DEFAULT_ACTORS); never more than tasks."""
+    if actors is None:
+        actors = max(1, min(MAX_DEFAULT_ACTORS, int(ray.cluster_resources().get("CPU", 1))))
+    return max(1, min(actors, tasks))
+
+
+def _absolute_paths(distiller: Distiller) -> dict[str, str]:
+    """Paths the workers open, made absolute: a worker's working directory is not the driver's. They must
+    name the same files on every node (shared storage), as the README says."""
+    c = distiller.config
+    paths = {"corpus": c.corpus, "index_dir": c.index_dir, "template_dir": c.template_dir}
+    return {name: os.path.abspath(path) for name, path in paths.items() if path is not None}

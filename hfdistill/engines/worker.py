@@ -1,0 +1,151 @@
+"""The Ray engine's worker: the rollout loop inside an actor, fed batches of jobs, answering with events.
+
+It imports no Ray: Ray Data instantiates `RolloutWorker` once per actor of the pool and calls it
+with batches of jobs (one JSON document per row). Each actor runs them with its own `Distiller`,
+so with its own window and its own teacher clients over every endpoint (least-outstanding routing
+and stickiness per actor), and answers one event per job: the finished result, or the failure with
+the turns it made, so that the next run continues that conversation. Each batch also reports the
+teacher and judge calls the actor made since its last report. The driver decodes the events (`decode_event`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from hfdistill.config import DistillConfig
+from hfdistill.distiller import Distiller
+from hfdistill.recorder import Prior
+from hfdistill.rollout import TurnStep
+from hfdistill.teacher.client import TeacherStats
+from hfdistill.teacher.judge import JudgeStats
+from hfdistill.types import RolloutJob
+
+__all__ = ["EVENT_COLUMN", "JOB_COLUMN", "Event", "RolloutWorker", "decode_event", "encode_job"]
+
+JOB_COLUMN = "job"
+EVENT_COLUMN = "event"
+_Slot = tuple[int, int]  # (input index, rollout index): a job's place in the input
+
+
+def encode_job(job: RolloutJob, prior: Prior | None) -> str:
+    """One row of the jobs dataset: what to ask, and the turns an earlier attempt already made."""
+    return json.dumps({"i": job.input_index, "r": job.rollout_index, "q": job.question,
+                       "g": list(job.golden_answers), "m": prior.model if prior else None,
+                       "p": prior.protocol if prior else None,
+                       "s": [s.to_dict() for s in prior.steps] if prior else []}, ensure_ascii=False)
+
+
+def _decode_job(text: str) -> tuple[RolloutJob, Prior | None]:
+    d = json.loads(text)
+    job = RolloutJob(d["i"], d["r"], d["q"], tuple(d["g"]))
+    steps = tuple(TurnStep.from_dict(s) for s in d["s"])
+    return job, Prior(d["m"], d["p"], steps=steps) if steps else None
+
+
+@dataclass(frozen=True)
+class Event:
+    """What a worker reports: a job finished or failed, or the teacher calls it made (`kind` "calls")."""
+
+    kind: str
+    slot: _Slot = (-1, -1)
+    model: str | None = None
+    protocol: str | None = None
+    result: dict[str, Any] | None = None
+    cause: str = ""
+    turn: int = 0
+    error: str = ""
+    turns: tuple[tuple[int, TurnStep], ...] = ()  # finished turns of a failed conversation
+    calls: dict[str, Any] = field(default_factory=dict)
+
+
+def decode_event(text: str) -> Event:
+    d = json.loads(text)
+    if d["kind"] == "calls":
+        return Event("calls", calls=d["calls"])
+    turns = tuple((int(n), TurnStep.from_dict(step)) for n, step in d.get("turns", ()))
+    return Event(d["kind"], (d["i"], d["r"]), d.get("m"), d.get("p"), d.get("result"), d.get("cause", ""),
+                 d.get("turn", 0), d.get("error", ""), turns)
+
+
+class _Events:
+    """The worker's recorder: priors sent by the driver in, one terminal event per job out."""
+
+    def __init__(self) -> None:
+        self.priors: dict[_Slot, Prior | None] = {}
+        self.turns: dict[_Slot, list[tuple[int, dict[str, Any]]]] = {}
+        self.out: dict[_Slot, dict[str, Any]] = {}
+
+    def prior(self, job: RolloutJob) -> Prior | None:
+        return self.priors.pop(_slot(job), None)
+
+    def started(self, job: RolloutJob) -> None:
+        """The driver counts a job as started when it sends it."""
+
+    def turn(self, job: RolloutJob, number: int, step: TurnStep, *, model: str | None,
+             protocol: str | None) -> None:
+        self.turns.setdefault(_slot(job), []).append((number, step.to_dict()))
+
+    def finished(self, job: RolloutJob, result: dict[str, Any], *, model: str | None, protocol: str | None,
+                 reused: bool) -> None:
+        self.turns.pop(_slot(job), None)
+        self.out[_slot(job)] = {"kind": "finished", "result": result, "m": model, "p": protocol}
+
+    def failed(self, job: RolloutJob, cause: str, turn: int, error: str) -> None:
+        self.out[_slot(job)] = {"kind": "failed", "cause": cause, "turn": turn, "error": error,
+                                "turns": self.turns.pop(_slot(job), [])}
+
+    def skipped(self, job: RolloutJob) -> None:
+        """The driver never sends a blank question."""
+
+
+def _slot(job: RolloutJob) -> _Slot:
+    assert job.input_index is not None
+    return job.input_index, job.rollout_index
+
+
+class RolloutWorker:
+    """A Ray Data callable class: `async __call__` so that one actor runs many batches at once."""
+
+    def __init__(self, config: DistillConfig, model: str | None, mode: str | None,
+                 judge_model: str | None = None) -> None:
+        self.distiller = Distiller(config)
+        self.distiller.assume_teacher(model, mode, judge_model)  # the driver probed the servers already
+        self.distiller.corpus_digest()  # the embedded retriever loads its index now: a missing one fails here
+        self.events = _Events()
+        self._reported = TeacherStats()
+        self._judged = JudgeStats()
+
+    async def __call__(self, batch: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
+        jobs = []
+        for text in batch[JOB_COLUMN]:
+            job, prior = _decode_job(str(text))
+            self.events.priors[_slot(job)] = prior
+            jobs.append(job)
+        await self.distiller.run_jobs(jobs, self.events)
+        model, protocol = self.distiller.model, self.distiller.mode
+        out = []
+        for job in jobs:
+            event = self.events.out.pop(_slot(job), None)
+            if event is not None:  # (none only if the job was never run: the driver accounts for it)
+                event.setdefault("m", model)
+                event.setdefault("p", protocol)
+                out.append(json.dumps({"i": job.input_index, "r": job.rollout_index, **event}, ensure_ascii=False))
+        out.append(json.dumps({"kind": "calls", "calls": self._calls_since_last_report()}))
+        return {EVENT_COLUMN: out}
+
+    def _calls_since_last_report(self) -> dict[str, Any]:
+        now, last = self.distiller.teacher_stats, self._reported
+        delta = {"calls": now.calls - last.calls, "retries": now.retries - last.retries,
+                 "prompt_tokens": now.prompt_tokens - last.prompt_tokens,
+                 "completion_tokens": now.completion_tokens - last.completion_tokens,
+                 "by_endpoint": {k: v - last.by_endpoint.get(k, 0) for k, v in now.by_endpoint.items()}}
+        self._reported = TeacherStats(now.calls, now.prompt_tokens, now.completion_tokens, now.retries,
+                                      dict(now.by_endpoint))
+        judge, judged = self.distiller.judge_stats, self._judged
+        delta["judge"] = {"calls": judge.calls - judged.calls, "retries": judge.retries - judged.retries,
+                          "failures": {k: v - judged.failures.get(k, 0) for k, v in judge.failures.items()}}
+        self._judged = JudgeStats(judge.calls, judge.retries, dict(judge.failures))
+        return delta

@@ -1,0 +1,107 @@
+"""What a vLLM server answers, read where it enters: a chat completion validated field by field,
+and its refusals (HTTP errors) turned into the `TeacherError` that says what to do. Pure."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from hfdistill.errors import ContextLengthError, TeacherError
+from hfdistill.teacher.retry import is_transient, parse_retry_after
+from hfdistill.types import TeacherReply, ToolCall, Usage
+
+__all__ = ["reply_of", "status_error"]
+
+# A prompt of exactly max-model-len tokens leaves no room for output: vLLM 0.32 answers
+# "max_tokens must be at least 1, got 0" rather than its context-length message.
+_CONTEXT_RE = re.compile(r"maximum context length|context length|context window|too long|max_model_len"
+                         r"|max_tokens must be at least 1, got (?:0|-\d+)", re.IGNORECASE)
+_TOOLS_REFUSED_RE = re.compile(r"tool.choice|enable-auto-tool-choice|tool-call-parser", re.IGNORECASE)
+_PRIORITY_REFUSED_RE = re.compile(r"priority scheduling is not enabled", re.IGNORECASE)  # vLLM's fcfs policy
+
+
+def status_error(status: int, payload: bytes, retry_after: str | None, url: str) -> TeacherError:
+    message = _error_message(payload)
+    if status == 400 and _CONTEXT_RE.search(message):
+        return ContextLengthError(f"the conversation no longer fits the teacher's context: {message}")
+    if status == 400 and _PRIORITY_REFUSED_RE.search(message):
+        return TeacherError(f"teacher {url} refuses request priorities ({message}); start vLLM with "
+                            "--scheduling-policy priority, or pass --priority auto or off", cause="priority_refused")
+    if status == 400 and _TOOLS_REFUSED_RE.search(message):
+        return TeacherError(f"teacher {url} refuses tools= ({message}); start vLLM with "
+                            "--enable-auto-tool-choice --tool-call-parser hermes, or use --tool-call-mode text",
+                            cause="tools_refused")
+    if status in (401, 403):
+        return TeacherError(f"teacher {url} refused the API key (HTTP {status}: {message}); set "
+                            "OPENAI_API_KEY or --api-key", cause=f"http_{status}")
+    if status == 404:
+        return TeacherError(f"teacher {url} answered 404 ({message}); check that VLLM_URL ends in /v1 and "
+                            "that --model names a served model", cause="http_404")
+    transient = is_transient(status)
+    return TeacherError(f"teacher {url} answered HTTP {status}: {message}", transient=transient,
+                        cause=f"http_{status}", retry_after=parse_retry_after(retry_after) if transient else None)
+
+
+def _error_message(payload: bytes) -> str:
+    """vLLM's error text: `{"message": ...}` or `{"error": {"message": ...}}`, else the raw body."""
+    try:
+        body = json.loads(payload)
+    except ValueError:
+        return payload.decode(errors="replace").strip()[:500]
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        if isinstance(inner, dict) and inner.get("message"):
+            return str(inner["message"])
+        if isinstance(inner, str):
+            return inner
+    return str(body)[:500]
+
+
+def reply_of(payload: bytes, url: str, max_tokens: int) -> TeacherReply:
+    """A chat completion, validated where it enters: a reply of another shape is the server's fault
+    (a TeacherError the retry policy may retry), never an exception from deeper in our code."""
+    try:
+        return _completion(json.loads(payload), max_tokens)
+    except ValueError as e:
+        raise TeacherError(f"teacher {url} answered something that is not a chat completion ({e}): "
+                           f"{payload[:200]!r}", transient=True, cause="bad_response") from None
+
+
+def _completion(data: Any, max_tokens: int) -> TeacherReply:
+    """The reply of a chat completion's JSON; ValueError names what is missing or of another type."""
+    choices = _field(data, "choices", list)
+    if not choices:
+        raise ValueError("no choices")
+    message = _field(choices[0], "message", dict)
+    calls = tuple(ToolCall(_field(c, "id", str, "") or "", _field(_field(c, "function", dict), "name", str),
+                           _field(c["function"], "arguments", str, "") or "{}")
+                  for c in _field(message, "tool_calls", list, []) or ())
+    usage = _field(data, "usage", dict, {}) or {}
+    finish_reason = _field(choices[0], "finish_reason", str, "") or "stop"
+    completion_tokens = _field(usage, "completion_tokens", int, 0) or 0
+    return TeacherReply(
+        content=_field(message, "content", str, "") or "",
+        reasoning=_field(message, "reasoning", str, None) or _field(message, "reasoning_content", str, None),
+        tool_calls=calls,
+        finish_reason=finish_reason,
+        usage=Usage(_field(usage, "prompt_tokens", int, 0) or 0, completion_tokens),
+        # vLLM shortens max_tokens to what is left of the context instead of refusing, so a turn cut
+        # before the max_tokens asked for was cut by the context window, not by max_tokens.
+        context_full=finish_reason == "length" and 0 < completion_tokens < max_tokens,
+    )
+
+
+_REQUIRED = object()
+
+
+def _field(obj: Any, key: str, kind: type, default: Any = _REQUIRED) -> Any:
+    """`obj[key]` if it is a `kind`; a missing or null one is `default` (when there is one)."""
+    if not isinstance(obj, dict):
+        raise ValueError(f"expected an object holding {key!r}, got {type(obj).__name__}")
+    value = obj.get(key)
+    if value is None and default is not _REQUIRED:
+        return default
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ValueError(f"{key!r} is not a {kind.__name__}")
+    return value

@@ -1,0 +1,97 @@
+"""vLLM request priorities: continuing conversations are sent with a lower (earlier-served) priority than
+new ones; a server on vLLM's default fcfs policy, which refuses them, keeps working (`--priority auto`)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from hfdistill.cli import main
+from tests.conftest import write_jsonl
+from tests.fakes import Served
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import sim_vllm  # the benchmark's simulator schedules by priority like vLLM
+
+QUESTIONS = [sim_vllm.make_question(i) for i in range(60)]  # many second turns at once: refusals race
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class Recorded:
+    """A simulated vLLM with the given scheduling policy that keeps every chat request body."""
+
+    def __init__(self, policy: str) -> None:
+        self.bodies: list[dict[str, Any]] = []
+        app = sim_vllm.make_app(sim_vllm.SimConfig(slots=4, prefill=0, prefill_per_1k=0, tpot=0,
+                                                   scheduling_policy=policy))
+
+        @web.middleware
+        async def record(request: web.Request, handler: Handler) -> web.StreamResponse:
+            if request.path.endswith("/chat/completions"):
+                self.bodies.append(await request.json())
+            return await handler(request)
+
+        app.middlewares.append(record)
+        self.state = app[sim_vllm.STATE]
+        self.served = Served(app)
+
+    def chats(self) -> list[dict[str, Any]]:
+        """Rollout requests (the protocol probe sends a single user message and max_tokens 1)."""
+        return [b for b in self.bodies if b.get("max_tokens") != 1]
+
+
+@pytest.fixture(params=["fcfs", "priority"])
+def server(request: pytest.FixtureRequest) -> Iterator[Recorded]:
+    recorded = Recorded(request.param)
+    yield recorded
+    recorded.served.close()
+
+
+def _generate(server: Recorded, retrieval: str, tmp_path: Path, *args: str) -> int:
+    data = write_jsonl(tmp_path / "q.jsonl", [{"question": q} for q in QUESTIONS])
+    return main(["generate", "-q", "--vllm_url", f"{server.served.url}/v1", "--retrieval_url", retrieval,
+                 "--input_file", str(data), "--output_file", str(tmp_path / "out.parquet"),
+                 "--max_assistant_turns", "10", *args])
+
+
+def _turn(body: dict[str, Any]) -> int:
+    return sum(m["role"] == "assistant" for m in body["messages"]) + 1
+
+
+def test_auto_sends_continuing_turns_first_and_keeps_working_on_a_fcfs_server(
+        server: Recorded, env: dict[str, str], tmp_path: Path) -> None:
+    assert _generate(server, env["RETRIEVAL_URL"], tmp_path) == 0
+    chats = server.chats()
+    assert max(map(_turn, chats)) > 2  # some conversations went on for several turns
+    if server.state.config.scheduling_policy == "priority":
+        assert all(b.get("priority", 0) == 1 - _turn(b) for b in chats)
+        assert server.state.counters.errors == 0
+    else:  # refused (vLLM's 400) until the first refusal came back, then never sent again; nothing failed
+        refused = [b for b in chats if "priority" in b]
+        assert 1 <= len(refused) == server.state.counters.errors
+        resent = [b["messages"] for b in chats if "priority" not in b]
+        assert all(b["messages"] in resent for b in refused)  # each refused turn was sent again without it
+        assert len({json.dumps(b["messages"]) for b in refused}) == len(refused)  # each turn refused once only
+    assert not (tmp_path / "out.failures.jsonl").exists()
+
+
+def test_off_never_sends_a_priority(server: Recorded, env: dict[str, str], tmp_path: Path) -> None:
+    assert _generate(server, env["RETRIEVAL_URL"], tmp_path, "--priority", "off") == 0
+    assert server.chats() and not any("priority" in b for b in server.chats())
+
+
+def test_on_against_a_fcfs_server_fails_continuing_turns_with_the_fix(
+        server: Recorded, env: dict[str, str], tmp_path: Path) -> None:
+    code = _generate(server, env["RETRIEVAL_URL"], tmp_path, "--priority", "on")
+    if server.state.config.scheduling_policy == "priority":
+        assert code == 0
+        return
+    assert code == 3  # rollouts that needed a second turn failed, and say how to fix it
+    failures = (tmp_path / "out.failures.jsonl").read_text()
+    assert "--scheduling-policy priority" in failures and "priority_refused" in failures
