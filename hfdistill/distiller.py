@@ -17,65 +17,33 @@ import logging
 import sys
 import traceback
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import datasets
 import pyarrow as pa
 
 from hfdistill.config import DistillConfig
-from hfdistill.curation.judge import JudgePrompt, parse_verdict
+from hfdistill.curation.judge import JudgePrompt
 from hfdistill.curation.select import with_pass_rates
 from hfdistill.errors import ConfigError, HfdistillError, RolloutError
 from hfdistill.inputs import FieldPlan, plan_fields
 from hfdistill.judging import JudgeItem, judge_result
 from hfdistill.prompts import Prompts
 from hfdistill.recorder import Collector, Prior, Recorder
-from hfdistill.retrieval.http import HttpRetriever
-from hfdistill.retrieval.protocol import Retriever
 from hfdistill.rollout import RolloutSpec, TurnStep, rollout
 from hfdistill.rows import build_table, extra_info_of, output_features, output_schema, result_of
-from hfdistill.teacher.client import Teacher, TeacherStats
+from hfdistill.runtime import Clients, Runtime, batch_budget
+from hfdistill.teacher.client import TeacherStats
 from hfdistill.teacher.judge import Judge, JudgeStats
 from hfdistill.teacher.pool import Route
+from hfdistill.teacher.served import Served
 from hfdistill.templates import Templates
-from hfdistill.tools import SearchTool, ToolContext
+from hfdistill.tools import SearchTool
 from hfdistill.types import RolloutJob, StopRequest
 
 __all__ = ["Distiller"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class _Runtime:
-    """Clients and the window of one event loop (each `Dataset.map` call runs its own loop)."""
-
-    loop: asyncio.AbstractEventLoop
-    teacher: Teacher
-    retriever: Retriever
-    window: asyncio.Semaphore
-    lock: asyncio.Lock
-    tools: ToolContext
-    admission: asyncio.Semaphore | None = None  # sized from the first batch (see map_batch)
-    judge: Judge | None = None
-
-    async def aclose(self) -> None:
-        await self.teacher.aclose()
-        await self.retriever.aclose()
-        if self.judge is not None:
-            await self.judge.aclose()
-
-
-def _batch_budget(window: int, rollouts_per_batch: int) -> int:
-    """Batches worked on at once: enough to fill the window four times over, no more.
-
-    Each admitted batch holds its input rows as Python objects (and, once done but not yet
-    written in order, its output); batches beyond what the window can use would only cost memory
-    growing with the input. Four times the window leaves room for batches that wait on one slow
-    rollout while the window stays full: no barrier between batches.
-    """
-    return max(8, 4 * -(-window // max(rollouts_per_batch, 1)))
 
 
 @contextlib.contextmanager
@@ -101,19 +69,12 @@ class Distiller:
         self.prompts = Prompts.build(templates, tools)
         self.plan: FieldPlan | None = None
         self.schema: pa.Schema | None = None
-        self.model: str | None = config.model
-        self.mode: str | None = None if config.tool_call_mode == "auto" else config.tool_call_mode
-        self.teacher_stats = TeacherStats()  # shared by the teachers of every loop this distiller runs in
         judge = config.judge
         self.judge_prompt = JudgePrompt.build(templates, judge.model) if judge is not None else None
-        self.judge_model: str | None = judge.model if judge is not None else None
-        self.judge_stats = JudgeStats()
+        self.clients = Clients(config, self.tools, self.prompts.render, judged=self.judge_prompt is not None)
         self._collector = Collector(self.tools, judge_spec=self.judge_spec)
         self._recorder: Recorder = self._collector
-        self._runtimes: list[_Runtime] = []
-        self._embedded: Retriever | None = None
         self._stop = StopRequest()
-        self._prepared = False  # the teacher endpoints were checked (once per distiller, not per loop)
         self._copy = False  # unpickled in another process (a datasets worker): its recorder is not the caller's
 
     # Pickled state is the configuration only: `map`'s fingerprint stays deterministic and no
@@ -142,11 +103,28 @@ class Distiller:
 
     def new_judge(self) -> Judge | None:
         """A judge client for the running event loop (None without --judge-url)."""
-        if self.config.judge is None or self.judge_prompt is None:
-            return None
-        judge = Judge(self.config.judge, self.config.retry, parse_verdict, self.judge_stats)
-        judge.model = self.judge_model
-        return judge
+        return self.clients.new_judge()
+
+    # What the servers serve lives in one place, `clients.served`; these read it.
+    @property
+    def model(self) -> str | None:
+        return self.clients.served.model
+
+    @property
+    def mode(self) -> str | None:
+        return self.clients.served.protocol
+
+    @property
+    def judge_model(self) -> str | None:
+        return self.clients.served.judge_model
+
+    @property
+    def teacher_stats(self) -> TeacherStats:
+        return self.clients.teacher_stats
+
+    @property
+    def judge_stats(self) -> JudgeStats:
+        return self.clients.judge_stats
 
     @property
     def failures(self) -> list[dict[str, Any]]:
@@ -174,32 +152,24 @@ class Distiller:
         """The content hash of the embedded retriever's corpus (loading its index), or None without one."""
         if self.config.corpus is None:
             return None
-        retriever = self._retriever()
+        retriever = self.clients.retriever()
         return str(retriever.manifest["full_hash"])  # type: ignore[attr-defined]
 
     def prepare(self) -> None:
-        """Probe the teacher (model id, protocol) and the retriever now, outside any `map`."""
-        async def probe() -> None:
-            try:
-                await self._runtime()
-            finally:
-                loop = asyncio.get_running_loop()
-                for runtime in [r for r in self._runtimes if r.loop is loop]:
-                    self._runtimes.remove(runtime)
-                    await runtime.aclose()
-
-        asyncio.run(probe())
+        """Probe the teacher (model id, protocol), the retriever and the judge now, outside any `map`."""
+        self.clients.prepare()
 
     def gauges(self) -> dict[str, float]:
         """Live teacher numbers for the progress line: calls, completion tokens, open requests."""
         return {"calls": self.teacher_stats.calls, "tokens": self.teacher_stats.completion_tokens,
-                "requests": sum(r.teacher.in_flight for r in self._runtimes)}
+                "requests": self.clients.in_flight}
 
-    def assume_teacher(self, model: str | None, mode: str | None, judge_model: str | None = None) -> None:
-        """Take the model ids and protocol that another process found when it probed the servers (an
-        engine's driver), instead of probing them again from here."""
-        self.model, self.mode, self._prepared = model, mode, True
-        self.judge_model = judge_model if judge_model is not None else self.judge_model
+    def assume_teacher(self, served: Served) -> None:
+        """Take what another process found when it probed the servers (an engine's driver), instead of
+        probing them again from here."""
+        self.clients.served.model, self.clients.served.protocol = served.model, served.protocol
+        self.clients.served.judge_model = served.judge_model
+        self.clients.prepared = True
 
     async def run_jobs(self, jobs: Sequence[RolloutJob], recorder: Recorder) -> None:
         """Run these rollouts in the running loop, within the window, reporting each to `recorder`.
@@ -208,7 +178,7 @@ class Distiller:
         clients and the window, as `map_batch` calls do.
         """
         self._recorder = recorder
-        runtime = await self._runtime()
+        runtime = await self.clients.get()
         await asyncio.gather(*(self._run(runtime, job) for job in jobs))
 
     def stop(self) -> None:
@@ -246,57 +216,7 @@ class Distiller:
 
     def close(self) -> None:
         """Close the clients of every loop this distiller ran in (idempotent)."""
-        while self._runtimes:
-            runtime = self._runtimes.pop()
-            if runtime.loop.is_closed():
-                continue
-            if runtime.loop.is_running():
-                runtime.loop.create_task(runtime.aclose())
-            else:
-                runtime.loop.run_until_complete(runtime.aclose())
-
-    async def _runtime(self) -> _Runtime:
-        loop = asyncio.get_running_loop()
-        runtime = next((r for r in self._runtimes if r.loop is loop), None)
-        if runtime is None:
-            retriever = self._retriever()  # first: loading a corpus index may fail, and owns no socket
-            teacher = Teacher(self.config.replace(model=self.model), self.tools, self.teacher_stats)
-            teacher.mode = self.mode
-            topk = self.config.topk
-            tools = ToolContext(search=lambda queries: retriever.search(queries, topk), render=self.prompts.render)
-            runtime = _Runtime(loop, teacher, retriever, asyncio.Semaphore(self.config.window), asyncio.Lock(), tools,
-                               judge=self.new_judge())
-            self._runtimes.append(runtime)
-        if not self._prepared:
-            async with runtime.lock:
-                if not self._prepared:
-                    await self._probe(runtime)
-        runtime.teacher.model, runtime.teacher.mode = self.model, self.mode
-        if runtime.judge is not None:
-            runtime.judge.model = self.judge_model
-        return runtime
-
-    async def _probe(self, runtime: _Runtime) -> None:
-        """Before the first rollout: every endpoint answers, model and protocol are known, and the
-        retrieval server speaks Search-R1. A failure here stops the run before any row."""
-        await runtime.teacher.prepare()
-        if isinstance(runtime.retriever, HttpRetriever):
-            await runtime.retriever.probe()
-        if runtime.judge is not None:
-            self.judge_model = await runtime.judge.prepare()
-        self.model, self.mode = runtime.teacher.model, runtime.teacher.mode
-        self._prepared = True
-        log.info("teacher %s (%s protocol) at %d endpoint(s); %d rollouts in flight at most", self.model,
-                 self.mode, len(self.config.endpoints), self.config.window)
-
-    def _retriever(self) -> Retriever:
-        if self.config.corpus is None:
-            return HttpRetriever(self.config.retrieval_url, self.config.retry)
-        if self._embedded is None:
-            from hfdistill.retrieval.bm25 import BM25Retriever
-
-            self._embedded = BM25Retriever.load(self.config.corpus, self.config.index_dir)
-        return self._embedded
+        self.clients.close()
 
     # ------------------------------------------------------------ the map function
 
@@ -312,10 +232,10 @@ class Distiller:
             raise ConfigError("Distiller.map_batch is running in a worker process (Dataset.map with num_proc > 1), "
                               "where its failures cannot reach you; use num_proc=1 (the distiller's window "
                               "already runs many rollouts at once)")
-        runtime = await self._runtime()
+        runtime = await self.clients.get()
         n = batch.num_rows if isinstance(batch, pa.Table) else len(next(iter(batch.values()))) if batch else 0
         if runtime.admission is None:
-            runtime.admission = asyncio.Semaphore(_batch_budget(self.config.window, n * self.config.num_rollouts))
+            runtime.admission = asyncio.Semaphore(batch_budget(self.config.window, n * self.config.num_rollouts))
         async with runtime.admission:
             schema = self.schema or self._schema_of(batch)
             rows = batch.to_pylist() if isinstance(batch, pa.Table) else [
@@ -349,7 +269,7 @@ class Distiller:
             jobs.extend(RolloutJob(index, r, question, golden, extra) for r in range(self.config.num_rollouts))
         return jobs
 
-    async def _run(self, runtime: _Runtime, job: RolloutJob) -> dict[str, Any] | None:
+    async def _run(self, runtime: Runtime, job: RolloutJob) -> dict[str, Any] | None:
         prior = self._usable(self._recorder.prior(job))
         if prior is not None and prior.result is not None:
             return self._recorder.finished(job, prior.result, model=prior.model, protocol=prior.protocol,
@@ -381,7 +301,7 @@ class Distiller:
             return None  # the turns were sent in the other protocol: start the conversation over
         return prior
 
-    async def _generate(self, runtime: _Runtime, job: RolloutJob, resume: Sequence[TurnStep]) -> dict[str, Any] | None:
+    async def _generate(self, runtime: Runtime, job: RolloutJob, resume: Sequence[TurnStep]) -> dict[str, Any] | None:
         spec = RolloutSpec(self.prompts, self.config.max_assistant_turns, runtime.teacher.mode == "text")
         turns = iter(range(len(resume) + 1, spec.max_turns + 1))
 

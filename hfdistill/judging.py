@@ -111,7 +111,7 @@ async def _judge(distiller: Distiller, run: Run, todo: list[tuple[Key, JudgeItem
     judge = distiller.new_judge()
     assert judge is not None and distiller.judge_spec is not None
     try:
-        distiller.judge_model = await judge.prepare()
+        await judge.prepare()  # fills in the run's judge model (shared)
         assert distiller.judge_prompt is not None
         verdicts = await judge_many(judge, distiller.judge_prompt, [item for _, item in todo], distiller.config.window)
     finally:

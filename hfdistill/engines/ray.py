@@ -137,8 +137,7 @@ def _execute(ray: Any, distiller: Distiller, run: Run, rows: list[dict[str, str]
     log.info("Ray: %d actors, %d rollouts in flight each, %d rollouts per task", pool, share, jobs_per_task)
     jobs = ray.data.from_items(rows, override_num_blocks=blocks)
     events = jobs.map_batches(
-        RolloutWorker, fn_constructor_kwargs={"config": config, "model": distiller.model, "mode": distiller.mode,
-                                           "judge_model": distiller.judge_model},
+        RolloutWorker, fn_constructor_kwargs={"config": config, "served": distiller.clients.served},
         batch_size=jobs_per_task, num_cpus=ACTOR_CPUS,  # Ray Data spreads actors over the nodes by default
         compute=ActorPoolStrategy(size=pool, max_tasks_in_flight_per_actor=tasks,
                                   max_concurrent_calls_per_actor=tasks))

@@ -21,6 +21,7 @@ from hfdistill.recorder import Prior
 from hfdistill.rollout import TurnStep
 from hfdistill.teacher.client import TeacherStats
 from hfdistill.teacher.judge import JudgeStats
+from hfdistill.teacher.served import Served
 from hfdistill.types import RolloutJob
 
 __all__ = ["EVENT_COLUMN", "JOB_COLUMN", "Event", "RolloutWorker", "decode_event", "encode_job"]
@@ -109,10 +110,9 @@ def _slot(job: RolloutJob) -> _Slot:
 class RolloutWorker:
     """A Ray Data callable class: `async __call__` so that one actor runs many batches at once."""
 
-    def __init__(self, config: DistillConfig, model: str | None, mode: str | None,
-                 judge_model: str | None = None) -> None:
+    def __init__(self, config: DistillConfig, served: Served) -> None:
         self.distiller = Distiller(config)
-        self.distiller.assume_teacher(model, mode, judge_model)  # the driver probed the servers already
+        self.distiller.assume_teacher(served)  # the driver probed the servers already
         self.distiller.corpus_digest()  # the embedded retriever loads its index now: a missing one fails here
         self.events = _Events()
         self._reported = TeacherStats()

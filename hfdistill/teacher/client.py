@@ -26,6 +26,7 @@ from hfdistill.errors import ConfigError, TeacherError
 from hfdistill.teacher.pool import Endpoint, EndpointPool, Route
 from hfdistill.teacher.replies import reply_of, status_error
 from hfdistill.teacher.retry import with_retries
+from hfdistill.teacher.served import Served
 from hfdistill.types import TeacherReply
 
 __all__ = ["Teacher", "TeacherStats"]
@@ -52,12 +53,11 @@ class TeacherStats:
 class Teacher:
     """Chat completions for the rollout loop, in the native or the text tool-call protocol."""
 
-    def __init__(self, config: DistillConfig, tools: list[dict[str, Any]],
-                 stats: TeacherStats | None = None) -> None:
+    def __init__(self, config: DistillConfig, tools: list[dict[str, Any]], stats: TeacherStats | None = None,
+                 served: Served | None = None) -> None:
         self.config = config
         self.tools = tools
-        self.model: str | None = config.model
-        self.mode: str | None = None if config.tool_call_mode == "auto" else config.tool_call_mode
+        self.served = served if served is not None else Served.asked(config)  # shared with the distiller
         self.stats = stats if stats is not None else TeacherStats()
         self.pool = EndpointPool([self._endpoint(url) for url in config.endpoints])
         # Built once: the HTTP client normalises a plain dict on every request.
@@ -71,6 +71,23 @@ class Teacher:
                                     timeout=self.config.retry.timeout, http_client=http)
         chat_url = httpx2.URL(f"{url}/chat/completions")
         return Endpoint(url, client, http, chat_url, f"{chat_url.host}:{chat_url.port or ''}".rstrip(":"))
+
+    @property
+    def model(self) -> str | None:
+        return self.served.model
+
+    @model.setter
+    def model(self, value: str | None) -> None:
+        self.served.model = value
+
+    @property
+    def mode(self) -> str | None:
+        """The tool-call protocol: "native", "text", or None until `prepare` settles auto."""
+        return self.served.protocol
+
+    @mode.setter
+    def mode(self, value: str | None) -> None:
+        self.served.protocol = value
 
     @property
     def in_flight(self) -> int:

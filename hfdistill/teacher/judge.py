@@ -17,6 +17,7 @@ import openai
 from hfdistill.config import JudgeConfig
 from hfdistill.errors import ConfigError, JudgeError
 from hfdistill.teacher.retry import RetryPolicy, is_transient, parse_retry_after, with_retries
+from hfdistill.teacher.served import Served
 
 __all__ = ["Judge", "JudgeStats"]
 
@@ -39,18 +40,27 @@ class JudgeStats:
 class Judge:
     """Chat completions against the judge server; create it inside the event loop that uses it."""
 
-    def __init__(self, config: JudgeConfig, retry: RetryPolicy, parse: Parse, stats: JudgeStats | None = None) -> None:
+    def __init__(self, config: JudgeConfig, retry: RetryPolicy, parse: Parse, stats: JudgeStats | None = None,
+                 served: Served | None = None) -> None:
         self.config = config
         self.retry = retry
         self.parse = parse
         self.stats = stats if stats is not None else JudgeStats()
-        self.model = config.model
+        self.served = served if served is not None else Served(judge_model=config.model)  # shared with the run
         self.url = config.url.rstrip("/")
         # The aiohttp transport (at most 100 connections: plenty for short judge calls): 1000 rollouts x 3
         # against loopback servers took 26 s with the SDK's default transport, 10-13 s with this one.
         self._client = openai.AsyncOpenAI(base_url=self.url, api_key=config.api_key, max_retries=0,
                                           timeout=retry.timeout,
                                           http_client=openai.DefaultAioHttpClient(timeout=retry.timeout))
+
+    @property
+    def model(self) -> str | None:
+        return self.served.judge_model
+
+    @model.setter
+    def model(self, value: str | None) -> None:
+        self.served.judge_model = value
 
     async def aclose(self) -> None:
         await self._client.close()
@@ -92,7 +102,7 @@ class Judge:
         self.stats.calls += 1
         try:
             return self.parse(completion.choices[0].message.content or "")
-        except (IndexError, AttributeError, TypeError, ValueError) as e:
+        except (IndexError, ValueError) as e:  # no choice, or no verdict in it (not a bug here: retried)
             raise JudgeError(f"the judge at {self.url} gave no verdict ({e})", transient=True,
                              cause="judge_unparsable") from None
 

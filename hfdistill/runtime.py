@@ -1,0 +1,147 @@
+"""The clients a `Distiller` runs with: per event loop, a teacher, a retriever, a judge and the window.
+
+Each `Dataset.map` call runs its own event loop, and an HTTP client belongs to the loop it was made
+in, so clients are made lazily inside the loop that uses them. The servers are probed once per
+distiller (the first loop to start does it), and what they serve is kept in one shared `Served`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from hfdistill.config import DistillConfig
+from hfdistill.curation.judge import parse_verdict
+from hfdistill.retrieval.http import HttpRetriever
+from hfdistill.retrieval.protocol import Retriever
+from hfdistill.teacher.client import Teacher, TeacherStats
+from hfdistill.teacher.judge import Judge, JudgeStats
+from hfdistill.teacher.served import Served
+from hfdistill.tools import ToolContext
+
+__all__ = ["Clients", "Runtime", "batch_budget"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    """Clients and the window of one event loop."""
+
+    loop: asyncio.AbstractEventLoop
+    teacher: Teacher
+    retriever: Retriever
+    window: asyncio.Semaphore
+    lock: asyncio.Lock
+    tools: ToolContext
+    admission: asyncio.Semaphore | None = None  # sized from the first batch (see Distiller.map_batch)
+    judge: Judge | None = None
+
+    async def aclose(self) -> None:
+        await self.teacher.aclose()
+        await self.retriever.aclose()
+        if self.judge is not None:
+            await self.judge.aclose()
+
+
+def batch_budget(window: int, rollouts_per_batch: int) -> int:
+    """Batches worked on at once: enough to fill the window four times over, no more.
+
+    Each admitted batch holds its input rows as Python objects (and, once done but not yet
+    written in order, its output); batches beyond what the window can use would only cost memory
+    growing with the input. Four times the window leaves room for batches that wait on one slow
+    rollout while the window stays full: no barrier between batches.
+    """
+    return max(8, 4 * -(-window // max(rollouts_per_batch, 1)))
+
+
+class Clients:
+    """The runtimes of every loop a distiller runs in, the embedded retriever they share, and the probe."""
+
+    def __init__(self, config: DistillConfig, tools: list[dict[str, Any]], render: Any, *,
+                 judged: bool) -> None:
+        self.config = config
+        self.tools = tools
+        self.render = render  # the observation renderer the search tool uses
+        self.judged = judged
+        self.served = Served.asked(config)
+        self.teacher_stats = TeacherStats()  # shared by the teachers of every loop
+        self.judge_stats = JudgeStats()
+        self.prepared = False  # the servers were probed (once, not per loop)
+        self._runtimes: list[Runtime] = []
+        self._embedded: Retriever | None = None
+
+    def new_judge(self) -> Judge | None:
+        """A judge client for the running event loop (None without --judge-url)."""
+        if self.config.judge is None or not self.judged:
+            return None
+        return Judge(self.config.judge, self.config.retry, parse_verdict, self.judge_stats, self.served)
+
+    def retriever(self) -> Retriever:
+        if self.config.corpus is None:
+            return HttpRetriever(self.config.retrieval_url, self.config.retry)
+        if self._embedded is None:
+            from hfdistill.retrieval.bm25 import BM25Retriever
+
+            self._embedded = BM25Retriever.load(self.config.corpus, self.config.index_dir)
+        return self._embedded
+
+    async def get(self) -> Runtime:
+        """This loop's runtime, made on first use; the first one probes the servers."""
+        loop = asyncio.get_running_loop()
+        runtime = next((r for r in self._runtimes if r.loop is loop), None)
+        if runtime is None:
+            retriever = self.retriever()  # first: loading a corpus index may fail, and owns no socket
+            teacher = Teacher(self.config, self.tools, self.teacher_stats, self.served)
+            topk = self.config.topk
+            tools = ToolContext(search=lambda queries: retriever.search(queries, topk), render=self.render)
+            runtime = Runtime(loop, teacher, retriever, asyncio.Semaphore(self.config.window), asyncio.Lock(), tools,
+                              judge=self.new_judge())
+            self._runtimes.append(runtime)
+        if not self.prepared:
+            async with runtime.lock:
+                if not self.prepared:
+                    await self._probe(runtime)
+        return runtime
+
+    async def _probe(self, runtime: Runtime) -> None:
+        """Before the first rollout: every endpoint answers, model and protocol are known, and the
+        retrieval server speaks Search-R1. A failure here stops the run before any row."""
+        await runtime.teacher.prepare()
+        if isinstance(runtime.retriever, HttpRetriever):
+            await runtime.retriever.probe()
+        if runtime.judge is not None:
+            await runtime.judge.prepare()
+        self.prepared = True
+        log.info("teacher %s (%s protocol) at %d endpoint(s); %d rollouts in flight at most", self.served.model,
+                 self.served.protocol, len(self.config.endpoints), self.config.window)
+
+    def prepare(self) -> None:
+        """Probe the servers now, outside any `map`, and close the clients that did it."""
+        async def probe() -> None:
+            try:
+                await self.get()
+            finally:
+                loop = asyncio.get_running_loop()
+                for runtime in [r for r in self._runtimes if r.loop is loop]:
+                    self._runtimes.remove(runtime)
+                    await runtime.aclose()
+
+        asyncio.run(probe())
+
+    @property
+    def in_flight(self) -> int:
+        return sum(r.teacher.in_flight for r in self._runtimes)
+
+    def close(self) -> None:
+        """Close the clients of every loop (idempotent)."""
+        while self._runtimes:
+            runtime = self._runtimes.pop()
+            if runtime.loop.is_closed():
+                continue
+            if runtime.loop.is_running():
+                runtime.loop.create_task(runtime.aclose())
+            else:
+                runtime.loop.run_until_complete(runtime.aclose())
