@@ -63,25 +63,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 141
 
 
-@contextlib.contextmanager
-def _errors_reported_once() -> Iterator[None]:
-    """`datasets` logs an ERROR line of its own (an Arrow message) before raising the exception we
-    translate into one `error:` line; drop those records while a command runs, keep its warnings.
-    Enter it after importing `datasets`, which installs the handler."""
-    def below_error(record: logging.LogRecord) -> bool:
-        return record.levelno < logging.ERROR
-
-    # Its records come from child loggers (datasets.packaged_modules...): filter at its handlers.
-    handlers = list(logging.getLogger("datasets").handlers)
-    for handler in handlers:
-        handler.addFilter(below_error)
-    try:
-        yield
-    finally:
-        for handler in handlers:
-            handler.removeFilter(below_error)
-
-
 def build_parser() -> argparse.ArgumentParser:
     from hfdistill import __version__
 
@@ -276,7 +257,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         check_push_target(args.push_to_hub, license=args.license, token=args.hf_token)
     stop = StopRequest()
     # process-wide settings are the CLI's to change (and restore)
-    with run_settings(stop), _errors_reported_once():
+    with run_settings(stop):
         result = generate(config, options, stop=stop)
     if not result.skipped_as_done:
         _print_summary(result)
@@ -300,33 +281,10 @@ def _command_line(argv: Sequence[str]) -> str:
 
 
 def _print_summary(result: Any) -> None:
-    s = result.stats
-    out = sys.stderr
-    reasons = ", ".join(f"{k} {v}" for k, v in s.stop_reasons.most_common()) or "none"
-    keep = result.record.get("run_options", {}).get("keep", "all")
-    print(f"[hfdistill] done in {_duration(s.wall_seconds)}: {s.rows} rollouts finished, "
-          f"{result.kept_rows} kept (--keep {keep}) and written to {result.output}", file=out)
-    print(f"  generated {s.rollouts_done}, resumed from the journal {s.rollouts_reused}, "
-          f"skipped questions {s.questions_skipped} (blank)", file=out)
-    if sum(result.held_back.values()):
-        held = ", ".join(f"{k} {v}" for k, v in result.held_back.items() if v)
-        print(f"  held back: {held} (--keep-malformed writes them)", file=out)
-    print(f"  stop reasons: {reasons}", file=out)
-    print(f"  mean assistant turns {s.mean(s.turns):.2f}, mean searches {s.mean(s.searches):.2f}, "
-          f"tool-call errors seen by the model {s.tool_errors}", file=out)
-    print(f"  tokens: prompt {s.prompt_tokens:,}, completion {s.completion_tokens:,}", file=out)
-    per_endpoint = ", ".join(f"{k} {v:,}" for k, v in sorted(s.calls_by_endpoint.items()))
-    print(f"  teacher calls {s.teacher_calls:,}" + (f" ({per_endpoint})" if len(s.calls_by_endpoint) > 1 else "")
-          + f", retried {s.teacher_retries:,}", file=out)
-    if s.accuracy is not None:
-        print(f"  answered {s.answered}, exact match {s.correct}/{s.scored} = {s.accuracy:.3f}", file=out)
-    _print_funnel(result.record)
-    if not result.complete:
-        causes = ", ".join(f"{k} {v}" for k, v in s.failures.most_common())
-        print(f"  failed {s.rollouts_failed} ({causes or 'none'}) -> {result.failures}", file=out)
-    if not result.complete:
-        print("  the run is incomplete: rerun the same command to retry the failed rollouts (and judgements)",
-              file=out)
+    from hfdistill.summary import summary_lines
+
+    for line in summary_lines(result):
+        print(line, file=sys.stderr)
 
 
 def _print_funnel(record: dict[str, Any]) -> None:
@@ -334,12 +292,6 @@ def _print_funnel(record: dict[str, Any]) -> None:
 
     for line in summary_lines(record):
         print(f"  {line}", file=sys.stderr)
-
-
-def _duration(seconds: float) -> str:
-    from hfdistill.progress import format_duration
-
-    return format_duration(seconds)
 
 
 def _add_curate(sub: argparse._SubParsersAction) -> None:

@@ -1,5 +1,5 @@
 """Process-wide settings a command sets for a run and restores after it: signal handlers, the
-garbage collector, `datasets`' progress bars. Only the CLI uses this module: the library never
+garbage collector, `datasets`' progress bars and error log lines. Only the CLI uses this module: the library never
 changes the state of the process it runs in.
 """
 
@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import logging
 import signal
 import sys
 from collections.abc import Iterator
@@ -22,8 +23,9 @@ __all__ = ["run_settings"]
 
 @contextlib.contextmanager
 def run_settings(stop: StopRequest) -> Iterator[None]:
-    """For the length of a run: Ctrl-C/SIGTERM request a graceful stop, GC tuned, datasets' bars off."""
-    with _signals(stop), _throughput_gc(), _quiet_datasets():
+    """For the length of a run: Ctrl-C/SIGTERM request a graceful stop, GC tuned, datasets' bars off and
+    its errors reported once (by us)."""
+    with _signals(stop), _throughput_gc(), _quiet_datasets(), _errors_reported_once():
         yield
 
 
@@ -70,3 +72,22 @@ def _quiet_datasets() -> Iterator[None]:
     finally:
         if was_enabled:
             datasets.enable_progress_bars()
+
+
+@contextlib.contextmanager
+def _errors_reported_once() -> Iterator[None]:
+    """`datasets` logs an ERROR line of its own (an Arrow message) before raising the exception we
+    translate into one `error:` line; drop those records while a command runs, keep its warnings."""
+    def below_error(record: logging.LogRecord) -> bool:
+        return record.levelno < logging.ERROR
+
+    # Its records come from child loggers (datasets.packaged_modules...): filter at its handlers,
+    # which importing `datasets` (above) installed.
+    handlers = list(logging.getLogger("datasets").handlers)
+    for handler in handlers:
+        handler.addFilter(below_error)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(below_error)

@@ -1,0 +1,41 @@
+"""The summary `generate` prints when a run ends: what was written, what it cost, what failed (pure)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from hfdistill.curation.funnel import summary_lines as funnel_lines
+from hfdistill.progress import format_duration
+
+if TYPE_CHECKING:
+    from hfdistill.generate import GenerateResult
+
+__all__ = ["summary_lines"]
+
+
+def summary_lines(result: GenerateResult) -> list[str]:
+    s = result.stats
+    keep = result.record.get("run_options", {}).get("keep", "all")
+    lines = [f"[hfdistill] done in {format_duration(s.wall_seconds)}: {s.rows} rollouts finished, "
+             f"{result.kept_rows} kept (--keep {keep}) and written to {result.output}",
+             f"generated {s.rollouts_done}, resumed from the journal {s.rollouts_reused}, "
+             f"skipped questions {s.questions_skipped} (blank)"]
+    if sum(result.held_back.values()):
+        held = ", ".join(f"{k} {v}" for k, v in result.held_back.items() if v)
+        lines.append(f"held back: {held} (--keep-malformed writes them)")
+    reasons = ", ".join(f"{k} {v}" for k, v in s.stop_reasons.most_common()) or "none"
+    lines += [f"stop reasons: {reasons}",
+              f"mean assistant turns {s.mean(s.turns):.2f}, mean searches {s.mean(s.searches):.2f}, "
+              f"tool-call errors seen by the model {s.tool_errors}",
+              f"tokens: prompt {s.prompt_tokens:,}, completion {s.completion_tokens:,}"]
+    per_endpoint = ", ".join(f"{k} {v:,}" for k, v in sorted(s.calls_by_endpoint.items()))
+    lines.append(f"teacher calls {s.teacher_calls:,}" + (f" ({per_endpoint})" if len(s.calls_by_endpoint) > 1 else "")
+                 + f", retried {s.teacher_retries:,}")
+    if s.accuracy is not None:
+        lines.append(f"answered {s.answered}, exact match {s.correct}/{s.scored} = {s.accuracy:.3f}")
+    lines += funnel_lines(result.record)
+    if not result.complete:
+        causes = ", ".join(f"{k} {v}" for k, v in s.failures.most_common())
+        lines += [f"failed {s.rollouts_failed} ({causes or 'none'}) -> {result.failures}",
+                  "the run is incomplete: rerun the same command to retry the failed rollouts (and judgements)"]
+    return [lines[0], *(f"  {line}" for line in lines[1:])]
