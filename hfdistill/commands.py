@@ -122,7 +122,8 @@ def _add_card(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_card(args: argparse.Namespace) -> int:
-    from hfdistill.publish.card import build_card, load_card_inputs, write_card
+    from hfdistill.publish.card import build_card, load_card_inputs
+    from hfdistill.publish.merge import write_card
 
     if args.output:
         merged = write_card(args.path, args.output, repo_id=args.repo_id, license=args.license,

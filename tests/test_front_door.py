@@ -224,7 +224,8 @@ def distilled_file(env: dict[str, str], tmp_path: Path) -> Path:
 
 def test_a_readme_without_metadata_is_merged_without_a_hub_warning(distilled_file: Path,
                                                                    caplog: pytest.LogCaptureFixture) -> None:
-    from hfdistill.publish.card import load_card_inputs, merge_card
+    from hfdistill.publish.card import load_card_inputs
+    from hfdistill.publish.merge import merge_card
 
     record, sample = load_card_inputs(distilled_file)
     with caplog.at_level("WARNING"):

@@ -25,7 +25,8 @@ from huggingface_hub.errors import (
 )
 
 from hfdistill.errors import ConfigError, HfdistillError, HubError, first_line
-from hfdistill.publish.card import HUB_ID, MergedCard, check_license, load_card_inputs, merge_card
+from hfdistill.publish.card import HUB_ID, check_license, load_card_inputs
+from hfdistill.publish.merge import MergedCard, merge_card
 
 __all__ = ["check_push_target", "push", "push_card"]
 
