@@ -128,6 +128,7 @@ class FakeTeacher:
         self.in_flight = 0
         self.max_in_flight = 0
         self.events: list[tuple[float, str, str]] = []  # (time, "start"/"end", question)
+        self.hold: threading.Event | None = None  # while set to an unset event, requests wait (after "start")
         self._lock = threading.Lock()
 
     def script(self, question: str, *steps: Step) -> None:
@@ -171,6 +172,8 @@ class FakeTeacher:
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
             self.events.append((time.monotonic(), "start", question))
         try:
+            while self.hold is not None and not self.hold.is_set():
+                await asyncio.sleep(0.005)
             await asyncio.sleep(self.behaviour.delay + self.question_delay.get(question, 0.0))
         finally:
             with self._lock:

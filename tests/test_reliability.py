@@ -209,27 +209,32 @@ def test_a_signal_finishes_in_flight_rollouts_and_says_how_to_resume(env: dict[s
                                                                      teacher: tuple[FakeTeacher, Served],
                                                                      signum: int) -> None:
     fake, _ = teacher
-    fake.behaviour.delay = 0.3
+    fake.hold = threading.Event()  # no rollout can finish, so none can start, until the test says so
     n = 24
     inp, out = _input(tmp_path, n), tmp_path / "o.parquet"
-    proc = _spawn(inp, out, env)
-    _wait_for_lines(lambda: _journal(tmp_path), 2, proc)
-    signalled = time.monotonic()
+    proc = _spawn(inp, out, env)  # a window of 4
+    deadline = time.monotonic() + 60
+    while len({q for _, kind, q in fake.events if kind == "start"}) < 4:
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1]
+        time.sleep(0.02)
+    started = {q for _, kind, q in fake.events if kind == "start"}
     proc.send_signal(signum)
+    assert proc.stderr is not None
+    seen = []
+    while not seen or "finishing the rollouts in flight" not in seen[-1]:  # the stop is acknowledged
+        seen.append(proc.stderr.readline())
+        assert seen[-1], "".join(seen)
+    fake.hold.set()  # the window drains: without the stop, new rollouts would start now
     _, err = proc.communicate(timeout=30)
+    err = "".join(seen) + err
     assert proc.returncode == 130
     assert "rerun the same command to resume" in err.splitlines()[-1]
     assert "Traceback" not in err
     assert not out.exists()
     # nothing new started after the signal, and everything that started was finished and recorded
-    first_seen: dict[str, float] = {}
-    for t, kind, q in fake.events:
-        if kind == "start":
-            first_seen.setdefault(q, t)
-    assert all(t <= signalled + 0.05 for t in first_seen.values())
+    assert {q for _, kind, q in fake.events if kind == "start"} == started
     recorded = {json.loads(line)["q"] for line in _journal(tmp_path).read_text().splitlines()}
-    assert recorded == set(first_seen)
-    assert len(recorded) < n
+    assert recorded == started and len(recorded) < n
 
 
 def test_second_ctrl_c_stops_at_once(env: dict[str, str], tmp_path: Path,
