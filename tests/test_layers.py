@@ -16,8 +16,8 @@ LAYERS: dict[str, tuple[str, ...]] = {
              "atomic"),
     "clients": ("teacher", "retrieval", "config"),
     "run": ("inputs", "journal", "identity", "output", "recorder", "run", "progress", "publish", "curation"),
-    "front": ("distiller", "generate", "judging", "curate", "engines", "process", "commands", "cli", "__init__",
-              "__main__"),
+    "front": ("distiller", "runtime", "generate", "summary", "judging", "curate", "engines", "process", "commands",
+              "cli", "__init__", "__main__"),
 }
 HTTP_CLIENTS = {"aiohttp", "httpx", "httpx2", "openai", "requests", "urllib3", "urllib.request"}
 HTTP_PACKAGES = {"teacher", "retrieval"}

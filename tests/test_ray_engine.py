@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,8 @@ from hfdistill.output import read_record
 from tests.fake_judge import FakeJudge
 from tests.fakes import Served
 from tests.ray_cluster import ENV, Cluster
+from tests.simulators import simulators as simulators_running
+from tests.simulators import teacher_calls
 from tests.verl_rules import check_output
 
 REPO = Path(__file__).resolve().parents[1]
@@ -60,24 +61,10 @@ def second_node(cluster: Cluster) -> Iterator[int]:
     cluster.remove_node(port)
 
 
-def _serve(script: str, *args: str) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen([sys.executable, str(REPO / "benchmarks" / script), "--port", "0", *args],
-                            stdout=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    line = proc.stdout.readline()  # "<name> listening on http://127.0.0.1:PORT[/retrieve]"
-    return proc, line.split(" listening on ")[1].split()[0]
-
-
 @pytest.fixture(scope="module")
 def simulators() -> Iterator[tuple[str, str]]:
-    vllm, vllm_url = _serve("sim_vllm.py")
-    retrieval, retrieval_url = _serve("sim_retrieval.py")
-    try:
-        yield vllm_url, retrieval_url
-    finally:
-        for proc in (vllm, retrieval):
-            proc.terminate()
-            proc.wait(10)
+    with simulators_running() as urls:
+        yield urls
 
 
 @pytest.fixture(scope="module")
@@ -87,11 +74,6 @@ def workload(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("input") / "questions.parquet"
     pq.write_table(pa.table({"question": questions, "golden_answers": golden}), path)
     return path
-
-
-def _calls(vllm_url: str) -> int:
-    with urllib.request.urlopen(f"{vllm_url}/metrics", timeout=10) as response:
-        return int(json.load(response)["requests"])
 
 
 def _generate(out: Path, servers: tuple[str, str], workload: Path, *args: str,
@@ -153,29 +135,29 @@ def test_a_ray_run_writes_the_local_runs_rows(cluster: Cluster, second_node: int
 def test_a_raylet_killed_at_30_percent_loses_no_row_and_little_work(
         cluster: Cluster, second_node: int, simulators: tuple[str, str], workload: Path, tmp_path: Path) -> None:
     vllm_url = simulators[0]
-    before = _calls(vllm_url)
+    before = teacher_calls(vllm_url)
     clean = _out(tmp_path, "clean")
     code, err = _finish(_generate(clean, simulators, workload))
     assert code == 0, err
-    clean_calls = _calls(vllm_url) - before
+    clean_calls = teacher_calls(vllm_url) - before
 
     killed = _out(tmp_path, "killed")
-    start = _calls(vllm_url)
+    start = teacher_calls(vllm_url)
     proc = _generate(killed, simulators, workload, *WINDOW, ray_address=cluster.address)
     deadline = time.monotonic() + 300
-    while _calls(vllm_url) - start < KILL_AT * clean_calls:
+    while teacher_calls(vllm_url) - start < KILL_AT * clean_calls:
         assert proc.poll() is None, proc.communicate()[1]
         assert time.monotonic() < deadline, "the run made too few teacher calls in 5 minutes"
         time.sleep(0.02)
     os.kill(cluster.raylet_pid(second_node), signal.SIGKILL)
-    at_kill = _calls(vllm_url) - start
+    at_kill = teacher_calls(vllm_url) - start
     code, err = _finish(proc)
     runs = 1
     if code == 3:  # rollouts that failed for good are retried by the same command, as in a local run
         code, err = _finish(_generate(killed, simulators, workload, *WINDOW, ray_address=cluster.address))
         runs = 2
     assert code == 0, err
-    total = _calls(vllm_url) - start
+    total = teacher_calls(vllm_url) - start
     assert [(r["input_index"], r["rollout_index"]) for r in _rows(killed)] == [(i, 0) for i in range(QUESTIONS)]
     assert [_comparable(r) for r in _rows(killed)] == [_comparable(r) for r in _rows(clean)]
     ratio = total / clean_calls
@@ -188,10 +170,10 @@ def test_a_killed_driver_resumes_with_the_same_command(
         cluster: Cluster, second_node: int, simulators: tuple[str, str], workload: Path, tmp_path: Path) -> None:
     vllm_url = simulators[0]
     out = _out(tmp_path, "driver")
-    start = _calls(vllm_url)
+    start = teacher_calls(vllm_url)
     proc = _generate(out, simulators, workload, "--engine", "ray", "--batch_size", "4", ray_address=cluster.address)
     deadline = time.monotonic() + 300
-    while _calls(vllm_url) - start < 0.6 * _expected_calls():
+    while teacher_calls(vllm_url) - start < 0.6 * _expected_calls():
         assert proc.poll() is None, proc.communicate()[1]
         assert time.monotonic() < deadline, "the run made too few teacher calls in 5 minutes"
         time.sleep(0.02)

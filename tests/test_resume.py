@@ -4,32 +4,25 @@ one clean run (the issue's goal: at most 1.10x)."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
+from tests.simulators import simulators as simulators_running
+from tests.simulators import teacher_calls
+
 REPO = Path(__file__).resolve().parents[1]
 HOTPOTQA = REPO.parent / "shared" / "data" / "hotpotqa_hard_train" / "train.parquet"
 QUESTIONS = 600
 KILL_AT = 0.40
 GOAL = 1.10
-
-
-def _serve(script: str, *args: str) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen([sys.executable, str(REPO / "benchmarks" / script), "--port", "0", *args],
-                            stdout=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    line = proc.stdout.readline()  # "<name> listening on http://127.0.0.1:PORT[/retrieve]"
-    return proc, line.split(" listening on ")[1].split()[0]
 
 
 @pytest.fixture
@@ -39,20 +32,8 @@ def simulators() -> Iterator[tuple[str, str]]:
     # Generation 5x slower than the benchmark's default (still ~8x faster than a 30B model on a GPU): at
     # full simulator speed the client on this small machine, not the teacher, is the bottleneck, and a
     # kill would also lose replies that arrived but were not read yet, which a real run does not have.
-    vllm, vllm_url = _serve("sim_vllm.py", "--tpot", "0.0035")
-    retrieval, retrieval_url = _serve("sim_retrieval.py")
-    try:
-        yield vllm_url, retrieval_url
-    finally:
-        for proc in (vllm, retrieval):
-            proc.terminate()
-            proc.wait(10)
-
-
-def _calls(vllm_url: str) -> int:
-    """Completed chat calls: the teacher work paid for."""
-    with urllib.request.urlopen(f"{vllm_url}/metrics", timeout=10) as response:
-        return int(json.load(response)["requests"])
+    with simulators_running("--tpot", "0.0035") as urls:
+        yield urls
 
 
 def _generate(out: Path, vllm_url: str, retrieval_url: str) -> subprocess.Popen[str]:
@@ -75,21 +56,21 @@ def test_kill_9_at_40_percent_then_rerun_costs_at_most_110_percent_of_a_clean_ru
     clean.parent.mkdir()
     proc = _generate(clean, vllm_url, retrieval_url)
     assert proc.wait(300) == 0, proc.communicate()[1]
-    clean_calls = _calls(vllm_url)
+    clean_calls = teacher_calls(vllm_url)
 
     killed = tmp_path / "killed" / "out.parquet"
     killed.parent.mkdir()
     proc = _generate(killed, vllm_url, retrieval_url)
-    while _calls(vllm_url) - clean_calls < KILL_AT * clean_calls:
+    while teacher_calls(vllm_url) - clean_calls < KILL_AT * clean_calls:
         assert proc.poll() is None, proc.communicate()[1]
         time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
     proc.wait(10)
-    at_kill = _calls(vllm_url) - clean_calls
+    at_kill = teacher_calls(vllm_url) - clean_calls
     assert not killed.exists()
     rerun = _generate(killed, vllm_url, retrieval_url)
     assert rerun.wait(300) == 0, rerun.communicate()[1]
-    total = _calls(vllm_url) - clean_calls
+    total = teacher_calls(vllm_url) - clean_calls
 
     assert _keys(killed) == _keys(clean) == [(i, 0) for i in range(QUESTIONS)]  # every row, exactly once
     ratio = total / clean_calls
