@@ -37,10 +37,10 @@ pytestmark = [pytest.mark.ray, pytest.mark.timeout(900)]
 QUESTIONS = 300
 KILL_AT = 0.30
 GOAL = 1.5
-# A lost node loses its actors' rollouts in flight (and what they finish before their workers notice
-# the raylet is gone, a few seconds on this machine): with the default window (512) all 300 rollouts
-# of this small input are in flight at once, so the test runs a window of twice the server's slots.
-WINDOW = ("--engine", "ray", "--concurrency", "128", "--batch_size", "8")
+# A lost node loses the turns its actors made since their last report to the turn store (and what they
+# finish before their workers notice the raylet is gone, a few seconds on this machine). The default
+# window (512) puts all 300 rollouts of this small input in flight at once: the hardest case.
+WINDOW = ("--engine", "ray", "--batch_size", "8")
 
 
 @pytest.fixture(scope="module")
@@ -180,6 +180,8 @@ def test_a_killed_driver_resumes_with_the_same_command(
     proc.send_signal(signal.SIGKILL)
     proc.wait(30)
     assert not out.exists()
+    checkpoints = list(out.parent.glob(".hfdistill/*/turns.jsonl"))  # the turns of the rollouts in flight
+    assert checkpoints and checkpoints[0].stat().st_size > 0
     code, err = _finish(_generate(out, simulators, workload, "--engine", "ray", "--batch_size", "4",
                                   ray_address=cluster.address))
     assert code == 0, err

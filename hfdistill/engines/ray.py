@@ -6,7 +6,10 @@ It probes the servers, then sends the rollouts the journal does not hold yet (wi
 earlier attempt left of each unfinished conversation) through Ray Data: `map_batches` over an
 async actor class (`worker.RolloutWorker`, one per actor, each with its own window and teacher
 clients over every endpoint) on an `ActorPoolStrategy` pool, and `iter_batches` back here, where
-each finished rollout is journaled and each failure listed. Ray retries the work of an actor or a
+each finished rollout is journaled and each failure listed. Each finished tool turn goes from the
+worker to a `TurnStore` actor on this node as it happens (`engines.turns`); the driver writes them
+to the run's checkpoints after every batch, as a local run does, and a task Ray retries continues
+each conversation from its last turn. Ray retries the work of an actor or a
 node that dies (Ray Data restarts its actors and re-runs their tasks); a retried task's second
 answer for a rollout already recorded is dropped, so the output holds every rollout exactly once.
 """
@@ -24,9 +27,11 @@ from typing import Any
 import datasets
 
 from hfdistill.distiller import Distiller
+from hfdistill.engines.turns import TurnReport, TurnStore
 from hfdistill.engines.worker import EVENT_COLUMN, JOB_COLUMN, Event, RolloutWorker, decode_event, encode_job
 from hfdistill.errors import ClusterError, first_line
 from hfdistill.recorder import Prior
+from hfdistill.rollout import TurnStep
 from hfdistill.run import Run
 from hfdistill.types import RolloutJob, StopRequest
 
@@ -39,6 +44,7 @@ MAX_DEFAULT_ACTORS = 32  # one actor feeds many GPUs (see the README); more only
 # restart the actors of a lost one (Ray Data re-runs a dead actor's tasks on its restarted self).
 ACTOR_CPUS = 0.5
 _SCAN_CHUNK = 2048
+_LAST_TURNS_SECONDS = 30  # at the end, how long to wait for the turn store's last turns
 _ACTORS_START_SECONDS = 600  # a cluster that cannot start the pool in this time fails the run, naming why
 _Slot = tuple[int, int]
 
@@ -135,21 +141,27 @@ def _execute(ray: Any, distiller: Distiller, run: Run, rows: list[dict[str, str]
     tasks = min(2 * math.ceil(share / jobs_per_task), math.ceil(blocks / pool))
     config = distiller.config.replace(concurrency=share, **_absolute_paths(distiller))
     log.info("Ray: %d actors, %d rollouts in flight each, %d rollouts per task", pool, share, jobs_per_task)
+    turns = _turn_store(ray)
     jobs = ray.data.from_items(rows, override_num_blocks=blocks)
     events = jobs.map_batches(
-        RolloutWorker, fn_constructor_kwargs={"config": config, "served": distiller.clients.served},
+        RolloutWorker, fn_constructor_kwargs={"config": config, "served": distiller.clients.served, "turns": turns},
         batch_size=jobs_per_task, num_cpus=ACTOR_CPUS,  # Ray Data spreads actors over the nodes by default
         compute=ActorPoolStrategy(size=pool, max_tasks_in_flight_per_actor=tasks,
                                   max_concurrent_calls_per_actor=tasks))
     try:
         with _data_context():
-            _consume(events, run, distiller, dispatch, stop)
+            _consume(ray, events, run, distiller, dispatch, stop, turns)
     except ray.exceptions.RayError as e:
         reason = first_line(e)
         log.error("the Ray cluster failed to run the rollouts (%s); those not back are listed as failures", reason)
+        _checkpoint_last(ray, turns, run, dispatch)
         for job in list(dispatch.jobs.values()):
             run.failed(job, "cluster", 0, f"the Ray cluster failed: {reason}")
         dispatch.jobs.clear()
+    else:
+        _checkpoint_last(ray, turns, run, dispatch)
+    finally:
+        ray.kill(turns)
     if stop.requested:
         distiller.stop()  # the run reads it to tell an interrupted run from a finished one
         return  # the rollouts not back yet stay owed: the rerun makes them
@@ -157,12 +169,46 @@ def _execute(ray: Any, distiller: Distiller, run: Run, rows: list[dict[str, str]
         run.failed(job, "cluster", 0, "the Ray cluster returned no result for this rollout")
 
 
-def _consume(events: Any, run: Run, distiller: Distiller, dispatch: _Dispatch, stop: StopRequest) -> None:
+def _turn_store(ray: Any) -> Any:
+    """The run's `TurnStore` actor, on this node: it lives as long as the driver, whichever node is lost."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    return ray.remote(TurnStore).options(num_cpus=0, scheduling_strategy=here).remote()
+
+
+def _consume(ray: Any, events: Any, run: Run, distiller: Distiller, dispatch: _Dispatch, stop: StopRequest,
+             turns: Any) -> None:
     for batch in events.iter_batches(batch_size=None, batch_format="pyarrow"):
+        answered = []
         for text in batch[EVENT_COLUMN].to_pylist():
-            _record(decode_event(text), run, distiller, dispatch)
+            event = decode_event(text)
+            _record(event, run, distiller, dispatch)
+            if event.kind != "calls":
+                answered.append(event.slot)
+        turns.forget.remote(answered)
+        _checkpoint(ray.get(turns.take.remote()), run, dispatch)
         if stop.requested:
             return
+
+
+def _checkpoint(reports: list[TurnReport], run: Run, dispatch: _Dispatch) -> None:
+    """The turns the workers made since the last batch, into the run's checkpoints (those of rollouts
+    still out): a driver killed now resumes those conversations from there."""
+    for report in reports:
+        job = dispatch.jobs.get(report.slot)
+        if job is not None:
+            run.turn(job, report.number, TurnStep.from_dict(report.step), model=report.model,
+                     protocol=report.protocol)
+
+
+def _checkpoint_last(ray: Any, turns: Any, run: Run, dispatch: _Dispatch) -> None:
+    """The store's last turns, so that the rollouts that never came back resume from them."""
+    try:
+        _checkpoint(ray.get(turns.take.remote(), timeout=_LAST_TURNS_SECONDS), run, dispatch)
+    except ray.exceptions.RayError as e:
+        log.warning("the last turns of the rollouts in flight were not saved (%s); they will start over",
+                    first_line(e))
 
 
 @contextlib.contextmanager

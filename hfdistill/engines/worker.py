@@ -6,17 +6,21 @@ so with its own window and its own teacher clients over every endpoint (least-ou
 and stickiness per actor), and answers one event per job: the finished result, or the failure with
 the turns it made, so that the next run continues that conversation. Each batch also reports the
 teacher and judge calls the actor made since its last report. The driver decodes the events (`decode_event`).
+With a turn store (`engines.turns`), each finished tool turn is also sent there as it happens, and a
+batch first claims its rollouts there, continuing each from the last turn an earlier attempt made.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+import uuid
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from hfdistill.config import DistillConfig
 from hfdistill.distiller import Distiller
+from hfdistill.engines.turns import TurnReport
 from hfdistill.recorder import Prior
 from hfdistill.rollout import TurnStep
 from hfdistill.teacher.client import TeacherStats
@@ -74,7 +78,8 @@ def decode_event(text: str) -> Event:
 class _Events:
     """The worker's recorder: priors sent by the driver in, one terminal event per job out."""
 
-    def __init__(self) -> None:
+    def __init__(self, report: Callable[[TurnReport], None] | None = None) -> None:
+        self.report = report
         self.priors: dict[_Slot, Prior | None] = {}
         self.turns: dict[_Slot, list[tuple[int, dict[str, Any]]]] = {}
         self.out: dict[_Slot, dict[str, Any]] = {}
@@ -87,7 +92,10 @@ class _Events:
 
     def turn(self, job: RolloutJob, number: int, step: TurnStep, *, model: str | None,
              protocol: str | None) -> None:
-        self.turns.setdefault(_slot(job), []).append((number, step.to_dict()))
+        recorded = step.to_dict()
+        self.turns.setdefault(_slot(job), []).append((number, recorded))
+        if self.report is not None:
+            self.report(TurnReport(_slot(job), number, recorded, model, protocol))
 
     def finished(self, job: RolloutJob, result: dict[str, Any], *, model: str | None, protocol: str | None,
                  reused: bool) -> None:
@@ -110,11 +118,14 @@ def _slot(job: RolloutJob) -> _Slot:
 class RolloutWorker:
     """A Ray Data callable class: `async __call__` so that one actor runs many batches at once."""
 
-    def __init__(self, config: DistillConfig, served: Served) -> None:
+    def __init__(self, config: DistillConfig, served: Served, turns: Any = None) -> None:
+        """`turns`: a handle to the run's `TurnStore` actor, or None to report turns with failures only."""
         self.distiller = Distiller(config)
         self.distiller.assume_teacher(served)  # the driver probed the servers already
         self.distiller.corpus_digest()  # the embedded retriever loads its index now: a missing one fails here
-        self.events = _Events()
+        self.store = turns
+        self.token = uuid.uuid4().hex  # this actor's claims in the store
+        self.events = _Events(self._put if turns is not None else None)
         self._reported = TeacherStats()
         self._judged = JudgeStats()
 
@@ -124,6 +135,8 @@ class RolloutWorker:
             job, prior = _decode_job(str(text))
             self.events.priors[_slot(job)] = prior
             jobs.append(job)
+        if self.store is not None:
+            await self._claim(jobs)
         await self.distiller.run_jobs(jobs, self.events)
         model, protocol = self.distiller.model, self.distiller.mode
         out = []
@@ -135,6 +148,20 @@ class RolloutWorker:
                 out.append(json.dumps({"i": job.input_index, "r": job.rollout_index, **event}, ensure_ascii=False))
         out.append(json.dumps({"kind": "calls", "calls": self._calls_since_last_report()}))
         return {EVENT_COLUMN: out}
+
+    async def _claim(self, jobs: list[RolloutJob]) -> None:
+        """Claim the batch's rollouts in the store; continue each from the turns an earlier attempt made
+        there (a task Ray retried after its node was lost), not only from those the driver sent."""
+        priors = self.events.priors
+        known = {_slot(j): len(p.steps) if (p := priors.get(_slot(j))) else 0 for j in jobs}
+        later: dict[_Slot, list[TurnReport]] = await self.store.claim.remote(self.token, known)
+        for slot, reports in later.items():
+            prior, last = priors.get(slot), reports[-1]
+            steps = (prior.steps if prior else ()) + tuple(TurnStep.from_dict(r.step) for r in reports)
+            priors[slot] = Prior(last.model, last.protocol, steps=steps)
+
+    def _put(self, report: TurnReport) -> None:
+        self.store.put.remote(self.token, report)  # not awaited: the rollout goes on at once
 
     def _calls_since_last_report(self) -> dict[str, Any]:
         now, last = self.distiller.teacher_stats, self._reported

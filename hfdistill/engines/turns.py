@@ -1,0 +1,85 @@
+"""The turns of conversations in flight on a Ray cluster, kept off the workers so a lost node loses none.
+
+`TurnStore` is plain Python; the Ray engine runs it as one actor on the driver's node. A worker
+reports each finished tool turn here as it happens (`put`), the driver collects them after every
+batch of results (`take`) into the run's checkpoint file, as a local run writes them, and a task
+Ray retries elsewhere continues each conversation from the last turn the store holds (`claim`)
+instead of from its first turn. A worker whose task was handed to another is no longer heard:
+only the newest claimant of a rollout may add its turns, in order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Slot", "TurnReport", "TurnStore"]
+
+Slot = tuple[int, int]  # (input index, rollout index): a rollout's place in the input
+
+
+@dataclass(frozen=True)
+class TurnReport:
+    """One finished tool turn of a rollout: its number (from 1) and `TurnStep.to_dict()`."""
+
+    slot: Slot
+    number: int
+    step: dict[str, Any]
+    model: str | None
+    protocol: str | None
+
+
+@dataclass
+class _Rollout:
+    owner: str
+    known: int  # turns the claimant was sent with its job (the driver's checkpoints hold them)
+    turns: list[TurnReport] = field(default_factory=list)
+
+    @property
+    def last(self) -> int:
+        return self.turns[-1].number if self.turns else self.known
+
+
+class TurnStore:
+    """Turns by rollout, the claimant of each rollout, and the turns the driver has not taken yet."""
+
+    def __init__(self) -> None:
+        self._rollouts: dict[Slot, _Rollout] = {}
+        self._untaken: list[TurnReport] = []
+
+    def claim(self, token: str, known: dict[Slot, int]) -> dict[Slot, list[TurnReport]]:
+        """`token` now runs these rollouts, each sent with `known[slot]` turns; returns, by rollout, the
+        later turns an earlier claimant made, to continue from."""
+        later: dict[Slot, list[TurnReport]] = {}
+        for slot, count in known.items():
+            rollout = self._rollouts.get(slot)
+            turns = [t for t in rollout.turns if t.number > count] if rollout else []
+            self._rollouts[slot] = _Rollout(token, count, turns)
+            if turns:
+                later[slot] = turns
+        return later
+
+    def put(self, token: str, report: TurnReport) -> bool:
+        """Keep `report` if `token` runs its rollout and it is the next turn; says whether it was kept."""
+        rollout = self._rollouts.get(report.slot)
+        if rollout is None or rollout.owner != token or report.number != rollout.last + 1:
+            return False
+        rollout.turns.append(report)
+        self._untaken.append(report)
+        return True
+
+    def take(self) -> list[TurnReport]:
+        """The turns kept since the last `take`, in the order they came."""
+        out, self._untaken = self._untaken, []
+        return out
+
+    def forget(self, slots: list[Slot]) -> None:
+        """These rollouts are recorded: drop their turns, and refuse any that still arrive."""
+        for slot in slots:
+            self._rollouts.pop(slot, None)
+        gone = set(slots)
+        self._untaken = [t for t in self._untaken if t.slot not in gone]
+
+    def size(self) -> int:
+        """Rollouts held (for tests and logs)."""
+        return len(self._rollouts)
