@@ -17,6 +17,8 @@ __all__ = ["load_rows", "render_conversation"]
 
 def load_rows(path: str | Path, start: int = 0, n: int = 1) -> list[dict[str, Any]]:
     """Rows `start`..`start+n` of an output parquet, as Python dicts."""
+    if n < 1:
+        raise InputError(f"-n {n} shows no row; pass -n 1 or more")
     try:
         table = pq.read_table(path)
     except (OSError, ValueError) as e:
