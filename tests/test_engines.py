@@ -14,6 +14,7 @@ import pytest
 
 from hfdistill.cli import main
 from hfdistill.engines import check_engine
+from hfdistill.engines.ray import MAX_DEFAULT_ACTORS, pool_size
 from hfdistill.errors import ConfigError
 from tests.conftest import write_jsonl
 
@@ -77,3 +78,20 @@ def test_a_local_run_never_imports_ray(env: dict[str, str], tmp_path: Path) -> N
                    "assert 'ray' not in sys.modules, 'a local run imported ray'\n"
                    "sys.exit(code)", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize(("actors", "cpus", "tasks", "size", "warns"), [
+    (None, 4, 100, 4, False),  # one actor per CPU
+    (None, 96, 1000, MAX_DEFAULT_ACTORS, False),  # at most 32 unless asked
+    (None, 4, 2, 2, False),  # never more actors than tasks
+    (8, 4, 100, 8, False),  # half a CPU each: 8 fit on 4 CPUs
+    (9, 4, 100, 9, True),  # 9 do not: said before the pool waits for them
+    (9, 4, 3, 3, False),
+])
+def test_the_pool_is_sized_from_the_cluster_and_an_oversized_one_is_announced(
+        actors: int | None, cpus: float, tasks: int, size: int, warns: bool) -> None:
+    got, warning = pool_size(actors, cpus, tasks)
+    assert got == size
+    assert (warning is not None) == warns
+    if warning:
+        assert "lower --ray-actors to 8 or add nodes" in warning

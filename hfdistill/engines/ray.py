@@ -20,6 +20,7 @@ import contextlib
 import logging
 import math
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,7 +36,7 @@ from hfdistill.rollout import TurnStep
 from hfdistill.run import Run
 from hfdistill.types import RolloutJob, StopRequest
 
-__all__ = ["ACTOR_CPUS", "MAX_DEFAULT_ACTORS", "run_on_ray"]
+__all__ = ["ACTOR_CPUS", "MAX_DEFAULT_ACTORS", "pool_size", "run_on_ray"]
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,7 @@ MAX_DEFAULT_ACTORS = 32  # one actor feeds many GPUs (see the README); more only
 # restart the actors of a lost one (Ray Data re-runs a dead actor's tasks on its restarted self).
 ACTOR_CPUS = 0.5
 _SCAN_CHUNK = 2048
+_TAKE_SECONDS = 0.5  # how often the driver checkpoints the turn store's new turns (a killed driver loses those)
 _LAST_TURNS_SECONDS = 30  # at the end, how long to wait for the turn store's last turns
 _ACTORS_START_SECONDS = 600  # a cluster that cannot start the pool in this time fails the run, naming why
 _Slot = tuple[int, int]
@@ -179,21 +181,23 @@ def _turn_store(ray: Any) -> Any:
 
 def _consume(ray: Any, events: Any, run: Run, distiller: Distiller, dispatch: _Dispatch, stop: StopRequest,
              turns: Any) -> None:
+    recorded: list[_Slot] = []
+    taken = time.monotonic()
     for batch in events.iter_batches(batch_size=None, batch_format="pyarrow"):
-        answered = []
         for text in batch[EVENT_COLUMN].to_pylist():
             event = decode_event(text)
             _record(event, run, distiller, dispatch)
             if event.kind != "calls":
-                answered.append(event.slot)
-        turns.forget.remote(answered)
-        _checkpoint(ray.get(turns.take.remote()), run, dispatch)
+                recorded.append(event.slot)
+        if time.monotonic() - taken >= _TAKE_SECONDS:
+            _checkpoint(ray.get(turns.take.remote(recorded)), run, dispatch)
+            recorded, taken = [], time.monotonic()
         if stop.requested:
             return
 
 
 def _checkpoint(reports: list[TurnReport], run: Run, dispatch: _Dispatch) -> None:
-    """The turns the workers made since the last batch, into the run's checkpoints (those of rollouts
+    """The turns the workers made since the last take, into the run's checkpoints (those of rollouts
     still out): a driver killed now resumes those conversations from there."""
     for report in reports:
         job = dispatch.jobs.get(report.slot)
@@ -262,10 +266,24 @@ def _add_calls(distiller: Distiller, calls: dict[str, Any]) -> None:
 
 
 def _pool_size(ray: Any, actors: int | None, tasks: int) -> int:
-    """--ray-actors, or one per CPU of the cluster (at most MAX_DEFAULT_ACTORS); never more than tasks."""
+    cpus = float(ray.cluster_resources().get("CPU", 1))
+    size, warning = pool_size(actors, cpus, tasks)
+    if warning:
+        log.warning("%s", warning)
+    return size
+
+
+def pool_size(actors: int | None, cluster_cpus: float, tasks: int) -> tuple[int, str | None]:
+    """--ray-actors, or one per CPU of the cluster (at most MAX_DEFAULT_ACTORS), never more than tasks;
+    and a warning when the cluster, as it is now, cannot host that many actors."""
     if actors is None:
-        actors = max(1, min(MAX_DEFAULT_ACTORS, int(ray.cluster_resources().get("CPU", 1))))
-    return max(1, min(actors, tasks))
+        actors = max(1, min(MAX_DEFAULT_ACTORS, int(cluster_cpus)))
+    size = max(1, min(actors, tasks))
+    if size * ACTOR_CPUS <= cluster_cpus:
+        return size, None
+    return size, (f"{size} Ray actors need {size * ACTOR_CPUS:g} CPUs and the cluster has {cluster_cpus:g}: the "
+                  f"run waits up to {_ACTORS_START_SECONDS // 60} minutes for more nodes (an autoscaler), then "
+                  f"fails; lower --ray-actors to {max(1, int(cluster_cpus / ACTOR_CPUS))} or add nodes")
 
 
 def _absolute_paths(distiller: Distiller) -> dict[str, str]:

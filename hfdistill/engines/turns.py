@@ -1,8 +1,8 @@
 """The turns of conversations in flight on a Ray cluster, kept off the workers so a lost node loses none.
 
 `TurnStore` is plain Python; the Ray engine runs it as one actor on the driver's node. A worker
-reports each finished tool turn here as it happens (`put`), the driver collects them after every
-batch of results (`take`) into the run's checkpoint file, as a local run writes them, and a task
+reports the tool turns it finishes here every fraction of a second (`put`), the driver collects them
+as results come back (`take`) into the run's checkpoint file, as a local run writes them, and a task
 Ray retries elsewhere continues each conversation from the last turn the store holds (`claim`)
 instead of from its first turn. A worker whose task was handed to another is no longer heard:
 only the newest claimant of a rollout may add its turns, in order.
@@ -59,26 +59,27 @@ class TurnStore:
                 later[slot] = turns
         return later
 
-    def put(self, token: str, report: TurnReport) -> bool:
-        """Keep `report` if `token` runs its rollout and it is the next turn; says whether it was kept."""
-        rollout = self._rollouts.get(report.slot)
-        if rollout is None or rollout.owner != token or report.number != rollout.last + 1:
-            return False
-        rollout.turns.append(report)
-        self._untaken.append(report)
-        return True
+    def put(self, token: str, reports: list[TurnReport]) -> int:
+        """Keep each report whose rollout `token` runs and that is that rollout's next turn; returns how
+        many were kept."""
+        kept = 0
+        for report in reports:
+            rollout = self._rollouts.get(report.slot)
+            if rollout is None or rollout.owner != token or report.number != rollout.last + 1:
+                continue
+            rollout.turns.append(report)
+            self._untaken.append(report)
+            kept += 1
+        return kept
 
-    def take(self) -> list[TurnReport]:
-        """The turns kept since the last `take`, in the order they came."""
-        out, self._untaken = self._untaken, []
-        return out
-
-    def forget(self, slots: list[Slot]) -> None:
-        """These rollouts are recorded: drop their turns, and refuse any that still arrive."""
-        for slot in slots:
+    def take(self, recorded: list[Slot] | tuple[()] = ()) -> list[TurnReport]:
+        """The turns kept since the last `take`, in the order they came, but those of the `recorded`
+        rollouts, which are dropped (and any of their turns that still arrive is refused)."""
+        for slot in recorded:
             self._rollouts.pop(slot, None)
-        gone = set(slots)
-        self._untaken = [t for t in self._untaken if t.slot not in gone]
+        gone = set(recorded)
+        out, self._untaken = [t for t in self._untaken if t.slot not in gone], []
+        return out
 
     def size(self) -> int:
         """Rollouts held (for tests and logs)."""

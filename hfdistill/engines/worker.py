@@ -6,12 +6,13 @@ so with its own window and its own teacher clients over every endpoint (least-ou
 and stickiness per actor), and answers one event per job: the finished result, or the failure with
 the turns it made, so that the next run continues that conversation. Each batch also reports the
 teacher and judge calls the actor made since its last report. The driver decodes the events (`decode_event`).
-With a turn store (`engines.turns`), each finished tool turn is also sent there as it happens, and a
-batch first claims its rollouts there, continuing each from the last turn an earlier attempt made.
+With a turn store (`engines.turns`), the finished tool turns are also sent there, a few times a second,
+and a batch first claims its rollouts there, continuing each from the last turn an earlier attempt made.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -33,6 +34,9 @@ __all__ = ["EVENT_COLUMN", "JOB_COLUMN", "Event", "RolloutWorker", "decode_event
 JOB_COLUMN = "job"
 EVENT_COLUMN = "event"
 _Slot = tuple[int, int]  # (input index, rollout index): a job's place in the input
+# Turns go to the store in one call per this many seconds: a call per turn costs more CPU than the turn
+# (Ray's task submission), and a node lost in between loses only the turns of that last fraction.
+_FLUSH_SECONDS = 0.25
 
 
 def encode_job(job: RolloutJob, prior: Prior | None) -> str:
@@ -125,6 +129,7 @@ class RolloutWorker:
         self.distiller.corpus_digest()  # the embedded retriever loads its index now: a missing one fails here
         self.store = turns
         self.token = uuid.uuid4().hex  # this actor's claims in the store
+        self._unsent: list[TurnReport] = []
         self.events = _Events(self._put if turns is not None else None)
         self._reported = TeacherStats()
         self._judged = JudgeStats()
@@ -161,7 +166,13 @@ class RolloutWorker:
             priors[slot] = Prior(last.model, last.protocol, steps=steps)
 
     def _put(self, report: TurnReport) -> None:
-        self.store.put.remote(self.token, report)  # not awaited: the rollout goes on at once
+        if not self._unsent:
+            asyncio.get_running_loop().call_later(_FLUSH_SECONDS, self._flush)
+        self._unsent.append(report)
+
+    def _flush(self) -> None:
+        reports, self._unsent = self._unsent, []
+        self.store.put.remote(self.token, reports)  # not awaited: the rollouts go on at once
 
     def _calls_since_last_report(self) -> dict[str, Any]:
         now, last = self.distiller.teacher_stats, self._reported
