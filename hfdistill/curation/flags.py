@@ -115,8 +115,9 @@ def _malformed_tags(assistant: Sequence[Mapping[str, Any]]) -> bool:
 def _repetitive(text: str) -> bool:
     if len(_HESITATION.findall(text)) > _MAX_HESITATIONS:
         return True
-    words = [w.lower() for w in _WORD.findall(text)]
-    grams = Counter(tuple(words[i:i + _NGRAM]) for i in range(len(words) - _NGRAM + 1))
+    words = _WORD.findall(text.lower())
+    # every run of _NGRAM consecutive words (the shifted copies are shorter: zip stops at the last full run)
+    grams = Counter(zip(*(words[i:] for i in range(_NGRAM)), strict=False))
     return bool(grams) and max(grams.values()) >= _NGRAM_REPEATS
 
 
