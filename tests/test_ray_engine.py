@@ -161,8 +161,9 @@ def test_a_raylet_killed_at_30_percent_loses_no_row_and_little_work(
     assert [(r["input_index"], r["rollout_index"]) for r in _rows(killed)] == [(i, 0) for i in range(QUESTIONS)]
     assert [_comparable(r) for r in _rows(killed)] == [_comparable(r) for r in _rows(clean)]
     ratio = total / clean_calls
+    counted = read_record(killed)["counts"]["teacher_calls"]  # type: ignore[index]
     print(f"\nclean run {clean_calls} teacher calls; raylet killed at {at_kill} ({at_kill / clean_calls:.0%}); "
-          f"{runs} run(s) made {total} = {ratio:.3f}x")
+          f"{runs} run(s) made {total} = {ratio:.3f}x; the summary counts {counted}")
     assert ratio <= GOAL
 
 

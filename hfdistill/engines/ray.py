@@ -28,7 +28,7 @@ from typing import Any
 import datasets
 
 from hfdistill.distiller import Distiller
-from hfdistill.engines.turns import TurnReport, TurnStore
+from hfdistill.engines.turns import Taken, TurnStore
 from hfdistill.engines.worker import EVENT_COLUMN, JOB_COLUMN, Event, RolloutWorker, decode_event, encode_job
 from hfdistill.errors import ClusterError, first_line
 from hfdistill.recorder import Prior
@@ -156,12 +156,12 @@ def _execute(ray: Any, distiller: Distiller, run: Run, rows: list[dict[str, str]
     except ray.exceptions.RayError as e:
         reason = first_line(e)
         log.error("the Ray cluster failed to run the rollouts (%s); those not back are listed as failures", reason)
-        _checkpoint_last(ray, turns, run, dispatch)
+        _checkpoint_last(ray, turns, run, distiller, dispatch)
         for job in list(dispatch.jobs.values()):
             run.failed(job, "cluster", 0, f"the Ray cluster failed: {reason}")
         dispatch.jobs.clear()
     else:
-        _checkpoint_last(ray, turns, run, dispatch)
+        _checkpoint_last(ray, turns, run, distiller, dispatch)
     finally:
         ray.kill(turns)
     if stop.requested:
@@ -186,32 +186,35 @@ def _consume(ray: Any, events: Any, run: Run, distiller: Distiller, dispatch: _D
     for batch in events.iter_batches(batch_size=None, batch_format="pyarrow"):
         for text in batch[EVENT_COLUMN].to_pylist():
             event = decode_event(text)
-            _record(event, run, distiller, dispatch)
-            if event.kind != "calls":
-                recorded.append(event.slot)
+            _record(event, run, dispatch)
+            recorded.append(event.slot)
         if time.monotonic() - taken >= _TAKE_SECONDS:
-            _checkpoint(ray.get(turns.take.remote(recorded)), run, dispatch)
+            _collect(ray.get(turns.take.remote(recorded)), run, distiller, dispatch)
             recorded, taken = [], time.monotonic()
         if stop.requested:
             return
 
 
-def _checkpoint(reports: list[TurnReport], run: Run, dispatch: _Dispatch) -> None:
-    """The turns the workers made since the last take, into the run's checkpoints (those of rollouts
-    still out): a driver killed now resumes those conversations from there."""
-    for report in reports:
+def _collect(taken: Taken, run: Run, distiller: Distiller, dispatch: _Dispatch) -> None:
+    """What the workers sent the store since the last take: the turns of rollouts still out into the
+    run's checkpoints (a driver killed now resumes those conversations from there), the calls into
+    the run's counts."""
+    for calls in taken.calls:
+        _add_calls(distiller, calls)
+    for report in taken.turns:
         job = dispatch.jobs.get(report.slot)
         if job is not None:
             run.turn(job, report.number, TurnStep.from_dict(report.step), model=report.model,
                      protocol=report.protocol)
 
 
-def _checkpoint_last(ray: Any, turns: Any, run: Run, dispatch: _Dispatch) -> None:
-    """The store's last turns, so that the rollouts that never came back resume from them."""
+def _checkpoint_last(ray: Any, turns: Any, run: Run, distiller: Distiller, dispatch: _Dispatch) -> None:
+    """The store's last turns and calls, so that the rollouts that never came back resume from them."""
     try:
-        _checkpoint(ray.get(turns.take.remote(), timeout=_LAST_TURNS_SECONDS), run, dispatch)
+        _collect(ray.get(turns.take.remote(), timeout=_LAST_TURNS_SECONDS), run, distiller, dispatch)
     except ray.exceptions.RayError as e:
-        log.warning("the last turns of the rollouts in flight were not saved (%s); they will start over",
+        log.warning("the last turns of the rollouts in flight were not saved (%s); they will start over, "
+                    "and the summary may miss some teacher calls",
                     first_line(e))
 
 
@@ -232,11 +235,8 @@ def _data_context() -> Iterator[None]:
         logger.setLevel(level)
 
 
-def _record(event: Event, run: Run, distiller: Distiller, dispatch: _Dispatch) -> None:
+def _record(event: Event, run: Run, dispatch: _Dispatch) -> None:
     """One worker event into the run: the first answer for a rollout counts, a retried task's repeat is dropped."""
-    if event.kind == "calls":
-        _add_calls(distiller, event.calls)
-        return
     job = dispatch.jobs.pop(event.slot, None)
     if job is None or run.key(job) in run.journal:  # type: ignore[operator]
         dispatch.duplicates += 1

@@ -1,11 +1,12 @@
 """The turns of conversations in flight on a Ray cluster, kept off the workers so a lost node loses none.
 
 `TurnStore` is plain Python; the Ray engine runs it as one actor on the driver's node. A worker
-reports the tool turns it finishes here every fraction of a second (`put`), the driver collects them
-as results come back (`take`) into the run's checkpoint file, as a local run writes them, and a task
-Ray retries elsewhere continues each conversation from the last turn the store holds (`claim`)
-instead of from its first turn. A worker whose task was handed to another is no longer heard:
-only the newest claimant of a rollout may add its turns, in order.
+sends it the tool turns it finished and the calls it made, a few times a second (`put`). The driver
+takes them as results come back (`take`): the turns into the run's checkpoint file, as a local run
+writes them, the calls into the run's counts (so that those of an actor that dies later are counted
+too). A task Ray retries elsewhere continues each conversation from the last turn the store holds
+(`claim`) instead of from its first turn. A worker whose task was handed to another is no longer
+heard: only the newest claimant of a rollout may add its turns, in order.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Slot", "TurnReport", "TurnStore"]
+__all__ = ["Slot", "Taken", "TurnReport", "TurnStore"]
 
 Slot = tuple[int, int]  # (input index, rollout index): a rollout's place in the input
 
@@ -27,6 +28,14 @@ class TurnReport:
     step: dict[str, Any]
     model: str | None
     protocol: str | None
+
+
+@dataclass(frozen=True)
+class Taken:
+    """What the driver takes: new turns, in the order they came, and the workers' reports of calls made."""
+
+    turns: list[TurnReport]
+    calls: list[dict[str, Any]]
 
 
 @dataclass
@@ -46,6 +55,7 @@ class TurnStore:
     def __init__(self) -> None:
         self._rollouts: dict[Slot, _Rollout] = {}
         self._untaken: list[TurnReport] = []
+        self._calls: list[dict[str, Any]] = []
 
     def claim(self, token: str, known: dict[Slot, int]) -> dict[Slot, list[TurnReport]]:
         """`token` now runs these rollouts, each sent with `known[slot]` turns; returns, by rollout, the
@@ -59,9 +69,11 @@ class TurnStore:
                 later[slot] = turns
         return later
 
-    def put(self, token: str, reports: list[TurnReport]) -> int:
-        """Keep each report whose rollout `token` runs and that is that rollout's next turn; returns how
-        many were kept."""
+    def put(self, token: str, reports: list[TurnReport], calls: dict[str, Any] | None = None) -> int:
+        """Keep each report whose rollout `token` runs and that is that rollout's next turn, and `calls`
+        (made, whoever runs the rollouts now); returns how many reports were kept."""
+        if calls is not None:
+            self._calls.append(calls)
         kept = 0
         for report in reports:
             rollout = self._rollouts.get(report.slot)
@@ -72,14 +84,15 @@ class TurnStore:
             kept += 1
         return kept
 
-    def take(self, recorded: list[Slot] | tuple[()] = ()) -> list[TurnReport]:
-        """The turns kept since the last `take`, in the order they came, but those of the `recorded`
-        rollouts, which are dropped (and any of their turns that still arrive is refused)."""
+    def take(self, recorded: list[Slot] | tuple[()] = ()) -> Taken:
+        """The turns and calls kept since the last `take`, but the turns of the `recorded` rollouts, which
+        are dropped (and any of their turns that still arrives is refused)."""
         for slot in recorded:
             self._rollouts.pop(slot, None)
         gone = set(recorded)
-        out, self._untaken = [t for t in self._untaken if t.slot not in gone], []
-        return out
+        taken = Taken([t for t in self._untaken if t.slot not in gone], self._calls)
+        self._untaken, self._calls = [], []
+        return taken
 
     def size(self) -> int:
         """Rollouts held (for tests and logs)."""

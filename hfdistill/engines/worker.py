@@ -4,10 +4,10 @@ It imports no Ray: Ray Data instantiates `RolloutWorker` once per actor of the p
 with batches of jobs (one JSON document per row). Each actor runs them with its own `Distiller`,
 so with its own window and its own teacher clients over every endpoint (least-outstanding routing
 and stickiness per actor), and answers one event per job: the finished result, or the failure with
-the turns it made, so that the next run continues that conversation. Each batch also reports the
-teacher and judge calls the actor made since its last report. The driver decodes the events (`decode_event`).
-With a turn store (`engines.turns`), the finished tool turns are also sent there, a few times a second,
-and a batch first claims its rollouts there, continuing each from the last turn an earlier attempt made.
+the turns it made, so that the next run continues that conversation. The driver decodes the events
+(`decode_event`). A few times a second, and before a batch's answer, the actor sends the run's turn
+store (`engines.turns`) the tool turns it finished and the teacher and judge calls it made; a batch
+first claims its rollouts there, continuing each from the last turn an earlier attempt made.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import asyncio
 import json
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from hfdistill.config import DistillConfig
@@ -34,9 +34,9 @@ __all__ = ["EVENT_COLUMN", "JOB_COLUMN", "Event", "RolloutWorker", "decode_event
 JOB_COLUMN = "job"
 EVENT_COLUMN = "event"
 _Slot = tuple[int, int]  # (input index, rollout index): a job's place in the input
-# Turns go to the store in one call per this many seconds: a call per turn costs more CPU than the turn
-# (Ray's task submission), and a node lost in between loses only the turns of that last fraction.
-_FLUSH_SECONDS = 0.25
+# Turns and calls go to the store in one call per this many seconds: a call per turn costs more CPU than
+# the turn (Ray's task submission), and a node lost in between loses only that last fraction.
+_SEND_SECONDS = 0.25
 
 
 def encode_job(job: RolloutJob, prior: Prior | None) -> str:
@@ -56,7 +56,7 @@ def _decode_job(text: str) -> tuple[RolloutJob, Prior | None]:
 
 @dataclass(frozen=True)
 class Event:
-    """What a worker reports: a job finished or failed, or the teacher calls it made (`kind` "calls")."""
+    """What a worker reports of a job: it finished or failed (`kind`)."""
 
     kind: str
     slot: _Slot = (-1, -1)
@@ -67,13 +67,10 @@ class Event:
     turn: int = 0
     error: str = ""
     turns: tuple[tuple[int, TurnStep], ...] = ()  # finished turns of a failed conversation
-    calls: dict[str, Any] = field(default_factory=dict)
 
 
 def decode_event(text: str) -> Event:
     d = json.loads(text)
-    if d["kind"] == "calls":
-        return Event("calls", calls=d["calls"])
     turns = tuple((int(n), TurnStep.from_dict(step)) for n, step in d.get("turns", ()))
     return Event(d["kind"], (d["i"], d["r"]), d.get("m"), d.get("p"), d.get("result"), d.get("cause", ""),
                  d.get("turn", 0), d.get("error", ""), turns)
@@ -82,7 +79,7 @@ def decode_event(text: str) -> Event:
 class _Events:
     """The worker's recorder: priors sent by the driver in, one terminal event per job out."""
 
-    def __init__(self, report: Callable[[TurnReport], None] | None = None) -> None:
+    def __init__(self, report: Callable[[TurnReport], None]) -> None:
         self.report = report
         self.priors: dict[_Slot, Prior | None] = {}
         self.turns: dict[_Slot, list[tuple[int, dict[str, Any]]]] = {}
@@ -98,8 +95,7 @@ class _Events:
              protocol: str | None) -> None:
         recorded = step.to_dict()
         self.turns.setdefault(_slot(job), []).append((number, recorded))
-        if self.report is not None:
-            self.report(TurnReport(_slot(job), number, recorded, model, protocol))
+        self.report(TurnReport(_slot(job), number, recorded, model, protocol))
 
     def finished(self, job: RolloutJob, result: dict[str, Any], *, model: str | None, protocol: str | None,
                  reused: bool) -> None:
@@ -122,26 +118,28 @@ def _slot(job: RolloutJob) -> _Slot:
 class RolloutWorker:
     """A Ray Data callable class: `async __call__` so that one actor runs many batches at once."""
 
-    def __init__(self, config: DistillConfig, served: Served, turns: Any = None) -> None:
-        """`turns`: a handle to the run's `TurnStore` actor, or None to report turns with failures only."""
+    def __init__(self, config: DistillConfig, served: Served, turns: Any) -> None:
+        """`turns`: a handle to the run's `TurnStore` actor."""
         self.distiller = Distiller(config)
         self.distiller.assume_teacher(served)  # the driver probed the servers already
         self.distiller.corpus_digest()  # the embedded retriever loads its index now: a missing one fails here
         self.store = turns
         self.token = uuid.uuid4().hex  # this actor's claims in the store
         self._unsent: list[TurnReport] = []
-        self.events = _Events(self._put if turns is not None else None)
+        self._sender: asyncio.Task[None] | None = None
+        self.events = _Events(self._unsent.append)
         self._reported = TeacherStats()
         self._judged = JudgeStats()
 
     async def __call__(self, batch: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
+        if self._sender is None:
+            self._sender = asyncio.get_running_loop().create_task(self._send_periodically())
         jobs = []
         for text in batch[JOB_COLUMN]:
             job, prior = _decode_job(str(text))
             self.events.priors[_slot(job)] = prior
             jobs.append(job)
-        if self.store is not None:
-            await self._claim(jobs)
+        await self._claim(jobs)
         await self.distiller.run_jobs(jobs, self.events)
         model, protocol = self.distiller.model, self.distiller.mode
         out = []
@@ -151,7 +149,9 @@ class RolloutWorker:
                 event.setdefault("m", model)
                 event.setdefault("p", protocol)
                 out.append(json.dumps({"i": job.input_index, "r": job.rollout_index, **event}, ensure_ascii=False))
-        out.append(json.dumps({"kind": "calls", "calls": self._calls_since_last_report()}))
+        sent = self._send()
+        if sent is not None:
+            await sent  # in the store before the driver has this answer: its calls are counted by the end
         return {EVENT_COLUMN: out}
 
     async def _claim(self, jobs: list[RolloutJob]) -> None:
@@ -165,14 +165,20 @@ class RolloutWorker:
             steps = (prior.steps if prior else ()) + tuple(TurnStep.from_dict(r.step) for r in reports)
             priors[slot] = Prior(last.model, last.protocol, steps=steps)
 
-    def _put(self, report: TurnReport) -> None:
-        if not self._unsent:
-            asyncio.get_running_loop().call_later(_FLUSH_SECONDS, self._flush)
-        self._unsent.append(report)
+    async def _send_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(_SEND_SECONDS)
+            self._send()  # not awaited: the rollouts go on at once
 
-    def _flush(self) -> None:
-        reports, self._unsent = self._unsent, []
-        self.store.put.remote(self.token, reports)  # not awaited: the rollouts go on at once
+    def _send(self) -> Any:
+        """Send the store the turns finished and the calls made since the last send; returns the
+        call's reference (awaitable), or None when there was nothing new."""
+        stats, judge = self.distiller.teacher_stats, self.distiller.judge_stats
+        if not self._unsent and stats == self._reported and judge == self._judged:
+            return None
+        reports = list(self._unsent)
+        self._unsent.clear()  # (in place: the recorder appends to this list)
+        return self.store.put.remote(self.token, reports, self._calls_since_last_report())
 
     def _calls_since_last_report(self) -> dict[str, Any]:
         now, last = self.distiller.teacher_stats, self._reported
