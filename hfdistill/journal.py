@@ -12,7 +12,6 @@ writes a journal at a time (the run's lock), so offsets never go stale.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -20,6 +19,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
+
+import orjson
 
 from hfdistill.atomic import atomic_path
 from hfdistill.errors import JournalError
@@ -71,7 +72,7 @@ class IncompatibleRecord(ValueError):
 
 def decode(line: bytes) -> RolloutRecord | TurnRecord:
     """Parse and validate one journal line; ValueError says what is wrong with it."""
-    obj = json.loads(line)
+    obj = orjson.loads(line)
     if not isinstance(obj, dict):
         raise ValueError("not a JSON object")
     if obj.get("v") != FORMAT:
@@ -160,7 +161,7 @@ class _Log:
         raise NotImplementedError  # each log indexes its own kind of record
 
     def _write(self, record: RolloutRecord | TurnRecord) -> int:
-        line = json.dumps(record.encode(), ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+        line = orjson.dumps(record.encode()) + b"\n"
         offset = self._size
         try:
             if self._writer is None:  # compacted away when it held nothing
@@ -280,7 +281,7 @@ class Checkpoints(_Log):
         else:
             with atomic_path(self.path) as tmp, open(tmp, "wb") as f:
                 for record in live:
-                    f.write(json.dumps(record.encode(), ensure_ascii=False, separators=(",", ":")).encode() + b"\n")
+                    f.write(orjson.dumps(record.encode()) + b"\n")
         self._turns.clear()
         self.bad_lines = []
         self._size = self._scan()

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from urllib.parse import urlsplit
 
 import aiohttp
+import orjson
 
 from hfdistill.errors import RetrievalError
 from hfdistill.retrieval.protocol import parse_search_response
@@ -57,7 +58,7 @@ class HttpRetriever:
                 if resp.status != 200:
                     raise _status_error(resp.status, await resp.text(), self.url,
                                         resp.headers.get("Retry-After"))
-                payload = json.loads(await resp.read())
+                payload = orjson.loads(await resp.read())
         except (aiohttp.ClientConnectionError, aiohttp.ServerTimeoutError) as e:
             raise RetrievalError(f"cannot reach the retrieval server at {self.url} ({e or type(e).__name__}); "
                                  "start it or fix RETRIEVAL_URL / --retrieval_url", transient=True,

@@ -4,7 +4,6 @@ its endpoint (so vLLM's prefix cache serves its growing conversation), a cool-do
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Sequence
@@ -13,6 +12,7 @@ from typing import Any
 
 import httpx2
 import openai
+import orjson
 
 __all__ = ["Endpoint", "EndpointPool", "Route"]
 
@@ -52,7 +52,7 @@ class Route:
 
     def messages_json(self, messages: list[dict[str, Any]]) -> bytes:
         for message in messages[len(self.encoded):]:
-            self.encoded.append(json.dumps(message, ensure_ascii=False).encode())
+            self.encoded.append(orjson.dumps(message))
         return b",".join(self.encoded)
 
 

@@ -7,6 +7,8 @@ import json
 import re
 from typing import Any
 
+import orjson
+
 from hfdistill.errors import ContextLengthError, TeacherError
 from hfdistill.teacher.retry import is_transient, parse_retry_after
 from hfdistill.types import TeacherReply, ToolCall, Usage
@@ -62,7 +64,7 @@ def reply_of(payload: bytes, url: str, max_tokens: int) -> TeacherReply:
     """A chat completion, validated where it enters: a reply of another shape is the server's fault
     (a TeacherError the retry policy may retry), never an exception from deeper in our code."""
     try:
-        return _completion(json.loads(payload), max_tokens)
+        return _completion(orjson.loads(payload), max_tokens)
     except ValueError as e:
         raise TeacherError(f"teacher {url} answered something that is not a chat completion ({e}): "
                            f"{payload[:200]!r}", transient=True, cause="bad_response") from None
