@@ -20,7 +20,7 @@ import contextlib
 import logging
 import math
 import os
-import time
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,7 +30,7 @@ import datasets
 from hfdistill.distiller import Distiller
 from hfdistill.engines.turns import Taken, TurnStore
 from hfdistill.engines.worker import EVENT_COLUMN, JOB_COLUMN, Event, RolloutWorker, decode_event, encode_job
-from hfdistill.errors import ClusterError, first_line
+from hfdistill.errors import ClusterError, HfdistillError, first_line
 from hfdistill.recorder import Prior
 from hfdistill.rollout import TurnStep
 from hfdistill.run import Run
@@ -150,18 +150,19 @@ def _execute(ray: Any, distiller: Distiller, run: Run, rows: list[dict[str, str]
         batch_size=jobs_per_task, num_cpus=ACTOR_CPUS,  # Ray Data spreads actors over the nodes by default
         compute=ActorPoolStrategy(size=pool, max_tasks_in_flight_per_actor=tasks,
                                   max_concurrent_calls_per_actor=tasks))
+    collector = _Collector(ray, turns, run, distiller, dispatch)
     try:
-        with _data_context():
-            _consume(ray, events, run, distiller, dispatch, stop, turns)
+        with _data_context(), collector:
+            _consume(events, run, dispatch, stop, collector)
     except ray.exceptions.RayError as e:
         reason = first_line(e)
         log.error("the Ray cluster failed to run the rollouts (%s); those not back are listed as failures", reason)
-        _checkpoint_last(ray, turns, run, distiller, dispatch)
+        collector.take_last()
         for job in list(dispatch.jobs.values()):
             run.failed(job, "cluster", 0, f"the Ray cluster failed: {reason}")
         dispatch.jobs.clear()
     else:
-        _checkpoint_last(ray, turns, run, distiller, dispatch)
+        collector.take_last()
     finally:
         ray.kill(turns)
     if stop.requested:
@@ -179,20 +180,67 @@ def _turn_store(ray: Any) -> Any:
     return ray.remote(TurnStore).options(num_cpus=0, scheduling_strategy=here).remote()
 
 
-def _consume(ray: Any, events: Any, run: Run, distiller: Distiller, dispatch: _Dispatch, stop: StopRequest,
-             turns: Any) -> None:
-    recorded: list[_Slot] = []
-    taken = time.monotonic()
+def _consume(events: Any, run: Run, dispatch: _Dispatch, stop: StopRequest, collector: _Collector) -> None:
     for batch in events.iter_batches(batch_size=None, batch_format="pyarrow"):
-        for text in batch[EVENT_COLUMN].to_pylist():
-            event = decode_event(text)
-            _record(event, run, dispatch)
-            recorded.append(event.slot)
-        if time.monotonic() - taken >= _TAKE_SECONDS:
-            _collect(ray.get(turns.take.remote(recorded)), run, distiller, dispatch)
-            recorded, taken = [], time.monotonic()
+        with collector.lock:
+            for text in batch[EVENT_COLUMN].to_pylist():
+                event = decode_event(text)
+                _record(event, run, dispatch)
+                collector.recorded.append(event.slot)
+        collector.raise_error()
         if stop.requested:
             return
+
+
+class _Collector:
+    """Takes what the workers sent the turn store, every half second, on a thread of its own: a task
+    answers only when its slowest conversation ends, so results can be far apart, and the turns must
+    reach the checkpoints before then. `lock` keeps the run's records to one thread at a time."""
+
+    def __init__(self, ray: Any, store: Any, run: Run, distiller: Distiller, dispatch: _Dispatch) -> None:
+        self.ray, self.store, self.run, self.distiller, self.dispatch = ray, store, run, distiller, dispatch
+        self.lock = threading.Lock()
+        self.recorded: list[_Slot] = []  # rollouts recorded since the last take: the store drops them
+        self.error: HfdistillError | None = None
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._every_half_second, name="hfdistill-turns", daemon=True)
+
+    def __enter__(self) -> _Collector:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _every_half_second(self) -> None:
+        try:
+            while not self._done.wait(_TAKE_SECONDS):
+                self.take()
+        except self.ray.exceptions.RayError as e:
+            log.warning("the turns of the rollouts in flight are no longer checkpointed (%s)", first_line(e))
+        except HfdistillError as e:  # a run that cannot record (a full disk): raised in the driver's thread
+            self.error = e
+
+    def raise_error(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def take(self, timeout: float | None = None) -> None:
+        with self.lock:
+            recorded, self.recorded = self.recorded, []
+        taken = self.ray.get(self.store.take.remote(recorded), timeout=timeout)
+        with self.lock:
+            _collect(taken, self.run, self.distiller, self.dispatch)
+
+    def take_last(self) -> None:
+        """The store's last turns and calls, so that the rollouts that never came back resume from them."""
+        self.raise_error()
+        try:
+            self.take(timeout=_LAST_TURNS_SECONDS)
+        except self.ray.exceptions.RayError as e:
+            log.warning("the last turns of the rollouts in flight were not saved (%s); they will start over, "
+                        "and the summary may miss some teacher calls", first_line(e))
 
 
 def _collect(taken: Taken, run: Run, distiller: Distiller, dispatch: _Dispatch) -> None:
@@ -206,16 +254,6 @@ def _collect(taken: Taken, run: Run, distiller: Distiller, dispatch: _Dispatch) 
         if job is not None:
             run.turn(job, report.number, TurnStep.from_dict(report.step), model=report.model,
                      protocol=report.protocol)
-
-
-def _checkpoint_last(ray: Any, turns: Any, run: Run, distiller: Distiller, dispatch: _Dispatch) -> None:
-    """The store's last turns and calls, so that the rollouts that never came back resume from them."""
-    try:
-        _collect(ray.get(turns.take.remote(), timeout=_LAST_TURNS_SECONDS), run, distiller, dispatch)
-    except ray.exceptions.RayError as e:
-        log.warning("the last turns of the rollouts in flight were not saved (%s); they will start over, "
-                    "and the summary may miss some teacher calls",
-                    first_line(e))
 
 
 @contextlib.contextmanager

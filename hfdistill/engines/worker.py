@@ -19,6 +19,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from hfdistill.config import DistillConfig
 from hfdistill.distiller import Distiller
 from hfdistill.engines.turns import TurnReport
@@ -70,7 +72,7 @@ class Event:
 
 
 def decode_event(text: str) -> Event:
-    d = json.loads(text)
+    d = orjson.loads(text)
     turns = tuple((int(n), TurnStep.from_dict(step)) for n, step in d.get("turns", ()))
     return Event(d["kind"], (d["i"], d["r"]), d.get("m"), d.get("p"), d.get("result"), d.get("cause", ""),
                  d.get("turn", 0), d.get("error", ""), turns)
@@ -148,7 +150,7 @@ class RolloutWorker:
             if event is not None:  # (none only if the job was never run: the driver accounts for it)
                 event.setdefault("m", model)
                 event.setdefault("p", protocol)
-                out.append(json.dumps({"i": job.input_index, "r": job.rollout_index, **event}, ensure_ascii=False))
+                out.append(orjson.dumps({"i": job.input_index, "r": job.rollout_index, **event}).decode())
         sent = self._send()
         if sent is not None:
             await sent  # in the store before the driver has this answer: its calls are counted by the end
