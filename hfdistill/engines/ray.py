@@ -6,10 +6,10 @@ It probes the servers, then sends the rollouts the journal does not hold yet (wi
 earlier attempt left of each unfinished conversation) through Ray Data: `map_batches` over an
 async actor class (`worker.RolloutWorker`, one per actor, each with its own window and teacher
 clients over every endpoint) on an `ActorPoolStrategy` pool, and `iter_batches` back here, where
-each finished rollout is journaled and each failure listed. Each finished tool turn goes from the
-worker to a `TurnStore` actor on this node as it happens (`engines.turns`); the driver writes them
-to the run's checkpoints after every batch, as a local run does, and a task Ray retries continues
-each conversation from its last turn. Ray retries the work of an actor or a
+each finished rollout is journaled and each failure listed. The workers send their finished tool
+turns (and calls made) to a `TurnStore` actor on this node a few times a second (`engines.turns`); a
+driver thread writes them to the run's checkpoints every half second, as a local run does, and a
+task Ray retries continues each conversation from its last turn. Ray retries the work of an actor or a
 node that dies (Ray Data restarts its actors and re-runs their tasks); a retried task's second
 answer for a rollout already recorded is dropped, so the output holds every rollout exactly once.
 """

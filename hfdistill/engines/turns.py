@@ -93,7 +93,3 @@ class TurnStore:
         taken = Taken([t for t in self._untaken if t.slot not in gone], self._calls)
         self._untaken, self._calls = [], []
         return taken
-
-    def size(self) -> int:
-        """Rollouts held (for tests and logs)."""
-        return len(self._rollouts)
