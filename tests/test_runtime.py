@@ -36,7 +36,7 @@ def test_the_first_loop_probes_and_every_loop_shares_what_the_servers_serve(
     assert second is not first and second.teacher.model == MODEL
     assert fake.models_calls == 1
     clients.close()  # in each client's own loop
-    assert all(r.teacher.pool.endpoints[0].client.is_closed() for r in (first, second))
+    assert all(r.teacher.closed for r in (first, second))
     for loop in loops:
         loop.close()
 

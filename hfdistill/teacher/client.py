@@ -1,12 +1,12 @@
 """The teacher: chat completions on one or more vLLM OpenAI-compatible endpoints.
 
-The request path reads as a ladder: `chat -> with_retries -> _post_once`. Each endpoint has one
-official `openai.AsyncOpenAI` client on its aiohttp transport (`DefaultAioHttpClient`); it lists the
-served models, and its HTTP client carries the chat requests. Those skip the SDK's request
-building (`create()` re-validates the whole history on every call, quadratic over a rollout; even
-the low-level `post()` costs twice the transport, SPEC §7): the body is assembled from messages
-serialised once each, so a turn costs one JSON encoding of what is new. Nothing above this module
-sees an `openai` or HTTP library exception.
+The request path reads as a ladder: `chat -> with_retries -> _post_once`. The requests go over one
+aiohttp session per teacher (per event loop), as the retriever's do. Not through the openai SDK:
+`create()` re-validates the whole history on every call (quadratic over a rollout), and even its
+HTTP client (httpx over aiohttp) cost 0.2 ms of CPU per call, a quarter of the client's whole
+cost (`benchmarks/bench_throughput.py --only cpu`). The body is assembled
+from messages serialised once each, so a turn costs one JSON encoding of what is new. Nothing above
+this module sees an aiohttp exception.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx2
-import openai
+import aiohttp
+import orjson
 
 from hfdistill.config import DistillConfig
 from hfdistill.errors import ConfigError, TeacherError
@@ -59,18 +59,23 @@ class Teacher:
         self.tools = tools
         self.served = served if served is not None else Served.asked(config)  # shared with the distiller
         self.stats = stats if stats is not None else TeacherStats()
-        self.pool = EndpointPool([self._endpoint(url) for url in config.endpoints])
-        # Built once: the HTTP client normalises a plain dict on every request.
-        self._headers = httpx2.Headers({"Authorization": f"Bearer {config.api_key}",
-                                        "Content-Type": "application/json"})
+        self.pool = EndpointPool([Endpoint.at(url) for url in config.endpoints])
+        self._session: aiohttp.ClientSession | None = None
         self._params: tuple[tuple[str | None, str | None], bytes] | None = None
 
-    def _endpoint(self, url: str) -> Endpoint:
-        http = openai.DefaultAioHttpClient(limits=_unlimited(), timeout=self.config.retry.timeout)
-        client = openai.AsyncOpenAI(base_url=url, api_key=self.config.api_key, max_retries=0,
-                                    timeout=self.config.retry.timeout, http_client=http)
-        chat_url = httpx2.URL(f"{url}/chat/completions")
-        return Endpoint(url, client, http, chat_url, f"{chat_url.host}:{chat_url.port or ''}".rstrip(":"))
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        """The HTTP session, made in the event loop that first uses it (an aiohttp session belongs to one)."""
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0),  # the window (--concurrency) is the limit
+                timeout=aiohttp.ClientTimeout(total=self.config.retry.timeout),
+                headers={"Authorization": f"Bearer {self.config.api_key}", "Content-Type": "application/json"})
+        return self._session
+
+    @property
+    def closed(self) -> bool:
+        return self._session is None or self._session.closed
 
     @property
     def model(self) -> str | None:
@@ -97,7 +102,8 @@ class Teacher:
         for endpoint in self.pool.endpoints:
             if endpoint.watchdog is not None:
                 endpoint.watchdog.cancel()
-        await asyncio.gather(*(e.client.close() for e in self.pool.endpoints))
+        if self._session is not None:
+            await self._session.close()
 
     # ------------------------------------------------------------ start-up
 
@@ -129,14 +135,17 @@ class Teacher:
 
     async def _served_models(self, endpoint: Endpoint) -> list[str]:
         try:
-            page = await endpoint.client.models.list(timeout=30)
-        except openai.APIConnectionError as e:
+            async with self.session.get(endpoint.models_url, timeout=aiohttp.ClientTimeout(total=30)) as response:
+                payload = await response.read()
+        except (aiohttp.ClientError, asyncio.TimeoutError) as e:
             raise TeacherError(f"cannot reach the teacher at {endpoint.url} ({_reason(e)}); start vLLM "
                                "(vllm serve <model>) or fix VLLM_URL / --vllm_url") from None
-        except openai.APIStatusError as e:
-            raise status_error(e.status_code, e.response.content, e.response.headers.get("retry-after"),
-                                endpoint.url) from None
-        ids = [m.id for m in page.data]
+        if response.status >= 400:
+            raise status_error(response.status, payload, response.headers.get("Retry-After"), endpoint.url)
+        ids = _model_ids(payload)
+        if ids is None:
+            raise TeacherError(f"{endpoint.url}/models did not answer an OpenAI model list; check VLLM_URL "
+                               "names the vLLM server's /v1")
         if not ids:
             raise TeacherError(f"the teacher at {endpoint.url} serves no model; check the vLLM server")
         return ids
@@ -218,8 +227,8 @@ class Teacher:
         endpoint.open[task] = time.monotonic()
         self._watch(endpoint)
         try:
-            response = await endpoint.http.post(endpoint.chat_url, content=body, headers=self._headers)
-            payload = response.content
+            async with self.session.post(endpoint.chat_url, data=body) as response:
+                payload = await response.read()
         except asyncio.CancelledError:
             if task not in endpoint.failed_by_watchdog:
                 raise
@@ -227,21 +236,17 @@ class Teacher:
             if hasattr(task, "uncancel"):  # Python >= 3.11: this cancellation is handled here
                 task.uncancel()
             raise _stalled(endpoint) from None
-        except (httpx2.ConnectError, httpx2.ConnectTimeout) as e:
-            # (the aiohttp transport reports a refused connection as ConnectTimeout)
-            raise TeacherError(f"cannot reach the teacher at {endpoint.url} ({_reason(e)})", transient=True,
-                               cause="connection") from None
-        except httpx2.TimeoutException:
+        except asyncio.TimeoutError:  # (aiohttp's timeouts are asyncio's)
             raise TeacherError(f"teacher {endpoint.url} timed out after {self.config.retry.timeout:.0f}s",
                                transient=True, cause="timeout") from None
-        except httpx2.TransportError as e:
+        except aiohttp.ClientError as e:
             raise TeacherError(f"cannot reach the teacher at {endpoint.url} ({_reason(e)})", transient=True,
                                cause="connection") from None
         finally:
             endpoint.outstanding -= 1
             endpoint.open.pop(task, None)
-        if response.status_code >= 400:
-            raise status_error(response.status_code, payload, response.headers.get("retry-after"), endpoint.url)
+        if response.status >= 400:
+            raise status_error(response.status, payload, response.headers.get("Retry-After"), endpoint.url)
         return reply_of(payload, endpoint.url, self.config.max_tokens)
 
     def _count(self, endpoint: Endpoint, reply: TeacherReply) -> None:
@@ -287,9 +292,10 @@ class Teacher:
     async def _answers(self, endpoint: Endpoint) -> bool:
         """Whether the server answers `GET /v1/models` (any HTTP status) within the probe interval."""
         try:
-            await endpoint.http.get(f"{endpoint.url}/models", headers=self._headers,
-                                    timeout=self.config.retry.stall_probe)
-        except httpx2.TransportError:
+            async with self.session.get(endpoint.models_url,
+                                        timeout=aiohttp.ClientTimeout(total=self.config.retry.stall_probe)):
+                pass
+        except (aiohttp.ClientError, asyncio.TimeoutError):
             return False
         endpoint.stalled = False
         return True
@@ -300,10 +306,13 @@ def _stalled(endpoint: Endpoint) -> TeacherError:
                         transient=True, cause="stalled")
 
 
-def _unlimited() -> httpx2.Limits:
-    # The aiohttp transport defaults to 100 connections, which would silently cap the window;
-    # the window (--concurrency) is the limit.
-    return httpx2.Limits(max_connections=None, max_keepalive_connections=None)
+def _model_ids(payload: bytes) -> list[str] | None:
+    """The ids of an OpenAI `GET /v1/models` answer, or None when it is not one."""
+    try:
+        data = orjson.loads(payload).get("data")
+        return [str(m["id"]) for m in data]
+    except (orjson.JSONDecodeError, AttributeError, TypeError, KeyError):
+        return None
 
 
 def _reason(e: BaseException) -> str:

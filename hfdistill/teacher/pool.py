@@ -10,9 +10,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx2
-import openai
 import orjson
+import yarl
 
 __all__ = ["Endpoint", "EndpointPool", "Route"]
 
@@ -24,10 +23,9 @@ _DOWN_SECONDS = 30.0  # an endpoint that fails at the connection level sits out 
 class Endpoint:
     """One vLLM server: its client, requests in flight, and when it may be used again."""
 
-    url: str
-    client: openai.AsyncOpenAI
-    http: httpx2.AsyncClient  # the client's own aiohttp-backed HTTP client, for the hot path
-    chat_url: httpx2.URL
+    url: str  # the server's /v1
+    chat_url: yarl.URL  # parsed once: aiohttp would parse a string on every request
+    models_url: yarl.URL
     name: str  # host:port, for statistics (never credentials)
     outstanding: int = 0
     down_until: float = 0.0
@@ -37,6 +35,12 @@ class Endpoint:
     failed_by_watchdog: set[asyncio.Task[Any]] = field(default_factory=set)
     watchdog: asyncio.Task[None] | None = None
     stalled: bool = False  # its last health probes failed; new requests probe it before being sent
+
+    @classmethod
+    def at(cls, url: str) -> Endpoint:
+        base = yarl.URL(url)
+        name = f"{base.host}:{base.explicit_port}" if base.explicit_port else str(base.host)
+        return cls(url, base / "chat/completions", base / "models", name)
 
     def healthy(self, now: float) -> bool:
         return self.down_until <= now
