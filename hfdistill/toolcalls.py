@@ -26,7 +26,6 @@ __all__ = [
     "split_thinking",
 ]
 
-_THINK_RE = re.compile(r"<think>(.*?)</think>", re.DOTALL)
 _TOOL_CALL_RE = re.compile(r"<tool_call>(.*?)(?:</tool_call>|\Z)", re.DOTALL)
 _ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 _TRAILING_COMMA_RE = re.compile(r",\s*([}\]])")
@@ -72,8 +71,7 @@ def split_thinking(content: str, reasoning: str | None) -> tuple[str, str | None
     if "</think>" in content and "<think>" not in content.split("</think>", 1)[0]:
         head, content = content.split("</think>", 1)
         thoughts.append(head)
-    thoughts.extend(_THINK_RE.findall(content))
-    content = _THINK_RE.sub("", content)
+    content = _closed_blocks_out(content, thoughts)
     if "<think>" in content:
         # An unclosed block: the turn was cut (max_tokens) inside its thinking. What follows the tag
         # is thinking, never visible content (verl trains on content, and must not see a stray tag).
@@ -83,6 +81,21 @@ def split_thinking(content: str, reasoning: str | None) -> tuple[str, str | None
     if reasoning is not None and reasoning.strip():
         return content.strip(), reasoning.strip()
     return content.strip(), inline
+
+
+def _closed_blocks_out(content: str, thoughts: list[str]) -> str:
+    """`content` without its `<think>…</think>` blocks, whose insides are appended to `thoughts`.
+
+    With `str.find`, not a lazy regex: `.*?` tests for the closing tag at every character, which cost
+    80 µs on a 4 kB turn, and a real teacher thinks for tens of kB.
+    """
+    kept, rest = [], content
+    while (start := rest.find("<think>")) >= 0 and (end := rest.find("</think>", start + len("<think>"))) >= 0:
+        kept.append(rest[:start])
+        thoughts.append(rest[start + len("<think>"):end])
+        rest = rest[end + len("</think>"):]
+    kept.append(rest)
+    return "".join(kept)
 
 
 def extract_answer(text: str) -> str | None:

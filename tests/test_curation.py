@@ -68,6 +68,22 @@ def test_a_clean_trajectory_has_no_flag_and_the_word_budget_is_an_option() -> No
     assert "repetition" not in quality_flags(_traj(_m("assistant", "<answer>Paris</answer>", "wait, hmm, wait")))
 
 
+@pytest.mark.parametrize(("reasoning", "content", "flag", "flagged"), [
+    pytest.param("Wait. HMMM. wait, Alternatively", "<answer>P</answer>", "repetition", True,
+                 id="hesitations-any-case"),
+    pytest.param("awaiting hmmph; waits, unalternatively wait", "<answer>P</answer>", "repetition", False,
+                 id="hesitations-whole-words-only"),
+    pytest.param(None, "<think>" + "a " * 301 + "</think><answer>P</answer>", "long_reasoning", True,
+                 id="inline-think-over-budget"),
+    pytest.param(None, "<think>" + "a " * 301, "long_reasoning", True, id="unclosed-think-over-budget"),
+    pytest.param(None, "<think>" + "a " * 300 + "</think>" + "b " * 50 + "<answer>P</answer>", "long_reasoning",
+                 False, id="budget-counts-the-think-only"),
+])
+def test_hesitations_and_the_word_budget_at_their_edges(reasoning: str | None, content: str, flag: str,
+                                                          flagged: bool) -> None:
+    assert (flag in quality_flags(_traj(_m("assistant", content, reasoning)))) is flagged
+
+
 @pytest.mark.parametrize(("reply", "correct", "rationale"), [
     ('{"rationale": "same person", "judgement": "correct"}', True, "same person"),
     ('```json\n{"rationale": "no", "judgement": "Incorrect"}\n```', False, "no"),

@@ -22,6 +22,9 @@ TOOLS = {"search": SearchTool()}
         pytest.param("<think>  </think>Hi", None, "Hi", None, id="empty-think"),
         pytest.param("<think>\nI keep thinking", None, "", "I keep thinking", id="cut-inside-think"),
         pytest.param("<think>\na\n</think>\n\nb <think>\nmore", None, "b", "a\n\nmore", id="cut-in-second-think"),
+        pytest.param("x<think>a</think>y<think></think>z<think>b</think>", None, "xyz", "a\n\nb", id="three-blocks"),
+        pytest.param("<think><think>a</think>b", None, "b", "<think>a", id="nested-open"),
+        pytest.param("<think>a</think></think>b", None, "</think>b", "a", id="stray-close-after"),
     ],
 )
 def test_split_thinking(content: str, reasoning: str | None, visible: str, thinking: str | None) -> None:

@@ -45,7 +45,8 @@ FLAGS = (LENGTH, NO_ANSWER, TOOL_ERROR, MALFORMED_CALL, UNCLOSED_THINK, MALFORME
 DEFAULT_MAX_STEP_WORDS = 300
 _MAX_HESITATIONS = 3
 _NGRAM, _NGRAM_REPEATS = 6, 3  # a 6-word phrase three times in one step reads as a loop
-_HESITATION = re.compile(r"\b(wait|hmm+|alternatively)\b", re.IGNORECASE)
+_HESITATION = re.compile(r"\b(wait|hmm+|alternatively)\b")  # in lower-cased text
+_HESITATION_WORDS = ("wait", "hmm", "alternatively")
 _WORD = re.compile(r"\w+")
 _TAGS = ("answer", "tool_call")
 _ERROR_PREFIX = "Error:"
@@ -63,7 +64,7 @@ def quality_flags(result: Mapping[str, Any], *, max_step_words: int = DEFAULT_MA
         UNCLOSED_THINK: any(_unclosed_think(m) for m in assistant),
         MALFORMED_TAGS: _malformed_tags(assistant),
         REPETITION: any(_repetitive(_step_text(m)) for m in assistant) or _repeated_search(assistant),
-        LONG_REASONING: any(_words(_reasoning(m)) > max_step_words for m in assistant),
+        LONG_REASONING: any(_more_words(_reasoning(m), max_step_words) for m in assistant),
         EMPTY_OBSERVATION: any(_empty_observation(m) for m in messages if m.get("role") == "tool"),
     }
     return [flag for flag in FLAGS if found[flag]]
@@ -86,16 +87,23 @@ def _reasoning(m: Mapping[str, Any]) -> str:
     """The step's thinking: `reasoning_content`, or a <think> block left inline in the content."""
     if m.get("reasoning_content"):
         return str(m["reasoning_content"])
-    inline = re.search(r"<think>(.*?)(?:</think>|$)", _text(m), re.S)
-    return inline.group(1) if inline else ""
+    text = _text(m)
+    start = text.find("<think>")
+    if start < 0:
+        return ""
+    start += len("<think>")
+    end = text.find("</think>", start)
+    return text[start:] if end < 0 else text[start:end]
 
 
 def _step_text(m: Mapping[str, Any]) -> str:
     return f"{m.get('reasoning_content') or ''}\n{_text(m)}"
 
 
-def _words(text: str) -> int:
-    return len(_WORD.findall(text))
+def _more_words(text: str, limit: int) -> bool:
+    """Whether `text` has more than `limit` words. Words are separated, so a text shorter than twice the
+    limit has not (most steps: they are not tokenised, which is slow in `re`)."""
+    return (len(text) + 1) // 2 > limit and len(_WORD.findall(text)) > limit
 
 
 def _unclosed_think(m: Mapping[str, Any]) -> bool:
@@ -113,9 +121,12 @@ def _malformed_tags(assistant: Sequence[Mapping[str, Any]]) -> bool:
 
 
 def _repetitive(text: str) -> bool:
-    if len(_HESITATION.findall(text)) > _MAX_HESITATIONS:
+    text = text.lower()
+    # Every hesitation holds one of these words, so when they occur few times there are few hesitations.
+    if sum(map(text.count, _HESITATION_WORDS)) > _MAX_HESITATIONS and \
+            len(_HESITATION.findall(text)) > _MAX_HESITATIONS:
         return True
-    words = _WORD.findall(text.lower())
+    words = _WORD.findall(text)
     # every run of _NGRAM consecutive words (the shifted copies are shorter: zip stops at the last full run)
     grams = Counter(zip(*(words[i:] for i in range(_NGRAM)), strict=False))
     return bool(grams) and max(grams.values()) >= _NGRAM_REPEATS
