@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pytest
 
-from hfdistill.curation.flags import FLAGS, quality_flags
+from hfdistill.curation.flags import FLAGS, _words, quality_flags
 from hfdistill.curation.judge import judgeable, parse_verdict
 from hfdistill.curation.pipeline import CurationOptions, Curator
 from hfdistill.curation.select import best_row, correctness, parse_keep, pass_rate, solved_kept
@@ -159,3 +160,13 @@ def test_options_are_checked_where_they_enter() -> None:
         CurationOptions(downsample_solved=1.5)
     with pytest.raises(ConfigError, match="--select"):
         CurationOptions(select="worst")
+
+
+@pytest.mark.parametrize("text", [
+    "".join(map(chr, range(128))) * 2,  # every ASCII character: only [A-Za-z0-9_] make words
+    "Wait -- the 1990s' co-founder (née Smith) wrote: snake_case, x2 & y_3!\n\ttab\x0bvt\x1cfs",
+    "Straße café naïve 東京 — ١٢٣ and ascii",  # not ASCII: \w is Unicode's
+    "",
+])
+def test_words_are_the_regex_word_runs(text: str) -> None:
+    assert _words(text) == re.findall(r"\w+", text)

@@ -48,6 +48,9 @@ _NGRAM, _NGRAM_REPEATS = 6, 3  # a 6-word phrase three times in one step reads a
 _HESITATION = re.compile(r"\b(wait|hmm+|alternatively)\b")  # in lower-cased text
 _HESITATION_WORDS = ("wait", "hmm", "alternatively")
 _WORD = re.compile(r"\w+")
+# In ASCII text a word character is [A-Za-z0-9_]; everything else becomes a space.
+_ASCII_NON_WORD = bytes(c for c in range(128) if not (chr(c).isalnum() or chr(c) == "_"))
+_BLANK_NON_WORD = bytes.maketrans(_ASCII_NON_WORD, b" " * len(_ASCII_NON_WORD))
 _TAGS = ("answer", "tool_call")
 _ERROR_PREFIX = "Error:"
 
@@ -100,10 +103,18 @@ def _step_text(m: Mapping[str, Any]) -> str:
     return f"{m.get('reasoning_content') or ''}\n{_text(m)}"
 
 
+def _words(text: str) -> list[str]:
+    """The `\\w+` runs of `text`. ASCII text (nearly every step) goes through `bytes.translate`, five
+    times faster than `re`, which made the flags the costliest part of writing the output."""
+    if text.isascii():
+        return text.encode().translate(_BLANK_NON_WORD).decode().split()
+    return _WORD.findall(text)
+
+
 def _more_words(text: str, limit: int) -> bool:
-    """Whether `text` has more than `limit` words. Words are separated, so a text shorter than twice the
-    limit has not (most steps: they are not tokenised, which is slow in `re`)."""
-    return (len(text) + 1) // 2 > limit and len(_WORD.findall(text)) > limit
+    """Whether `text` has more than `limit` words (words are separated: a text shorter than twice the
+    limit has not, and is not tokenised)."""
+    return (len(text) + 1) // 2 > limit and len(_words(text)) > limit
 
 
 def _unclosed_think(m: Mapping[str, Any]) -> bool:
@@ -126,7 +137,7 @@ def _repetitive(text: str) -> bool:
     if sum(map(text.count, _HESITATION_WORDS)) > _MAX_HESITATIONS and \
             len(_HESITATION.findall(text)) > _MAX_HESITATIONS:
         return True
-    words = _WORD.findall(text)
+    words = _words(text)
     # every run of _NGRAM consecutive words (the shifted copies are shorter: zip stops at the last full run)
     grams = Counter(zip(*(words[i:] for i in range(_NGRAM)), strict=False))
     return bool(grams) and max(grams.values()) >= _NGRAM_REPEATS
