@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
@@ -42,13 +41,13 @@ class HttpRetriever:
             await self._session.close()
 
     async def search(self, queries: Sequence[str], topk: int) -> list[list[Document]]:
-        body = json.dumps({"queries": list(queries), "topk": topk, "return_scores": True}).encode()
+        body = orjson.dumps({"queries": list(queries), "topk": topk, "return_scores": True})
         return await with_retries(lambda _n: self._post_once(body, len(queries)), self.policy,
                                   what="retrieval call")
 
     async def probe(self) -> None:
         """Fail early, with the URL and what to check, when the server is down or speaks another API."""
-        body = json.dumps({"queries": ["test"], "topk": 1, "return_scores": True}).encode()
+        body = orjson.dumps({"queries": ["test"], "topk": 1, "return_scores": True})
         policy = dataclasses.replace(self.policy, attempts=min(self.policy.attempts, 3))
         await with_retries(lambda _n: self._post_once(body, 1), policy, what="retrieval probe")
 
