@@ -54,11 +54,20 @@ class Run:
     m: bt.Measurement
     actor_cpu: float  # CPU seconds of the actors' processes during the run
     ray_cpu: float  # CPU seconds of Ray's own processes during the run (raylets, GCS, agents)
+    work_span: float  # the server's first request past the start-up probes to its last response
+
+    @property
+    def startup(self) -> float:
+        """Seconds between the driver's probe and the first rollout request (Ray and its actors starting)."""
+        return self.m.span - self.work_span
 
     @property
     def tail(self) -> float:
-        """Seconds the server was active beyond a perfectly packed schedule (span - busy / slots)."""
-        return self.m.span - self.m.lower_bound
+        """Seconds the server served rollouts beyond a perfectly packed schedule (work span - busy / slots)."""
+        return self.work_span - self.m.lower_bound
+
+    def work_utilisation(self) -> float:
+        return self.m.lower_bound / self.work_span if self.work_span else 0.0
 
     def per_call_ms(self) -> float:
         """The client's CPU per call: the driver's and the actors' (Ray's own processes are shown apart)."""
@@ -163,7 +172,8 @@ def measure(config: Config, setup: bt.Setup, workload: Path, rows: int, args: ar
                        span=bt._active_span([after]), log=str(workdir / "client.log"))
     bt._report_failure(m)
     print(f"    done in {m.wall:.1f}s, exit {m.returncode}, {m.calls} teacher calls", file=sys.stderr)
-    return Run(config, m, sampler.seconds(actors=True), sampler.seconds(actors=False))
+    return Run(config, m, sampler.seconds(actors=True), sampler.seconds(actors=False),
+               work_span=bt._active_span([after], start="first_work_at"))
 
 
 def _ray_env(cluster: Cluster | None) -> dict[str, str]:
@@ -177,14 +187,16 @@ def _actors(run: Run) -> int:
 
 
 def util_table(runs: list[Run]) -> str:
-    lines = ["| configuration | calls | wall (s) | lower bound (s) | utilisation | while active | tail (s) "
-             "| calls/s per actor | client CPU / call (ms) |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| configuration | calls | wall (s) | lower bound (s) | utilisation | while active | start-up (s) "
+             "| while serving rollouts | tail (s) | calls/s per actor | client CPU / call (ms) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
         m = r.m
-        per_actor = f"{m.calls / m.span / _actors(r):.0f}" if r.config.nodes and m.span else "-"
+        per_actor = f"{m.calls / r.work_span / _actors(r):.0f}" if r.config.nodes and r.work_span else "-"
         lines.append(f"| {m.name}{'' if m.returncode == 0 else f' (exit {m.returncode})'} | {m.calls} "
                      f"| {m.wall:.1f} | {m.lower_bound:.1f} | {m.utilisation():.3f} | {m.active_utilisation():.3f} "
-                     f"| {r.tail:.1f} | {per_actor} | {r.per_call_ms():.3f} |")
+                     f"| {r.startup:.1f} | {r.work_utilisation():.3f} | {r.tail:.1f} | {per_actor} "
+                     f"| {r.per_call_ms():.3f} |")
     return "\n".join(lines)
 
 

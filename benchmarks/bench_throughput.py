@@ -284,8 +284,10 @@ def measure(client: Client, setup: Setup, input_file: Path, rows: int, args: arg
     return m
 
 
-def _active_span(metrics: list[dict[str, Any]]) -> float:
-    starts = [m["first_request_at"] for m in metrics if m["first_request_at"]]
+def _active_span(metrics: list[dict[str, Any]], start: str = "first_request_at") -> float:
+    """From the first request (or, with start="first_work_at", the first past the start-up probes) to
+    the last response, over all servers."""
+    starts = [m[start] for m in metrics if m[start]]
     ends = [m["last_response_at"] for m in metrics if m["last_response_at"]]
     return max(ends) - min(starts) if starts and ends else 0.0
 

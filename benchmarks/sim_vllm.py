@@ -308,6 +308,9 @@ class Counters:
     completion_tokens: int = 0
     work_slot_seconds: float = 0.0  # sum of nominal service times
     first_request_at: float | None = None
+    # The first request for more than one token: a one-token request is a start-up probe (hfdistill
+    # checks the tool-call parser with one), so the work starts here.
+    first_work_at: float | None = None
     last_request_at: float | None = None
     last_response_at: float | None = None
 
@@ -359,6 +362,8 @@ async def chat_completions(request: web.Request) -> web.Response:
         return refusal
     native = bool(body.get("tools"))
     plan = plan_turn(body["messages"], body.get("max_tokens") or body.get("max_completion_tokens"))
+    if plan.completion_tokens > 1:
+        counters.first_work_at = counters.first_work_at or time.time()
     prompt_tokens, n = _prompt_tokens(body), int(body.get("n") or 1)
     service = config.service_time(prompt_tokens, plan.completion_tokens)
     # n sequences occupy n slots, as in vLLM; they share the plan, so they finish together.
@@ -427,6 +432,7 @@ def metrics_snapshot(state: SimState) -> dict[str, Any]:
         "queue_len": pool.queue_len,
         "max_queue_len": pool.max_queue,
         "first_request_at": c.first_request_at,
+        "first_work_at": c.first_work_at,
         "last_request_at": c.last_request_at,
         "last_response_at": c.last_response_at,
         "now": time.time(),

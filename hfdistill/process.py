@@ -1,6 +1,7 @@
 """Process-wide settings a command sets for a run and restores after it: signal handlers, the
-garbage collector, `datasets`' progress bars and error log lines. Only the CLI uses this module: the library never
-changes the state of the process it runs in.
+garbage collector, `datasets`' progress bars and error log lines. Only the CLI uses this module, and
+a Ray worker for the process Ray starts for it (the collector's settings): the library never changes
+the state of the process it runs in.
 """
 
 from __future__ import annotations
@@ -18,14 +19,14 @@ from tqdm import tqdm
 
 from hfdistill.types import StopRequest
 
-__all__ = ["run_settings"]
+__all__ = ["run_settings", "throughput_gc"]
 
 
 @contextlib.contextmanager
 def run_settings(stop: StopRequest) -> Iterator[None]:
     """For the length of a run: Ctrl-C/SIGTERM request a graceful stop, GC tuned, datasets' bars off and
     its errors reported once (by us)."""
-    with _signals(stop), _throughput_gc(), _quiet_datasets(), _errors_reported_once():
+    with _signals(stop), throughput_gc(), _quiet_datasets(), _errors_reported_once():
         yield
 
 
@@ -49,7 +50,7 @@ def _signals(stop: StopRequest) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _throughput_gc() -> Iterator[None]:
+def throughput_gc() -> Iterator[None]:
     """Objects from imports and set-up live all run, so the collector need not rescan them, and a
     rollout makes many short-lived objects that reference counting frees on its own (≈7 % CPU)."""
     thresholds = gc.get_threshold()

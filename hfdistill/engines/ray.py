@@ -144,15 +144,15 @@ def _execute(ray: Any, distiller: Distiller, run: Run, rows: list[dict[str, str]
     config = distiller.config.replace(concurrency=share, **_absolute_paths(distiller))
     log.info("Ray: %d actors, %d rollouts in flight each, %d rollouts per task", pool, share, jobs_per_task)
     turns = _turn_store(ray)
-    jobs = ray.data.from_items(rows, override_num_blocks=blocks)
-    events = jobs.map_batches(
-        RolloutWorker, fn_constructor_kwargs={"config": config, "served": distiller.clients.served, "turns": turns},
-        batch_size=jobs_per_task, num_cpus=ACTOR_CPUS,  # Ray Data spreads actors over the nodes by default
-        compute=ActorPoolStrategy(size=pool, max_tasks_in_flight_per_actor=tasks,
-                                  max_concurrent_calls_per_actor=tasks))
     collector = _Collector(ray, turns, run, distiller, dispatch)
     try:
-        with _data_context(), collector:
+        with _data_context(), collector:  # (a dataset keeps the context it was made in)
+            jobs = ray.data.from_items(rows, override_num_blocks=blocks)
+            events = jobs.map_batches(
+                RolloutWorker, batch_size=jobs_per_task, num_cpus=ACTOR_CPUS,  # Ray Data spreads actors over nodes
+                fn_constructor_kwargs={"config": config, "served": distiller.clients.served, "turns": turns},
+                compute=ActorPoolStrategy(size=pool, max_tasks_in_flight_per_actor=tasks,
+                                          max_concurrent_calls_per_actor=tasks))
             _consume(events, run, dispatch, stop, collector)
     except ray.exceptions.RayError as e:
         reason = first_line(e)
@@ -259,17 +259,22 @@ def _collect(taken: Taken, run: Run, distiller: Distiller, dispatch: _Dispatch) 
 @contextlib.contextmanager
 def _data_context() -> Iterator[None]:
     """Ray Data set for the run (and restored): every actor of the pool up before work is handed out, so
-    it is shared evenly; no progress bars or INFO logs (the run's own progress line says what matters)."""
+    it is shared evenly; no progress bars or INFO logs (the run's own progress line says what matters);
+    no memory polling of tasks (a thread per task reading /proc every second: with the dozens of
+    long tasks an actor runs at once, a tenth of its CPU)."""
     from ray.data import DataContext
 
     context, logger = DataContext.get_current(), logging.getLogger("ray.data")
-    saved, level = (context.enable_progress_bars, context.wait_for_min_actors_s), logger.level
+    fields = ("enable_progress_bars", "wait_for_min_actors_s", "memory_usage_poll_interval_s")
+    saved, level = {name: getattr(context, name) for name in fields}, logger.level
     context.enable_progress_bars, context.wait_for_min_actors_s = False, _ACTORS_START_SECONDS
+    context.memory_usage_poll_interval_s = None
     logger.setLevel(logging.WARNING)
     try:
         yield
     finally:
-        context.enable_progress_bars, context.wait_for_min_actors_s = saved
+        for name, value in saved.items():
+            setattr(context, name, value)
         logger.setLevel(level)
 
 
