@@ -1,5 +1,6 @@
 """vLLM request priorities: continuing conversations are sent with a lower (earlier-served) priority than
-new ones; a server on vLLM's default fcfs policy, which refuses them, keeps working (`--priority auto`)."""
+new ones; a server on vLLM's default fcfs policy, which refuses them, is found at start-up and sent none
+(`--priority auto`), or fails the run before it starts (`--priority on`)."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 class Recorded:
     """A simulated vLLM with the given scheduling policy that keeps every chat request body."""
 
-    def __init__(self, policy: str) -> None:
+    def __init__(self, policy: str, fcfs_after_probe: bool = False) -> None:
         self.bodies: list[dict[str, Any]] = []
         app = sim_vllm.make_app(sim_vllm.SimConfig(slots=4, prefill=0, prefill_per_1k=0, tpot=0,
                                                    scheduling_policy=policy))
@@ -35,6 +36,8 @@ class Recorded:
         async def record(request: web.Request, handler: Handler) -> web.StreamResponse:
             if request.path.endswith("/chat/completions"):
                 self.bodies.append(await request.json())
+                if fcfs_after_probe and self.bodies[-1].get("max_tokens") != 1:  # restarted as fcfs, say
+                    self.state.config.scheduling_policy = "fcfs"
             return await handler(request)
 
         app.middlewares.append(record)
@@ -64,7 +67,7 @@ def _turn(body: dict[str, Any]) -> int:
     return sum(m["role"] == "assistant" for m in body["messages"]) + 1
 
 
-def test_auto_sends_continuing_turns_first_and_keeps_working_on_a_fcfs_server(
+def test_auto_sends_continuing_turns_first_and_asks_a_server_once_whether_it_takes_them(
         server: Recorded, env: dict[str, str], tmp_path: Path) -> None:
     assert _generate(server, env["RETRIEVAL_URL"], tmp_path) == 0
     chats = server.chats()
@@ -72,12 +75,25 @@ def test_auto_sends_continuing_turns_first_and_keeps_working_on_a_fcfs_server(
     if server.state.config.scheduling_policy == "priority":
         assert all(b.get("priority", 0) == 1 - _turn(b) for b in chats)
         assert server.state.counters.errors == 0
-    else:  # refused (vLLM's 400) until the first refusal came back, then never sent again; nothing failed
-        refused = [b for b in chats if "priority" in b]
-        assert 1 <= len(refused) == server.state.counters.errors
-        resent = [b["messages"] for b in chats if "priority" not in b]
-        assert all(b["messages"] in resent for b in refused)  # each refused turn was sent again without it
-        assert len({json.dumps(b["messages"]) for b in refused}) == len(refused)  # each turn refused once only
+    else:  # the start-up probe was refused (vLLM's 400), and no rollout request carried a priority
+        assert not any("priority" in b for b in chats)
+        assert server.state.counters.errors == 1
+    assert not (tmp_path / "out.failures.jsonl").exists()
+
+
+def test_a_server_that_stops_taking_priorities_mid_run_is_sent_none_after_its_first_refusal(
+        env: dict[str, str], tmp_path: Path) -> None:
+    server = Recorded("priority", fcfs_after_probe=True)
+    try:
+        assert _generate(server, env["RETRIEVAL_URL"], tmp_path) == 0
+    finally:
+        server.served.close()
+    chats = server.chats()
+    refused = [b for b in chats if "priority" in b]  # refused until the first refusal came back
+    assert 1 <= len(refused) == server.state.counters.errors
+    resent = [b["messages"] for b in chats if "priority" not in b]
+    assert all(b["messages"] in resent for b in refused)  # each refused turn was sent again without it
+    assert len({json.dumps(b["messages"]) for b in refused}) == len(refused)  # each turn refused once only
     assert not (tmp_path / "out.failures.jsonl").exists()
 
 
@@ -86,12 +102,12 @@ def test_off_never_sends_a_priority(server: Recorded, env: dict[str, str], tmp_p
     assert server.chats() and not any("priority" in b for b in server.chats())
 
 
-def test_on_against_a_fcfs_server_fails_continuing_turns_with_the_fix(
-        server: Recorded, env: dict[str, str], tmp_path: Path) -> None:
+def test_on_against_a_fcfs_server_fails_before_any_rollout_with_the_fix(
+        server: Recorded, env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code = _generate(server, env["RETRIEVAL_URL"], tmp_path, "--priority", "on")
     if server.state.config.scheduling_policy == "priority":
         assert code == 0
         return
-    assert code == 3  # rollouts that needed a second turn failed, and say how to fix it
-    failures = (tmp_path / "out.failures.jsonl").read_text()
-    assert "--scheduling-policy priority" in failures and "priority_refused" in failures
+    assert code == 2 and not server.chats()  # a usage error, found by the start-up probe
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "--scheduling-policy priority" in error[0] and "Traceback" not in error[0]

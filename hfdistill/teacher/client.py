@@ -60,6 +60,8 @@ class Teacher:
         self.served = served if served is not None else Served.asked(config)  # shared with the distiller
         self.stats = stats if stats is not None else TeacherStats()
         self.pool = EndpointPool([Endpoint.at(url) for url in config.endpoints])
+        for endpoint in self.pool.endpoints:
+            endpoint.priority = endpoint.url not in self.served.no_priority
         self._session: aiohttp.ClientSession | None = None
         self._params: tuple[tuple[str | None, str | None], bytes] | None = None
 
@@ -132,6 +134,8 @@ class Teacher:
                                   f"{refusing[0].url} refuses tools= (it was started without it); start vLLM with "
                                   "--enable-auto-tool-choice --tool-call-parser hermes, or use --tool-call-mode "
                                   "text (or auto)")
+        if self.config.priority != "off":
+            await self._settle_priority()
 
     async def _served_models(self, endpoint: Endpoint) -> list[str]:
         try:
@@ -165,6 +169,32 @@ class Teacher:
                 refusing.append(endpoint)
         return refusing
 
+    async def _settle_priority(self) -> None:
+        """Ask each server once whether it takes request priorities. vLLM refuses them under its default
+        fcfs policy, and learning that from rollouts costs a refused request for every continuing turn
+        sent before the first refusal is back: a whole window of them when a rerun resumes its
+        conversations."""
+        body = orjson.dumps({"model": self.model, "messages": [{"role": "user", "content": "Say OK."}],
+                             "max_tokens": 1, "priority": -1})
+        for endpoint in self.pool.endpoints:
+            try:
+                await self._post_once(endpoint, body)
+            except TeacherError as e:
+                if e.cause != "priority_refused":
+                    raise
+                if self.config.priority == "on":
+                    raise ConfigError(f"--priority on needs a teacher that schedules by priority, and "
+                                      f"{endpoint.url} refuses request priorities; start vLLM with "
+                                      "--scheduling-policy priority, or pass --priority auto or off") from None
+                self._send_no_priority(endpoint)
+
+    def _send_no_priority(self, endpoint: Endpoint) -> None:
+        if endpoint.priority:
+            log.info("teacher %s does not schedule by priority (vLLM --scheduling-policy fcfs); sending it none",
+                     endpoint.url)
+        endpoint.priority = False
+        self.served.no_priority.add(endpoint.url)  # for the teachers of other event loops, and of workers
+
     # ------------------------------------------------------------ the hot path
 
     async def chat(self, messages: list[dict[str, Any]], route: Route) -> TeacherReply:
@@ -186,10 +216,8 @@ class Teacher:
                 reply = await self._post_once(endpoint, body(endpoint))
             except TeacherError as e:
                 if e.cause == "priority_refused" and self.config.priority == "auto":
-                    if endpoint.priority:  # (turns sent before the first refusal came back are refused too)
-                        log.info("teacher %s does not schedule by priority (vLLM --scheduling-policy fcfs); "
-                                 "sending it none", endpoint.url)
-                    endpoint.priority = False  # a server on --scheduling-policy fcfs: no priority from now on
+                    # (a server restarted with the fcfs policy since the start-up probe)
+                    self._send_no_priority(endpoint)
                     reply = await self._post_once(endpoint, body(endpoint))
                     self._count(endpoint, reply)
                     return reply

@@ -6,7 +6,7 @@ probe fills it in once, an engine's worker is handed the driver's, and nobody co
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from hfdistill.config import DistillConfig
 
@@ -18,6 +18,8 @@ class Served:
     model: str | None = None  # --model, else the id the teacher lists (set by the probe)
     protocol: str | None = None  # "native" | "text"; None until the probe settles --tool-call-mode auto
     judge_model: str | None = None  # --judge-model, else the id the judge lists
+    # Teacher URLs that refuse request priorities (vLLM's default fcfs policy): they are sent none.
+    no_priority: set[str] = field(default_factory=set)
 
     @classmethod
     def asked(cls, config: DistillConfig) -> Served:
