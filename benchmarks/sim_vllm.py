@@ -467,7 +467,9 @@ def make_app(config: SimConfig) -> web.Application:
 
 async def start(config: SimConfig, host: str = "127.0.0.1", port: int = 0) -> tuple[web.AppRunner, int]:
     """Serve in the running loop; returns the runner (call `cleanup()`) and the bound port."""
-    runner = web.AppRunner(make_app(config), access_log=None)  # access logs would cost CPU per call
+    # A request whose client disconnects is dropped, queued or running, as vLLM drops it (its chat
+    # endpoint is wrapped in `with_cancellation`); access logs would cost CPU per call.
+    runner = web.AppRunner(make_app(config), access_log=None, handler_cancellation=True)
     await runner.setup()
     site = web.TCPSite(runner, host, port, backlog=4096)
     await site.start()
