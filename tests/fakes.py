@@ -120,7 +120,8 @@ class FakeTeacher:
         self.scripts: dict[str, list[Step]] = {}
         self.faults: list[Fault] = []  # consumed one per chat request, in order
         self.requests: list[dict[str, Any]] = []  # chat requests of rollouts
-        self.probes: list[dict[str, Any]] = []  # hfdistill's start-up `tools=` probes (never given faults)
+        # hfdistill's start-up probes, `tools=` and `priority` (never given faults)
+        self.probes: list[dict[str, Any]] = []
         self.chat_calls = 0
         self.models_calls = 0
         self.on_request: Callable[[dict[str, Any]], None] | None = None

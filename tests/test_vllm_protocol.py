@@ -193,7 +193,8 @@ class _Stopped:
 
 
 def test_a_server_that_stops_answering_fails_its_rollouts_quickly(retriever: tuple[FakeRetriever, Served]) -> None:
-    stopped = _Stopped(FakeTeacher(TeacherBehaviour()), after=1)  # the start-up probe answers, then silence
+    # the start-up probes (tools=, priority) are answered, then silence
+    stopped = _Stopped(FakeTeacher(TeacherBehaviour()), after=2)
     served = Served(stopped.app())
     try:
         retry = RetryPolicy(attempts=2, backoff=0.01, timeout=600, stall_probe=0.3)
