@@ -156,17 +156,9 @@ class Teacher:
 
     async def _refusing_tools(self) -> list[Endpoint]:
         """The endpoints that refuse `tools=` with vLLM's 400 (started without a tool-call parser)."""
-        body = json.dumps({"model": self.model, "messages": [{"role": "user", "content": "Say OK."}],
-                           "tools": self.tools, "max_tokens": 1}).encode()
-        refusing = []
-        for endpoint in self.pool.endpoints:
-            try:
-                await self._post_once(endpoint, body)
-            except TeacherError as e:
-                if e.cause != "tools_refused":
-                    raise
-                log.info("%s refuses tools= (started without --enable-auto-tool-choice)", endpoint.url)
-                refusing.append(endpoint)
+        refusing = await self._refusing({"tools": self.tools}, "tools_refused")
+        for endpoint in refusing:
+            log.info("%s refuses tools= (started without --enable-auto-tool-choice)", endpoint.url)
         return refusing
 
     async def _settle_priority(self) -> None:
@@ -174,19 +166,26 @@ class Teacher:
         fcfs policy, and learning that from rollouts costs a refused request for every continuing turn
         sent before the first refusal is back: a whole window of them when a rerun resumes its
         conversations."""
+        for endpoint in await self._refusing({"priority": -1}, "priority_refused"):
+            if self.config.priority == "on":
+                raise ConfigError(f"--priority on needs a teacher that schedules by priority, and "
+                                  f"{endpoint.url} refuses request priorities; start vLLM with "
+                                  "--scheduling-policy priority, or pass --priority auto or off")
+            self._send_no_priority(endpoint)
+
+    async def _refusing(self, extra: dict[str, Any], cause: str) -> list[Endpoint]:
+        """The endpoints that refuse a one-token request with `extra` fields, for `cause` (other errors raise)."""
         body = orjson.dumps({"model": self.model, "messages": [{"role": "user", "content": "Say OK."}],
-                             "max_tokens": 1, "priority": -1})
+                             "max_tokens": 1, **extra})
+        refusing = []
         for endpoint in self.pool.endpoints:
             try:
                 await self._post_once(endpoint, body)
             except TeacherError as e:
-                if e.cause != "priority_refused":
+                if e.cause != cause:
                     raise
-                if self.config.priority == "on":
-                    raise ConfigError(f"--priority on needs a teacher that schedules by priority, and "
-                                      f"{endpoint.url} refuses request priorities; start vLLM with "
-                                      "--scheduling-policy priority, or pass --priority auto or off") from None
-                self._send_no_priority(endpoint)
+                refusing.append(endpoint)
+        return refusing
 
     def _send_no_priority(self, endpoint: Endpoint) -> None:
         if endpoint.priority:
