@@ -242,9 +242,9 @@ def client_env(workdir: Path, urls: list[str], retrieval: str, input_file: Path,
 
 
 def hfdistill_missing(python: str) -> str | None:
-    """Why hfdistill cannot run here, or None when `import hfdistill.cli` works."""
+    """Why hfdistill cannot run here, or None when `import hfdistill.cli.main` works."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    probe = subprocess.run([python, "-c", "import hfdistill.cli"], env=env, capture_output=True, text=True)
+    probe = subprocess.run([python, "-c", "import hfdistill.cli.main"], env=env, capture_output=True, text=True)
     if probe.returncode == 0:
         return None
     return (probe.stderr.strip().splitlines() or ["import failed"])[-1]
@@ -304,7 +304,7 @@ def _report_failure(m: Measurement) -> None:
 
 # What each client imports before its first request: the fixed cost of a run, whatever its size.
 STARTUP_IMPORTS = {
-    "hfdistill": "import hfdistill.cli, hfdistill.generate, hfdistill.publish.card",
+    "hfdistill": "import hfdistill.cli.main, hfdistill.commands.generate, hfdistill.publish.card",
     "baseline": "import openai, requests, pandas, pyarrow.parquet",
 }
 

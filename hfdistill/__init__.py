@@ -11,15 +11,15 @@ except PackageNotFoundError:  # running from a source tree that was never instal
     __version__ = "0.0.0+unknown"
 
 if TYPE_CHECKING:
-    from hfdistill.config import DistillConfig
-    from hfdistill.distiller import Distiller
-    from hfdistill.errors import HfdistillError
-    from hfdistill.teacher.retry import RetryPolicy
+    from hfdistill.core.config import DistillConfig
+    from hfdistill.core.errors import HfdistillError
+    from hfdistill.core.retry import RetryPolicy
+    from hfdistill.engines.distiller import Distiller
 
 __all__ = ["DistillConfig", "Distiller", "HfdistillError", "RetryPolicy", "__version__"]
 
-_LAZY = {"DistillConfig": "hfdistill.config", "RetryPolicy": "hfdistill.teacher.retry",
-         "Distiller": "hfdistill.distiller", "HfdistillError": "hfdistill.errors"}
+_LAZY = {"DistillConfig": "hfdistill.core.config", "RetryPolicy": "hfdistill.core.retry",
+         "Distiller": "hfdistill.engines.distiller", "HfdistillError": "hfdistill.core.errors"}
 
 
 def __getattr__(name: str) -> Any:

@@ -1,5 +1,5 @@
 """`python -m hfdistill` runs the command-line interface."""
 
-from hfdistill.cli import main
+from hfdistill.cli.main import main
 
 raise SystemExit(main())

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from hfdistill.atomic import atomic_path, atomic_write_text
+from hfdistill.core.atomic import atomic_path, atomic_write_text
 
 
 def test_replaces_the_file_and_leaves_no_temp(tmp_path: Path) -> None:

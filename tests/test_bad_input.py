@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from hfdistill.cli import main
+from hfdistill.cli.main import main
 from tests.conftest import write_jsonl
 from tests.fakes import FakeRetriever, FakeTeacher, Fault, Served
 

@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hfdistill.errors import ConfigError, CorpusError, RetrievalError
+from hfdistill.core.errors import ConfigError, CorpusError, RetrievalError
+from hfdistill.core.types import Document
 from hfdistill.retrieval import bm25
 from hfdistill.retrieval.bm25 import BM25Retriever, parse_passage
-from hfdistill.types import Document
 from tests.corpus_util import CITIES, write_jsonl
 
 

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from huggingface_hub import DatasetCard, DatasetCardData
 
-from hfdistill.cli import main
+from hfdistill.cli.main import main
 from hfdistill.publish.card import (
     BEGIN_MARKER,
     END_MARKER,

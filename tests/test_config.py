@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from hfdistill.config import DistillConfig
-from hfdistill.errors import ConfigError
+from hfdistill.core.config import DistillConfig
+from hfdistill.core.errors import ConfigError
 
 
 @pytest.mark.parametrize(("changes", "match"), [

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from hfdistill.cli import main
+from hfdistill.cli.main import main
 from tests.conftest import write_verl_parquet
 from tests.corpus_util import CITIES, write_jsonl
 from tests.fakes import Answer, FakeTeacher, Search, Served

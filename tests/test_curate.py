@@ -11,8 +11,8 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
-from hfdistill.cli import main
-from hfdistill.output import METADATA_KEY, read_record
+from hfdistill.cli.main import main
+from hfdistill.run.output import METADATA_KEY, read_record
 from tests.fake_judge import FakeJudge
 from tests.fakes import Answer, FakeRetriever, FakeTeacher, Raw, Search, Served
 from tests.test_judged_runs import BERLIN, EIFFEL, GOLDEN, PARIS, ROME, _script

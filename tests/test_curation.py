@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
+from hfdistill.core.errors import ConfigError
 from hfdistill.curation.flags import FLAGS, _words, quality_flags
-from hfdistill.curation.judge import judgeable, parse_verdict
 from hfdistill.curation.pipeline import CurationOptions, Curator
 from hfdistill.curation.select import best_row, correctness, parse_keep, pass_rate, solved_kept
-from hfdistill.errors import ConfigError
+from hfdistill.judge.prompt import judgeable, parse_verdict
 
 
 def _m(role: str, content: str = "", reasoning: str | None = None, call: list[str] | None = None) -> dict[str, Any]:

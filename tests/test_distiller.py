@@ -14,7 +14,7 @@ import pytest
 from datasets.fingerprint import Hasher
 
 from hfdistill import DistillConfig, Distiller
-from hfdistill.errors import ConfigError
+from hfdistill.core.errors import ConfigError
 from tests.conftest import QUESTIONS, write_verl_parquet
 from tests.fakes import FakeRetriever, FakeTeacher, Served
 from tests.verl_rules import check_output
@@ -23,7 +23,7 @@ USER_SCRIPT = """
 import os
 from datasets import load_dataset
 from hfdistill import DistillConfig, Distiller
-from hfdistill.errors import ConfigError
+from hfdistill.core.errors import ConfigError
 
 ds = load_dataset("parquet", data_files=os.environ["INPUT_FILE"], split="train")
 distiller = Distiller(DistillConfig(vllm_url=os.environ["VLLM_URL"], retrieval_url=os.environ["RETRIEVAL_URL"]))
@@ -145,7 +145,7 @@ def test_a_bare_map_types_rows_whatever_extra_info_holds(teacher: tuple[FakeTeac
 def test_distiller_map_judges_in_the_window_and_fills_pass_rates(teacher: tuple[FakeTeacher, Served],
                                                                 retriever: tuple[FakeRetriever, Served],
                                                                 real_layout: Path) -> None:
-    from hfdistill.config import JudgeConfig
+    from hfdistill.core.config import JudgeConfig
     from tests.fake_judge import JUDGE_MODEL, FakeJudge
 
     judge = FakeJudge()

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from hfdistill.cli import main
+from hfdistill.cli.main import main
+from hfdistill.core.errors import ConfigError
 from hfdistill.engines import check_engine
 from hfdistill.engines.ray import MAX_DEFAULT_ACTORS, pool_size
-from hfdistill.errors import ConfigError
 from tests.conftest import write_jsonl
 
 # Nothing listens there: a driver that tried to reach Ray before failing would say so instead.
@@ -63,7 +63,7 @@ def test_engine_ray_without_ray_installed_is_one_line_and_exit_2(tmp_path: Path)
     # sys.modules["ray"] = None is how Python's import system marks a module that cannot be imported.
     write_jsonl(tmp_path / "q.jsonl", [{"question": "What is the capital of France?"}])
     done = _python("import sys; sys.modules['ray'] = None\n"
-                   "from hfdistill.cli import main\n"
+                   "from hfdistill.cli.main import main\n"
                    "sys.exit(main(['generate', '--engine', 'ray', '--input_file', 'q.jsonl']))", cwd=tmp_path)
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip() == 'error: --engine ray needs Ray, which is not installed: pip install "hfdistill[ray]"'
@@ -73,7 +73,7 @@ def test_a_local_run_never_imports_ray(env: dict[str, str], tmp_path: Path) -> N
     data = write_jsonl(tmp_path / "q.jsonl", [{"question": "What is the capital of France?",
                                                "golden_answers": ["Paris"]}])
     done = _python("import sys\n"
-                   "from hfdistill.cli import main\n"
+                   "from hfdistill.cli.main import main\n"
                    f"code = main(['generate', '-q', '--input_file', {str(data)!r}])\n"
                    "assert 'ray' not in sys.modules, 'a local run imported ray'\n"
                    "sys.exit(code)", cwd=tmp_path)

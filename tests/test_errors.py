@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from hfdistill import errors
-from hfdistill.errors import (
+from hfdistill.core import errors
+from hfdistill.core.errors import (
     ConfigError,
     ContextLengthError,
     CorpusError,

@@ -214,7 +214,7 @@ def test_inspect_into_a_closed_pipe_is_quiet(distilled_file: Path, tmp_path: Pat
 @pytest.fixture
 def distilled_file(env: dict[str, str], tmp_path: Path) -> Path:
     """A real output: three conversations made by the scripted teacher."""
-    from hfdistill.cli import main
+    from hfdistill.cli.main import main
     from tests.conftest import write_verl_parquet
 
     source = write_verl_parquet(tmp_path / "train.parquet")

@@ -13,8 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 
 import hfdistill
-from hfdistill.cli import default_output, main
-from hfdistill.output import read_record
+from hfdistill.cli.main import default_output, main
+from hfdistill.run.output import read_record
 from tests.conftest import QUESTIONS, write_jsonl
 from tests.fakes import Answer, FakeRetriever, FakeTeacher, Search, Served
 from tests.verl_rules import check_output

@@ -7,10 +7,10 @@ from pathlib import Path
 import datasets
 import pytest
 
-from hfdistill.config import DistillConfig
-from hfdistill.errors import ConfigError
-from hfdistill.identity import identify, rollout_options, scan_items
-from hfdistill.inputs import plan_fields
+from hfdistill.core.config import DistillConfig
+from hfdistill.core.errors import ConfigError
+from hfdistill.run.identity import identify, rollout_options, scan_items
+from hfdistill.run.inputs import plan_fields
 
 
 def _items(rows: list[dict], *, with_golden: bool = False) -> list[str | None]:
@@ -62,7 +62,7 @@ def test_an_output_not_written_by_hfdistill_is_never_replaced(tmp_path: Path) ->
 
 
 def test_judge_options_are_not_rollout_options() -> None:
-    from hfdistill.config import JudgeConfig
+    from hfdistill.core.config import JudgeConfig
 
     plain = DistillConfig()
     judged = plain.replace(judge=JudgeConfig(url="http://judge:8000/v1", model="big-judge"))

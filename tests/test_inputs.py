@@ -8,8 +8,8 @@ import datasets
 import pandas as pd
 import pytest
 
-from hfdistill.errors import InputError
-from hfdistill.inputs import input_kind, load_input, plan_fields
+from hfdistill.core.errors import InputError
+from hfdistill.run.inputs import input_kind, load_input, plan_fields
 from tests.conftest import QUESTIONS, verl_rows, write_jsonl, write_verl_parquet
 
 

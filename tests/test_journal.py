@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from hfdistill.errors import JournalError
-from hfdistill.journal import Checkpoints, Journal, RolloutRecord, TurnRecord
+from hfdistill.core.errors import JournalError
+from hfdistill.run.journal import Checkpoints, Journal, RolloutRecord, TurnRecord
 
 
 def _result(n: int) -> dict:

@@ -11,8 +11,8 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
-from hfdistill.cli import main
-from hfdistill.output import read_record
+from hfdistill.cli.main import main
+from hfdistill.run.output import read_record
 from tests.fake_judge import JUDGE_MODEL, FakeJudge
 from tests.fakes import Answer, FakeRetriever, FakeTeacher, Search, Served
 

@@ -14,9 +14,9 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
-from hfdistill.cli import main
+from hfdistill.cli.main import main
 from hfdistill.curation.tokens import StudentTokens
-from hfdistill.output import read_record
+from hfdistill.run.output import read_record
 from tests import verl_env
 from tests.fakes import FakeRetriever, FakeTeacher, Served
 from tests.test_verl_loading import GENERATED, VERL_TIMEOUT, run_verl_load

@@ -8,8 +8,8 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from hfdistill.errors import ConfigError
-from hfdistill.output import check_output_path, read_record, row_count, write_jsonl, write_parquet
+from hfdistill.core.errors import ConfigError
+from hfdistill.run.output import check_output_path, read_record, row_count, write_jsonl, write_parquet
 
 SCHEMA = pa.schema([("x", pa.int64())])
 

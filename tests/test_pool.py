@@ -10,8 +10,8 @@ import datasets
 import pytest
 
 from hfdistill import DistillConfig, Distiller, RetryPolicy
-from hfdistill.cli import main
-from hfdistill.errors import ConfigError
+from hfdistill.cli.main import main
+from hfdistill.core.errors import ConfigError
 from tests.conftest import write_jsonl
 from tests.fakes import FakeRetriever, FakeTeacher, Served, TeacherBehaviour
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from hfdistill.cli import main
+from hfdistill.cli.main import main
 from tests.conftest import write_jsonl
 from tests.fakes import Served
 

@@ -11,8 +11,8 @@ from typing import Any
 import datasets
 import pytest
 
-from hfdistill.process import run_settings
-from hfdistill.types import StopRequest
+from hfdistill.cli.process import run_settings
+from hfdistill.core.types import StopRequest
 
 ERROR = logging.LogRecord("datasets.builder", logging.ERROR, __file__, 1, "arrow said no", None, None)
 WARNING = logging.LogRecord("datasets.builder", logging.WARNING, __file__, 1, "slow disk", None, None)

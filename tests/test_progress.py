@@ -14,7 +14,7 @@ import termios
 import pyte
 import pytest
 
-from hfdistill.progress import Monitor, Rate, format_duration
+from hfdistill.run.progress import Monitor, Rate, format_duration
 
 RESULT = {"stop_reason": "answer", "assistant_turns": 2, "num_tool_calls": 1, "num_tool_errors": 0,
           "usage": {"prompt_tokens": 10, "completion_tokens": 5}}

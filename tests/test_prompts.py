@@ -6,9 +6,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hfdistill.prompts import Prompts
-from hfdistill.templates import Templates
-from hfdistill.tools import SearchTool
+from hfdistill.core.prompts import Prompts
+from hfdistill.core.templates import Templates
+from hfdistill.core.tools import SearchTool
 
 
 @dataclass(frozen=True)

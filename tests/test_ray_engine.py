@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from hfdistill.output import read_record
+from hfdistill.run.output import read_record
 from tests.fake_judge import FakeJudge
 from tests.fakes import Served
 from tests.ray_cluster import ENV, Cluster

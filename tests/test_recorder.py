@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from hfdistill.recorder import Collector, failure_entry, skip_entry
-from hfdistill.rollout import TurnStep
-from hfdistill.tools import search_tool_schema
-from hfdistill.types import RolloutJob
+from hfdistill.core.rollout import TurnStep
+from hfdistill.core.tools import search_tool_schema
+from hfdistill.core.types import RolloutJob
+from hfdistill.run.recorder import Collector, failure_entry, skip_entry
 
 TOOLS = [search_tool_schema()]
 JOB = RolloutJob(input_index=7, rollout_index=2, question="Capital of France?", golden_answers=("Paris",),

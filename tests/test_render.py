@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from hfdistill.errors import InputError
+from hfdistill.core.errors import InputError
 from hfdistill.publish.render import load_rows, render_conversation
 
 

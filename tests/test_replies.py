@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from hfdistill.errors import TeacherError
+from hfdistill.core.errors import TeacherError
+from hfdistill.core.types import ToolCall, Usage
 from hfdistill.teacher.replies import reply_of, status_error
-from hfdistill.types import ToolCall, Usage
 
 URL = "http://t/v1"
 

@@ -18,8 +18,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from hfdistill.cli import main
-from hfdistill.errors import InputError
+from hfdistill.cli.main import main
+from hfdistill.core.errors import InputError
 from hfdistill.publish.report import DEFAULT_MAX_ROWS, build_report, write_report
 from tests.conftest import write_jsonl
 from tests.fakes import Answer, FakeTeacher, Raw, Say, Search, Served

@@ -8,8 +8,8 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from hfdistill.errors import RetrievalError, TeacherError
-from hfdistill.teacher.retry import RetryPolicy, is_transient, parse_retry_after, with_retries
+from hfdistill.core.errors import RetrievalError, TeacherError
+from hfdistill.core.retry import RetryPolicy, is_transient, parse_retry_after, with_retries
 
 NO_WAIT = RetryPolicy(attempts=3, backoff=0.0)  # every delay is 0: asyncio.sleep(0) only yields
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
+from hfdistill.core.rows import build_table, extra_info_of, output_schema
+from hfdistill.core.tools import search_tool_schema
 from hfdistill.curation.flags import quality_flags
 from hfdistill.curation.rows import curated_row
-from hfdistill.rows import build_table, extra_info_of, output_schema
-from hfdistill.tools import search_tool_schema
 
 TOOLS = [search_tool_schema()]
 RESULT = {"messages": [{"role": "system", "content": "s", "reasoning_content": None, "tool_calls": None,

@@ -15,8 +15,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from hfdistill.cli import main
-from hfdistill.output import read_record
+from hfdistill.cli.main import main
+from hfdistill.run.output import read_record
 from tests.conftest import write_jsonl
 from tests.fakes import Answer, FakeTeacher, Search, Served
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
-from hfdistill.config import DistillConfig
-from hfdistill.runtime import Clients, batch_budget
+from hfdistill.core.config import DistillConfig
+from hfdistill.engines.runtime import Clients, batch_budget
 from hfdistill.teacher.served import Served
 from tests.fakes import MODEL, FakeRetriever, FakeTeacher
 from tests.fakes import Served as Server

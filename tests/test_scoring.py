@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hfdistill.scoring import exact_match, f1_score, normalize_answer, score, sub_match
+from hfdistill.core.scoring import exact_match, f1_score, normalize_answer, score, sub_match
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from hfdistill.errors import ConfigError
+from hfdistill.core.errors import ConfigError
 from hfdistill.retrieval.bm25 import BM25Retriever
 from hfdistill.retrieval.server import make_app
 from tests.corpus_util import CITIES, write_jsonl

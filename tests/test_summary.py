@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from hfdistill.generate import GenerateResult
-from hfdistill.progress import RunStats
-from hfdistill.summary import summary_lines
+from hfdistill.commands.generate import GenerateResult
+from hfdistill.commands.summary import summary_lines
+from hfdistill.run.progress import RunStats
 
 
 def _stats() -> RunStats:

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from hfdistill.errors import ContextLengthError, TeacherError
+from hfdistill.core.errors import ContextLengthError, TeacherError
+from hfdistill.core.retry import RetryPolicy, is_transient
 from hfdistill.teacher.replies import reply_of, status_error
-from hfdistill.teacher.retry import RetryPolicy, is_transient
 
 NATIVE = {"choices": [{"message": {"content": None, "reasoning": "\nthink\n", "tool_calls": [
     {"id": "chatcmpl-tool-1", "type": "function", "function": {"name": "search", "arguments": '{"query": ["x"]}'}}]},

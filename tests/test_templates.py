@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from hfdistill.errors import TemplateError
-from hfdistill.prompts import Prompts
-from hfdistill.templates import Templates
-from hfdistill.tools import SearchTool, ToolContext, search_tool_schema
-from hfdistill.types import Document
+from hfdistill.core.errors import TemplateError
+from hfdistill.core.prompts import Prompts
+from hfdistill.core.templates import Templates
+from hfdistill.core.tools import SearchTool, ToolContext, search_tool_schema
+from hfdistill.core.types import Document
 
 REPO = Path(__file__).resolve().parent.parent
 DOCS = [[Document("1", "Paris", "Paris is the capital of France.", '"Paris"\nParis is the capital of France.', 9.1),
@@ -110,8 +110,8 @@ def test_wheel_ships_templates_and_card(tmp_path: Path) -> None:
     # and the unpacked wheel, imported ahead of this checkout, renders from its own copy
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
-    code = ("from hfdistill.templates import Templates, template_dir; from hfdistill.prompts import Prompts; "
-            "from hfdistill.tools import SearchTool; "
+    code = ("from hfdistill.core.templates import Templates, template_dir; from hfdistill.core.prompts import Prompts; "
+            "from hfdistill.core.tools import SearchTool; "
             "p = Prompts.build(Templates(), [SearchTool()]); print(template_dir()); print(p.user('Why?', []))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
                           env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"}, timeout=60)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from hfdistill.toolcalls import CallError, ToolRequest, extract_answer, interpret_turn, split_thinking
-from hfdistill.tools import SearchTool
-from hfdistill.types import ToolCall
+from hfdistill.core.toolcalls import CallError, ToolRequest, extract_answer, interpret_turn, split_thinking
+from hfdistill.core.tools import SearchTool
+from hfdistill.core.types import ToolCall
 
 TOOLS = {"search": SearchTool()}
 

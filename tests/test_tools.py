@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 
-from hfdistill.prompts import Prompts
-from hfdistill.rollout import RolloutSpec, rollout
-from hfdistill.rows import result_of
-from hfdistill.templates import Templates
-from hfdistill.tools import SearchTool, ToolArgumentError, ToolContext, ToolOutput
-from hfdistill.types import Document, TeacherReply, ToolCall, Usage
+from hfdistill.core.prompts import Prompts
+from hfdistill.core.rollout import RolloutSpec, rollout
+from hfdistill.core.rows import result_of
+from hfdistill.core.templates import Templates
+from hfdistill.core.tools import SearchTool, ToolArgumentError, ToolContext, ToolOutput
+from hfdistill.core.types import Document, TeacherReply, ToolCall, Usage
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from hfdistill.cli import main
+from hfdistill.cli.main import main
 from tests import verl_env, verl_load
 from tests.fakes import Answer, CallTool, Cut, FakeRetriever, FakeTeacher, Raw, Say, Search, Served
 

@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 
-from hfdistill.cli import main
-from hfdistill.prompts import Prompts
-from hfdistill.templates import Templates
-from hfdistill.tools import SearchTool
+from hfdistill.cli.main import main
+from hfdistill.core.prompts import Prompts
+from hfdistill.core.templates import Templates
+from hfdistill.core.tools import SearchTool
 from tests.corpus_util import write_jsonl
 from tests.verl_rules import check_output
 from tests.vllm_env import ensure_vllm_venv

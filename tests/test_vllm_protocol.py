@@ -16,7 +16,7 @@ import pytest
 from aiohttp import web
 
 from hfdistill import DistillConfig, Distiller, RetryPolicy
-from hfdistill.cli import main
+from hfdistill.cli.main import main
 from tests.conftest import write_jsonl
 from tests.fakes import (
     Answer,

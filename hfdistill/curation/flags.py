@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from hfdistill.rows import MALFORMED_CALL  # the kind of tool_error that is not even JSON (held back by default)
+from hfdistill.core.rows import MALFORMED_CALL  # the kind of tool_error that is not even JSON (held back by default)
 
 __all__ = [
     "DEFAULT_MAX_STEP_WORDS",

@@ -10,11 +10,11 @@ import argparse
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from hfdistill.config import JudgeConfig
+from hfdistill.core.config import JudgeConfig
+from hfdistill.core.errors import ConfigError
 from hfdistill.curation.flags import DEFAULT_MAX_STEP_WORDS
 from hfdistill.curation.pipeline import CurationOptions
 from hfdistill.curation.select import KEEP_VALUES, SELECT_MODES
-from hfdistill.errors import ConfigError
 
 __all__ = ["KEEP_HELP", "add_curate_arguments", "add_curation_arguments", "add_judge_arguments", "curation_from_args",
            "judge_from_args"]

@@ -11,11 +11,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from hfdistill.core.errors import ConfigError
 from hfdistill.curation.flags import DEFAULT_MAX_STEP_WORDS, MALFORMED_CALL, quality_flags
 from hfdistill.curation.funnel import Funnel
-from hfdistill.curation.judge import judgeable
 from hfdistill.curation.select import SELECT_MODES, best_row, correctness, keeps, parse_keep, pass_rate, solved_kept
-from hfdistill.errors import ConfigError
+from hfdistill.judge.prompt import judgeable
 
 __all__ = ["CurationOptions", "Curator"]
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from hfdistill.core.rows import shape_row
 from hfdistill.curation.flags import DEFAULT_MAX_STEP_WORDS, quality_flags
-from hfdistill.curation.judge import stored_verdict
-from hfdistill.rows import shape_row
+from hfdistill.judge.prompt import stored_verdict
 
 __all__ = ["curated_row"]
 

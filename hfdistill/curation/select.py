@@ -10,7 +10,7 @@ import hashlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from hfdistill.errors import ConfigError
+from hfdistill.core.errors import ConfigError
 
 __all__ = ["KEEP_VALUES", "SELECT_MODES", "best_row", "correctness", "keeps", "parse_keep", "pass_rate",
            "solved_kept", "with_pass_rates"]

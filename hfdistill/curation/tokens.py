@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from hfdistill.errors import ConfigError
+from hfdistill.core.errors import ConfigError
 
 __all__ = ["StudentTokens"]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 
-from hfdistill.errors import ConfigError
+from hfdistill.core.errors import ConfigError
 
 __all__ = ["ENGINES", "check_engine"]
 

@@ -27,14 +27,14 @@ from typing import Any
 
 import datasets
 
-from hfdistill.distiller import Distiller
+from hfdistill.core.errors import ClusterError, HfdistillError, first_line
+from hfdistill.core.rollout import TurnStep
+from hfdistill.core.types import RolloutJob, StopRequest
+from hfdistill.engines.distiller import Distiller
 from hfdistill.engines.turns import Taken, TurnStore
 from hfdistill.engines.worker import EVENT_COLUMN, JOB_COLUMN, Event, RolloutWorker, decode_event, encode_job
-from hfdistill.errors import ClusterError, HfdistillError, first_line
-from hfdistill.recorder import Prior
-from hfdistill.rollout import TurnStep
-from hfdistill.run import Run
-from hfdistill.types import RolloutJob, StopRequest
+from hfdistill.run.account import Run
+from hfdistill.run.recorder import Prior
 
 __all__ = ["ACTOR_CPUS", "MAX_DEFAULT_ACTORS", "pool_size", "run_on_ray"]
 

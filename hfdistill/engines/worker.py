@@ -23,16 +23,16 @@ from typing import Any
 import orjson
 import pyarrow as pa
 
-from hfdistill.config import DistillConfig
-from hfdistill.distiller import Distiller
+from hfdistill.cli.process import throughput_gc
+from hfdistill.core.config import DistillConfig
+from hfdistill.core.rollout import TurnStep
+from hfdistill.core.types import RolloutJob
+from hfdistill.engines.distiller import Distiller
 from hfdistill.engines.turns import TurnReport
-from hfdistill.process import throughput_gc
-from hfdistill.recorder import Prior
-from hfdistill.rollout import TurnStep
+from hfdistill.judge.client import JudgeStats
+from hfdistill.run.recorder import Prior
 from hfdistill.teacher.client import TeacherStats
-from hfdistill.teacher.judge import JudgeStats
 from hfdistill.teacher.served import Served
-from hfdistill.types import RolloutJob
 
 __all__ = ["EVENT_COLUMN", "JOB_COLUMN", "Event", "RolloutWorker", "decode_event", "encode_job"]
 

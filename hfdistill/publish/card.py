@@ -19,12 +19,12 @@ from typing import Any
 import pyarrow.parquet as pq
 from huggingface_hub import DatasetCardData
 
+from hfdistill.core.errors import ConfigError, InputError
+from hfdistill.core.templates import card_template_path, render_file
 from hfdistill.curation.funnel import funnel_context
-from hfdistill.errors import ConfigError, InputError
-from hfdistill.output import read_record
-from hfdistill.progress import format_duration
 from hfdistill.publish.render import load_rows, render_conversation
-from hfdistill.templates import card_template_path, render_file
+from hfdistill.run.output import read_record
+from hfdistill.run.progress import format_duration
 
 __all__ = [
     "BASE_TAGS",

@@ -24,7 +24,7 @@ from huggingface_hub.errors import (
     RepositoryNotFoundError,
 )
 
-from hfdistill.errors import ConfigError, HfdistillError, HubError, first_line
+from hfdistill.core.errors import ConfigError, HfdistillError, HubError, first_line
 from hfdistill.publish.card import HUB_ID, check_license, load_card_inputs
 from hfdistill.publish.merge import MergedCard, merge_card
 

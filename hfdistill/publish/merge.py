@@ -19,8 +19,8 @@ from typing import Any, Literal
 from huggingface_hub import DatasetCard
 from huggingface_hub.repocard import REGEX_YAML_BLOCK
 
-from hfdistill.atomic import atomic_write_text
-from hfdistill.errors import ConfigError, InputError
+from hfdistill.core.atomic import atomic_write_text
+from hfdistill.core.errors import ConfigError, InputError
 from hfdistill.publish.card import build_card, card_body, card_metadata, load_card_inputs, render_card
 
 __all__ = ["MergedCard", "merge_card", "write_card"]

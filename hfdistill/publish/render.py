@@ -10,7 +10,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from hfdistill.errors import InputError
+from hfdistill.core.errors import InputError
 
 __all__ = ["load_rows", "render_conversation"]
 

@@ -19,9 +19,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from markupsafe import Markup
 
-from hfdistill.errors import InputError
-from hfdistill.output import read_record
-from hfdistill.templates import render_file, report_template_path
+from hfdistill.core.errors import InputError
+from hfdistill.core.templates import render_file, report_template_path
+from hfdistill.run.output import read_record
 
 __all__ = ["DEFAULT_MAX_ROWS", "Page", "Report", "build_report", "write_report"]
 

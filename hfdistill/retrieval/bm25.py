@@ -19,10 +19,10 @@ from typing import Any
 import bm25s
 import numpy as np
 
-from hfdistill.errors import ConfigError, CorpusError, RetrievalError
+from hfdistill.core.errors import ConfigError, CorpusError, RetrievalError
+from hfdistill.core.types import Document
 from hfdistill.retrieval.bm25_index import build_index, reusable
 from hfdistill.retrieval.corpus import Analyzer, Stemmer, parse_passage
-from hfdistill.types import Document
 
 __all__ = ["BM25Retriever", "Stemmer", "parse_passage", "top_k"]
 

@@ -21,8 +21,8 @@ from typing import Any
 import bm25s
 import numpy as np
 
-from hfdistill.atomic import atomic_write_text, fsync
-from hfdistill.errors import ConfigError, CorpusError
+from hfdistill.core.atomic import atomic_write_text, fsync
+from hfdistill.core.errors import ConfigError, CorpusError
 from hfdistill.retrieval.corpus import Analyzer, parse_passage
 
 __all__ = ["build_index", "full_hash", "reusable"]

@@ -13,8 +13,8 @@ from typing import Any
 
 from bm25s.stopwords import STOPWORDS_EN
 
-from hfdistill.errors import CorpusError
-from hfdistill.types import Document
+from hfdistill.core.errors import CorpusError
+from hfdistill.core.types import Document
 
 try:
     import Stemmer

@@ -11,10 +11,10 @@ from urllib.parse import urlsplit
 import aiohttp
 import orjson
 
-from hfdistill.errors import RetrievalError
+from hfdistill.core.errors import RetrievalError
+from hfdistill.core.retry import RetryPolicy, is_transient, parse_retry_after, with_retries
+from hfdistill.core.types import Document
 from hfdistill.retrieval.protocol import parse_search_response
-from hfdistill.teacher.retry import RetryPolicy, is_transient, parse_retry_after, with_retries
-from hfdistill.types import Document
 
 __all__ = ["HttpRetriever"]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from hfdistill.types import Document
+from hfdistill.core.types import Document
 
 __all__ = ["Retriever", "document_from_json", "parse_search_response"]
 

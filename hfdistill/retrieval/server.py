@@ -18,9 +18,9 @@ from typing import Any
 
 from aiohttp import web
 
-from hfdistill.errors import ConfigError, HfdistillError
+from hfdistill.core.errors import ConfigError, HfdistillError
+from hfdistill.core.types import Document
 from hfdistill.retrieval.bm25 import BM25Retriever
-from hfdistill.types import Document
 
 __all__ = ["make_app", "serve"]
 

@@ -21,13 +21,13 @@ from typing import Any
 import aiohttp
 import orjson
 
-from hfdistill.config import DistillConfig
-from hfdistill.errors import ConfigError, TeacherError
+from hfdistill.core.config import DistillConfig
+from hfdistill.core.errors import ConfigError, TeacherError
+from hfdistill.core.retry import with_retries
+from hfdistill.core.types import TeacherReply
 from hfdistill.teacher.pool import Endpoint, EndpointPool, Route
 from hfdistill.teacher.replies import reply_of, status_error
-from hfdistill.teacher.retry import with_retries
 from hfdistill.teacher.served import Served
-from hfdistill.types import TeacherReply
 
 __all__ = ["Teacher", "TeacherStats"]
 

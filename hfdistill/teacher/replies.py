@@ -9,9 +9,9 @@ from typing import Any
 
 import orjson
 
-from hfdistill.errors import ContextLengthError, TeacherError
-from hfdistill.teacher.retry import is_transient, parse_retry_after
-from hfdistill.types import TeacherReply, ToolCall, Usage
+from hfdistill.core.errors import ContextLengthError, TeacherError
+from hfdistill.core.retry import is_transient, parse_retry_after
+from hfdistill.core.types import TeacherReply, ToolCall, Usage
 
 __all__ = ["reply_of", "status_error"]
 

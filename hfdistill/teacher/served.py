@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from hfdistill.config import DistillConfig
+from hfdistill.core.config import DistillConfig
 
 __all__ = ["Served"]
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hfdistill.errors import InputError, first_line
+from hfdistill.core.errors import InputError, first_line
 
 if TYPE_CHECKING:
     import datasets

@@ -20,15 +20,15 @@ from typing import Any
 
 import filelock
 
-from hfdistill.atomic import atomic_write_text
-from hfdistill.errors import JournalError, RunLockedError
-from hfdistill.identity import InputItems, RunIdentity
-from hfdistill.journal import Checkpoints, Journal, Key, RolloutRecord, TurnRecord
-from hfdistill.progress import Monitor
-from hfdistill.recorder import Prior, failure_entry
-from hfdistill.rollout import TurnStep
-from hfdistill.scoring import score
-from hfdistill.types import RolloutJob
+from hfdistill.core.atomic import atomic_write_text
+from hfdistill.core.errors import JournalError, RunLockedError
+from hfdistill.core.rollout import TurnStep
+from hfdistill.core.scoring import score
+from hfdistill.core.types import RolloutJob
+from hfdistill.run.identity import InputItems, RunIdentity
+from hfdistill.run.journal import Checkpoints, Journal, Key, RolloutRecord, TurnRecord
+from hfdistill.run.progress import Monitor
+from hfdistill.run.recorder import Prior, failure_entry
 
 __all__ = ["OutputLock", "Run"]
 

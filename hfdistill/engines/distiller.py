@@ -22,24 +22,24 @@ from typing import Any
 import datasets
 import pyarrow as pa
 
-from hfdistill.config import DistillConfig
-from hfdistill.curation.judge import JudgePrompt
+from hfdistill.commands.judging import JudgeItem, judge_result
+from hfdistill.core.config import DistillConfig
+from hfdistill.core.errors import ConfigError, HfdistillError, RolloutError
+from hfdistill.core.prompts import Prompts
+from hfdistill.core.rollout import RolloutSpec, TurnStep, rollout
+from hfdistill.core.rows import build_table, extra_info_of, output_features, output_schema, result_of
+from hfdistill.core.templates import Templates
+from hfdistill.core.tools import SearchTool
+from hfdistill.core.types import RolloutJob, StopRequest
 from hfdistill.curation.select import with_pass_rates
-from hfdistill.errors import ConfigError, HfdistillError, RolloutError
-from hfdistill.inputs import FieldPlan, plan_fields
-from hfdistill.judging import JudgeItem, judge_result
-from hfdistill.prompts import Prompts
-from hfdistill.recorder import Collector, Prior, Recorder
-from hfdistill.rollout import RolloutSpec, TurnStep, rollout
-from hfdistill.rows import build_table, extra_info_of, output_features, output_schema, result_of
-from hfdistill.runtime import Clients, Runtime, batch_budget
+from hfdistill.engines.runtime import Clients, Runtime, batch_budget
+from hfdistill.judge.client import Judge, JudgeStats
+from hfdistill.judge.prompt import JudgePrompt
+from hfdistill.run.inputs import FieldPlan, plan_fields
+from hfdistill.run.recorder import Collector, Prior, Recorder
 from hfdistill.teacher.client import TeacherStats
-from hfdistill.teacher.judge import Judge, JudgeStats
 from hfdistill.teacher.pool import Route
 from hfdistill.teacher.served import Served
-from hfdistill.templates import Templates
-from hfdistill.tools import SearchTool
-from hfdistill.types import RolloutJob, StopRequest
 
 __all__ = ["Distiller"]
 

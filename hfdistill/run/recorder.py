@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from hfdistill.core.rollout import TurnStep
+from hfdistill.core.types import RolloutJob
 from hfdistill.curation.rows import curated_row
-from hfdistill.rollout import TurnStep
-from hfdistill.types import RolloutJob
 
 __all__ = ["Collector", "Prior", "Recorder", "failure_entry", "skip_entry"]
 

@@ -13,8 +13,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from hfdistill.tools import Tool, ToolArgumentError
-from hfdistill.types import ToolCall
+from hfdistill.core.tools import Tool, ToolArgumentError
+from hfdistill.core.types import ToolCall
 
 __all__ = [
     "CallError",

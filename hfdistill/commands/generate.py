@@ -23,20 +23,20 @@ from urllib.parse import urlsplit
 import datasets
 
 from hfdistill import __version__
-from hfdistill.config import DistillConfig
+from hfdistill.core.config import DistillConfig
+from hfdistill.core.errors import ConfigError, Interrupted, JournalError
+from hfdistill.core.rows import MALFORMED_CALL, extra_info_of
+from hfdistill.core.types import StopRequest
 from hfdistill.curation.pipeline import CurationOptions, Curator
 from hfdistill.curation.rows import curated_row
 from hfdistill.curation.select import KEEP_VALUES, parse_keep
-from hfdistill.distiller import Distiller
 from hfdistill.engines import check_engine
-from hfdistill.errors import ConfigError, Interrupted, JournalError
-from hfdistill.identity import InputItems, RunIdentity, identify, rollout_options, scan_items
-from hfdistill.inputs import input_kind, load_input
-from hfdistill.output import check_output_path, failures_path, skipped_path, write_jsonl, write_parquet
-from hfdistill.progress import Monitor, RunStats
-from hfdistill.rows import MALFORMED_CALL, extra_info_of
-from hfdistill.run import Account, OutputLock, Run
-from hfdistill.types import StopRequest
+from hfdistill.engines.distiller import Distiller
+from hfdistill.run.account import Account, OutputLock, Run
+from hfdistill.run.identity import InputItems, RunIdentity, identify, rollout_options, scan_items
+from hfdistill.run.inputs import input_kind, load_input
+from hfdistill.run.output import check_output_path, failures_path, skipped_path, write_jsonl, write_parquet
+from hfdistill.run.progress import Monitor, RunStats
 
 __all__ = ["EXIT_INCOMPLETE", "KEEP_MODES", "GenerateOptions", "GenerateResult", "generate"]
 
@@ -128,7 +128,7 @@ def _generate(config: DistillConfig, options: GenerateOptions, output: Path, sto
     started = time.monotonic()
     with Run(identity, items, config.num_rollouts, monitor) as run:
         if distiller.judge_prompt is not None:  # what earlier runs journaled without a verdict
-            from hfdistill.judging import judge_journal
+            from hfdistill.commands.judging import judge_journal
 
             judge_journal(distiller, ds, run)
         if run.pending:

@@ -22,8 +22,8 @@ from typing import Any, BinaryIO
 
 import orjson
 
-from hfdistill.atomic import atomic_path
-from hfdistill.errors import JournalError
+from hfdistill.core.atomic import atomic_path
+from hfdistill.core.errors import JournalError
 
 __all__ = ["FORMAT", "Checkpoints", "Journal", "Key", "RolloutRecord", "TurnRecord", "decode"]
 

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from hfdistill.types import Document
+from hfdistill.core.types import Document
 
 __all__ = ["SearchTool", "Tool", "ToolArgumentError", "ToolContext", "ToolOutput", "search_queries",
            "search_tool_schema"]

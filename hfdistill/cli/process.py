@@ -17,7 +17,7 @@ from typing import Any
 import datasets
 from tqdm import tqdm
 
-from hfdistill.types import StopRequest
+from hfdistill.core.types import StopRequest
 
 __all__ = ["run_settings", "throughput_gc"]
 

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from hfdistill.errors import ConfigError
-from hfdistill.teacher.retry import RetryPolicy
+from hfdistill.core.errors import ConfigError
+from hfdistill.core.retry import RetryPolicy
 
 __all__ = ["DEFAULT_CONCURRENCY_PER_ENDPOINT", "OBSERVATION_FORMATS", "PRIORITY_MODES", "TOOL_CALL_MODES",
            "DistillConfig", "JudgeConfig"]

@@ -12,14 +12,14 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from hfdistill.config import DistillConfig
-from hfdistill.curation.judge import parse_verdict
+from hfdistill.core.config import DistillConfig
+from hfdistill.core.tools import ToolContext
+from hfdistill.judge.client import Judge, JudgeStats
+from hfdistill.judge.prompt import parse_verdict
 from hfdistill.retrieval.http import HttpRetriever
 from hfdistill.retrieval.protocol import Retriever
 from hfdistill.teacher.client import Teacher, TeacherStats
-from hfdistill.teacher.judge import Judge, JudgeStats
 from hfdistill.teacher.served import Served
-from hfdistill.tools import ToolContext
 
 __all__ = ["Clients", "Runtime", "batch_budget"]
 

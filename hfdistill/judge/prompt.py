@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from hfdistill.templates import Templates
+from hfdistill.core.templates import Templates
 
 __all__ = ["JUDGE_KEY", "JUDGE_TEMPLATE", "JudgePrompt", "Verdict", "judgeable", "parse_verdict", "stored_verdict"]
 

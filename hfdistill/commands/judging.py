@@ -17,14 +17,14 @@ from typing import TYPE_CHECKING, Any
 
 import datasets
 
-from hfdistill.curation.judge import JUDGE_KEY, JudgePrompt, Verdict, judgeable, stored_verdict
-from hfdistill.errors import JudgeError
-from hfdistill.journal import Key
-from hfdistill.run import Run
-from hfdistill.teacher.judge import Judge
+from hfdistill.core.errors import JudgeError
+from hfdistill.judge.client import Judge
+from hfdistill.judge.prompt import JUDGE_KEY, JudgePrompt, Verdict, judgeable, stored_verdict
+from hfdistill.run.account import Run
+from hfdistill.run.journal import Key
 
 if TYPE_CHECKING:  # the distiller imports this module (its window judges new rollouts)
-    from hfdistill.distiller import Distiller
+    from hfdistill.engines.distiller import Distiller
 
 __all__ = ["JudgeItem", "judge_journal", "judge_many", "judge_result"]
 

@@ -6,8 +6,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from hfdistill.templates import Templates
-from hfdistill.tools import Tool
+from hfdistill.core.templates import Templates
+from hfdistill.core.tools import Tool
 
 __all__ = ["Prompts"]
 

@@ -11,7 +11,7 @@ from typing import Any
 import jinja2
 import jinja2.meta
 
-from hfdistill.errors import TemplateError
+from hfdistill.core.errors import TemplateError
 
 __all__ = ["OBSERVATION_TEMPLATES", "Templates", "card_template_path", "environment", "render_file",
            "report_template_path", "template_dir"]
@@ -19,7 +19,7 @@ __all__ = ["OBSERVATION_TEMPLATES", "Templates", "card_template_path", "environm
 # --observation-format value -> template file; the default is the original tool's format.
 OBSERVATION_TEMPLATES = {"seed": "tool_observation.j2", "verl": "tool_observation_verl.j2"}
 
-_PACKAGE = Path(__file__).resolve().parent
+_PACKAGE = Path(__file__).resolve().parents[1]
 
 # A representative context per template, rendered once at start so an unknown variable fails
 # before any teacher call rather than in the middle of a run.

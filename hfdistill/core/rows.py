@@ -7,13 +7,15 @@ happen to lack reasoning or tool calls would otherwise be typed `null` and break
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import datasets
 import pyarrow as pa
 
-from hfdistill.scoring import score
-from hfdistill.types import Trajectory
+from hfdistill.core.scoring import score
+
+if TYPE_CHECKING:
+    import datasets
+from hfdistill.core.types import Trajectory
 
 __all__ = [
     "MALFORMED_CALL",
@@ -76,6 +78,8 @@ def output_schema(tools: list[dict[str, Any]], extra_info_type: pa.DataType | No
 
 def output_features(tools: list[dict[str, Any]], input_features: datasets.Features) -> datasets.Features:
     """`datasets.Features` for `Dataset.map(..., features=...)` given the input's features."""
+    import datasets  # here: the command line imports this module's constants, and `datasets` takes a second
+
     extra = input_features.get("extra_info")
     extra_type = datasets.Features({"extra_info": extra}).arrow_schema.field("extra_info").type if extra else None
     return datasets.Features.from_arrow_schema(output_schema(tools, extra_type))

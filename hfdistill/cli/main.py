@@ -17,11 +17,11 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from hfdistill.commands import add_other_commands, common_options, flag
-from hfdistill.config import OBSERVATION_FORMATS, PRIORITY_MODES, TOOL_CALL_MODES, DistillConfig, RetryPolicy
+from hfdistill.cli.parsers import add_other_commands, common_options, flag
+from hfdistill.core.config import OBSERVATION_FORMATS, PRIORITY_MODES, TOOL_CALL_MODES, DistillConfig, RetryPolicy
+from hfdistill.core.errors import ConfigError, HfdistillError
 from hfdistill.curation import options as curation
-from hfdistill.errors import ConfigError, HfdistillError
-from hfdistill.inputs import DATA_FILES
+from hfdistill.run.inputs import DATA_FILES
 
 __all__ = ["main"]
 
@@ -235,15 +235,15 @@ def _config(args: argparse.Namespace, seed: dict[str, Any]) -> DistillConfig:
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
-    from hfdistill.inputs import check_source
+    from hfdistill.run.inputs import check_source
 
     seed = _seed_values(args)
     with _named_as_given(_from_env(args)):
         config = _config(args, seed)
         check_source(seed["input_file"])  # a mistyped file name fails here, in milliseconds
-        from hfdistill.generate import GenerateOptions, generate
-        from hfdistill.process import run_settings
-        from hfdistill.types import StopRequest
+        from hfdistill.cli.process import run_settings
+        from hfdistill.commands.generate import GenerateOptions, generate
+        from hfdistill.core.types import StopRequest
 
         options = GenerateOptions(input_file=seed["input_file"], output_file=seed["output_file"],
                                   max_samples=seed["max_samples"], batch_size=seed["batch_size"], keep=args.keep,
@@ -281,7 +281,7 @@ def _command_line(argv: Sequence[str]) -> str:
 
 
 def _print_summary(result: Any) -> None:
-    from hfdistill.summary import summary_lines
+    from hfdistill.commands.summary import summary_lines
 
     for line in summary_lines(result):
         print(line, file=sys.stderr)
@@ -304,7 +304,7 @@ def _add_curate(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_curate(args: argparse.Namespace) -> int:
-    from hfdistill.curate import curate
+    from hfdistill.commands.curate import curate
 
     options = curation.curation_from_args(args, keep=args.keep, keep_malformed=args.keep_malformed)
     retry = RetryPolicy(attempts=args.max_retries + 1, timeout=args.request_timeout, backoff=args.retry_backoff)

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from hfdistill.errors import ServiceError
+from hfdistill.core.errors import ServiceError
 
 __all__ = ["RetryPolicy", "is_transient", "parse_retry_after", "with_retries"]
 

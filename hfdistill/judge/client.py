@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 
 import openai
 
-from hfdistill.config import JudgeConfig
-from hfdistill.errors import ConfigError, JudgeError
-from hfdistill.teacher.retry import RetryPolicy, is_transient, parse_retry_after, with_retries
+from hfdistill.core.config import JudgeConfig
+from hfdistill.core.errors import ConfigError, JudgeError
+from hfdistill.core.retry import RetryPolicy, is_transient, parse_retry_after, with_retries
 from hfdistill.teacher.served import Served
 
 __all__ = ["Judge", "JudgeStats"]

@@ -16,8 +16,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from hfdistill.atomic import atomic_path, atomic_write_text
-from hfdistill.errors import ConfigError, InputError
+from hfdistill.core.atomic import atomic_path, atomic_write_text
+from hfdistill.core.errors import ConfigError, InputError
 
 __all__ = [
     "METADATA_KEY",

@@ -21,17 +21,17 @@ import datasets
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from hfdistill.config import DEFAULT_CONCURRENCY_PER_ENDPOINT, JudgeConfig
-from hfdistill.curation.judge import JudgePrompt, judgeable, parse_verdict
+from hfdistill.commands.judging import JudgeItem, judge_many
+from hfdistill.core.config import DEFAULT_CONCURRENCY_PER_ENDPOINT, JudgeConfig
+from hfdistill.core.errors import InputError, JudgeError
+from hfdistill.core.retry import RetryPolicy
+from hfdistill.core.rows import output_schema
+from hfdistill.core.templates import Templates
 from hfdistill.curation.pipeline import CurationOptions, Curator
-from hfdistill.errors import InputError, JudgeError
-from hfdistill.judging import JudgeItem, judge_many
-from hfdistill.output import check_output_path, read_record, write_parquet
-from hfdistill.rows import output_schema
-from hfdistill.run import OutputLock
-from hfdistill.teacher.judge import Judge
-from hfdistill.teacher.retry import RetryPolicy
-from hfdistill.templates import Templates
+from hfdistill.judge.client import Judge
+from hfdistill.judge.prompt import JudgePrompt, judgeable, parse_verdict
+from hfdistill.run.account import OutputLock
+from hfdistill.run.output import check_output_path, read_record, write_parquet
 
 __all__ = ["CurateResult", "curate"]
 

@@ -22,11 +22,11 @@ from typing import Any
 
 import datasets
 
-from hfdistill.config import DistillConfig
-from hfdistill.errors import ConfigError
-from hfdistill.inputs import FieldPlan
-from hfdistill.journal import FORMAT, Key
-from hfdistill.output import failures_path, read_record, row_count, skipped_path
+from hfdistill.core.config import DistillConfig
+from hfdistill.core.errors import ConfigError
+from hfdistill.run.inputs import FieldPlan
+from hfdistill.run.journal import FORMAT, Key
+from hfdistill.run.output import failures_path, read_record, row_count, skipped_path
 
 __all__ = ["InputItems", "RunIdentity", "identify", "rollout_options", "scan_items"]
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from hfdistill.curation.funnel import summary_lines as funnel_lines
-from hfdistill.progress import format_duration
+from hfdistill.run.progress import format_duration
 
 if TYPE_CHECKING:
-    from hfdistill.generate import GenerateResult
+    from hfdistill.commands.generate import GenerateResult
 
 __all__ = ["summary_lines"]
 

@@ -17,11 +17,11 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from hfdistill.errors import ContextLengthError, RolloutError, ServiceError, TeacherError
-from hfdistill.prompts import Prompts
-from hfdistill.toolcalls import CallError, ParsedTurn, ToolRequest, extract_answer, interpret_turn
-from hfdistill.tools import ToolContext
-from hfdistill.types import Message, TeacherReply, ToolCall, Trajectory, Usage
+from hfdistill.core.errors import ContextLengthError, RolloutError, ServiceError, TeacherError
+from hfdistill.core.prompts import Prompts
+from hfdistill.core.toolcalls import CallError, ParsedTurn, ToolRequest, extract_answer, interpret_turn
+from hfdistill.core.tools import ToolContext
+from hfdistill.core.types import Message, TeacherReply, ToolCall, Trajectory, Usage
 
 __all__ = ["ChatFn", "RolloutSpec", "TurnStep", "rollout", "tool_response"]
 

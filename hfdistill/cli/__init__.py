@@ -1,0 +1,1 @@
+"""The command line: the only code that reads argv and environment variables (`hfdistill.cli.main`)."""

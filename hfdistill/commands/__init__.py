@@ -1,0 +1,1 @@
+"""What each command does, as library functions: generate, curate, and the summary of a run."""

@@ -1,0 +1,1 @@
+"""The LLM judge: its client, its prompt and the verdicts it gives."""

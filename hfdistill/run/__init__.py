@@ -1,0 +1,1 @@
+"""A run's bookkeeping: the input, its identity, the journal, the account of every rollout, the output."""
