@@ -11,6 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from hfdistill.run.output import read_record
+from hfdistill.run.record import GenerationRecord
 from tests.fakes import FakeRetriever, FakeTeacher, Served, TeacherBehaviour
 
 QUESTIONS = [
@@ -85,6 +87,13 @@ def write_verl_parquet(path: Path, questions: list[tuple[str, list[str]]] = QUES
 @pytest.fixture
 def real_layout(tmp_path: Path) -> Path:
     return write_verl_parquet(tmp_path / "train.parquet")
+
+
+def record_of(path: Path) -> GenerationRecord:
+    """The generation record an output file holds (it must hold one)."""
+    record = read_record(path)
+    assert record is not None, f"{path} holds no generation record"
+    return record
 
 
 def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:

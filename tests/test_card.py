@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from hfdistill.publish.card import (
     size_category,
 )
 from hfdistill.publish.render import render_conversation
+from hfdistill.run.record import GenerationRecord, InputInfo, TeacherInfo
 from tests.conftest import QUESTIONS
 from tests.fake_hub import metadata_errors
 from tests.fakes import Answer, FakeRetriever, FakeTeacher, Say, Search, Served
@@ -84,9 +86,9 @@ def test_metadata_is_what_the_hub_accepts(distilled: Path) -> None:
 
 def test_license_option_and_a_hub_input_become_metadata(distilled: Path) -> None:
     record, sample = load_card_inputs(distilled)
-    assert record["input"]["kind"] == "local"
-    record["input"].update(source="PeterJinGo/nq_hotpotqa_train:train", kind="hub")
-    record["rows"] = 25_000
+    assert record.input.kind == "local"
+    record = record.replace(input=dataclasses.replace(record.input, source="PeterJinGo/nq_hotpotqa_train:train",
+                                                      kind="hub"), rows=25_000)
     meta = _metadata(build_card(record, sample, license="cc-by-4.0"))
     assert meta["license"] == "cc-by-4.0"
     assert meta["source_datasets"] == ["PeterJinGo/nq_hotpotqa_train"]
@@ -113,7 +115,8 @@ def test_size_category_follows_the_hub_buckets(rows: int, bucket: str) -> None:
     pytest.param("squad", "hub", "squad", id="canonical-hub-id"),
 ])
 def test_hub_dataset_id_is_what_generate_recorded(source: str, kind: str, expected: str | None) -> None:
-    assert hub_dataset_id({"input": {"source": source, "kind": kind}}) == expected
+    record = GenerationRecord(fingerprint="f", complete=True, rows=0, rollouts=0, input=InputInfo(source, kind))
+    assert hub_dataset_id(record) == expected
 
 
 # ---------------------------------------------------------------- body
@@ -123,18 +126,18 @@ def test_body_has_the_facts_the_sample_and_the_recipes(distilled: Path) -> None:
     record, sample = load_card_inputs(distilled)
     assert sample is not None
     body = DatasetCard(build_card(record, sample, repo_id="me/search-sft")).text
-    counts = record["counts"]
+    counts = record.counts
 
     assert "Alibaba-NLP/Tongyi-DeepResearch-30B-A3B" in body
     assert "**Rows:** 3 (from 3 questions; 3 rollouts generated)" in body
     # statistics: stop reasons, turns and searches distributions, accuracy, tokens
-    assert counts["stop_reasons"] == {"answer": 2, "no_tool_call": 1}
+    assert counts.stop_reasons == {"answer": 2, "no_tool_call": 1}
     assert "| `answer` | 2 | 66.7% |" in body and "| `no_tool_call` | 1 | 33.3% |" in body
-    assert counts["turns"] == {"1": 1, "2": 1, "3": 1}
+    assert counts.turns == {1: 1, 2: 1, 3: 1}
     assert "| 3 | 1 | 33.3% |" in body  # three assistant turns: one rollout
-    assert counts["searches"] == {"0": 1, "1": 1, "2": 1}
+    assert counts.searches == {0: 1, 1: 1, 2: 1}
     assert "Exact match** with a golden answer: 2 / 3 = **0.667**" in body
-    assert f"prompt {counts['prompt_tokens']:,}" in body and f"completion {counts['completion_tokens']:,}" in body
+    assert f"prompt {counts.prompt_tokens:,}" in body and f"completion {counts.completion_tokens:,}" in body
     # generation options
     assert "| temperature | 0.7 |" in body and "| max_assistant_turns | 3 |" in body
     # the sample: the most telling row (a correct answer after searching), rendered as `inspect` does
@@ -146,8 +149,8 @@ def test_body_has_the_facts_the_sample_and_the_recipes(distilled: Path) -> None:
     for key in VERL_KEYS:
         assert key in body, key
     assert "data.multiturn" not in body
-    assert record["command"] and record["command"] in body
-    assert f"pip install hfdistill=={record['hfdistill_version']}" in body
+    assert record.command and record.command in body
+    assert f"pip install hfdistill=={record.hfdistill_version}" in body
     assert body.strip().startswith(BEGIN_MARKER) and body.strip().endswith(END_MARKER)
 
 
@@ -156,7 +159,7 @@ def test_kept_rows_and_a_chosen_license_are_stated(tmp_path: Path, teacher: tupl
     out = distill(tmp_path, teacher, retriever, real_layout, "--keep", "correct")
     record, sample = load_card_inputs(out)
     body = card_body(record, sample, license="mit")
-    assert record["rows"] == 2
+    assert record.rows == 2
     assert "Over the 3 rollouts generated" in body and "this dataset keeps 2 of them" in body
     assert "| rows kept (--keep) | correct |" in body
     assert "**License:** `mit`" in body and "placeholder" not in body
@@ -180,8 +183,8 @@ def test_a_sample_with_backticks_gets_a_longer_fence(distilled: Path) -> None:
 
 
 def test_an_empty_output_still_has_a_card() -> None:
-    record = {"rows": 0, "teacher": {"model": "org/teacher"}, "input": {"source": "q.jsonl", "questions": 0},
-              "counts": {}, "command": ""}
+    record = GenerationRecord(fingerprint="f", complete=True, rows=0, rollouts=0, teacher=TeacherInfo("org/teacher"),
+                              input=InputInfo("q.jsonl", "file"))
     text = build_card(record, None)
     assert _metadata(text)["size_categories"] == ["n<1K"]
     assert "This dataset has no rows." in text

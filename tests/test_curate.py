@@ -62,9 +62,11 @@ def test_curate_judges_and_selects_without_the_teacher(tmp_path: Path, judge: tu
     best = _rows(cur)
     assert [(r["question"], r["rollout_index"]) for r in best] == [(PARIS, 0), (EIFFEL, 0), (ROME, 0)]
     assert all(r["judge_correct"] and r["pass_rate"] == 1.0 for r in best)
-    record = read_record(cur)
-    assert record["curation"]["select"] == "best" and record["funnel"]["stages"][-1]["count"] == 3
-    assert record["curated"]["source"] == str(out) and record["fingerprint"] == read_record(out)["fingerprint"]
+    record, source = read_record(cur), read_record(out)
+    assert record is not None and source is not None
+    assert record.curation["select"] == "best" and record.funnel is not None and record.funnel.selected == 3
+    assert record.curated is not None and record.curated.source == str(out)
+    assert record.fingerprint == source.fingerprint
     # the same judge again: every verdict is in the file, nothing is asked
     again = tmp_path / "clean.parquet"
     assert main(["curate", str(cur), "-o", str(again), "--judge-url", f"{judge[1].url}/v1", "--keep", "clean",
@@ -81,7 +83,8 @@ def test_curate_reads_a_file_written_before_curation_existed(tmp_path: Path) -> 
     table = pq.read_table(out)
     old = tmp_path / "old.parquet"
     legacy = table.drop_columns(["judge_correct", "judge_rationale", "pass_rate", "num_tokens"])
-    pq.write_table(legacy.replace_schema_metadata({METADATA_KEY: json.dumps(read_record(out))}), old)
+    record = pq.read_metadata(out).metadata[METADATA_KEY]
+    pq.write_table(legacy.replace_schema_metadata({METADATA_KEY: record}), old)
     cur = tmp_path / "cur.parquet"
     assert main(["curate", str(old), "-o", str(cur), "--keep", "correct", "-q"]) == 0
     rows = _rows(cur)

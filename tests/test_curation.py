@@ -27,6 +27,12 @@ def _traj(*turns: dict[str, Any], stop: str = "answer", prediction: str = "Paris
     return {"messages": messages, "stop_reason": stop, "prediction": prediction, "num_tool_errors": errors}
 
 
+def _flags(traj: dict[str, Any], **options: Any) -> list[str]:
+    """The flags of a hand-made trajectory, its malformed calls found in its messages (as in an output row)."""
+    return quality_flags(traj["messages"], stop_reason=traj["stop_reason"], prediction=traj["prediction"],
+                         num_tool_errors=traj["num_tool_errors"], num_malformed_calls=None, **options)
+
+
 GOOD = [_m("assistant", "", "Let me look it up.", ["capital of France"]),
         _m("tool", "Query: capital of France\n[1] Paris: capital"), _m("assistant", "<answer>Paris</answer>", "ok")]
 FINAL = _m("assistant", "<answer>Paris</answer>", "Done.")
@@ -58,15 +64,15 @@ FINAL = _m("assistant", "<answer>Paris</answer>", "Done.")
                  "empty_observation", id="empty-verl-observation"),
 ])
 def test_each_flag_on_a_trajectory_made_for_it(trajectory: dict[str, Any], flag: str) -> None:
-    flags = quality_flags(trajectory)
+    flags = _flags(trajectory)
     assert flag in flags
     assert flags == [f for f in FLAGS if f in flags]
 
 
 def test_a_clean_trajectory_has_no_flag_and_the_word_budget_is_an_option() -> None:
-    assert quality_flags(_traj(*GOOD)) == []
-    assert quality_flags(_traj(*GOOD), max_step_words=2) == ["long_reasoning"]
-    assert "repetition" not in quality_flags(_traj(_m("assistant", "<answer>Paris</answer>", "wait, hmm, wait")))
+    assert _flags(_traj(*GOOD)) == []
+    assert _flags(_traj(*GOOD), max_step_words=2) == ["long_reasoning"]
+    assert "repetition" not in _flags(_traj(_m("assistant", "<answer>Paris</answer>", "wait, hmm, wait")))
 
 
 @pytest.mark.parametrize(("reasoning", "content", "flag", "flagged"), [
@@ -82,7 +88,7 @@ def test_a_clean_trajectory_has_no_flag_and_the_word_budget_is_an_option() -> No
 ])
 def test_hesitations_and_the_word_budget_at_their_edges(reasoning: str | None, content: str, flag: str,
                                                           flagged: bool) -> None:
-    assert (flag in quality_flags(_traj(_m("assistant", content, reasoning)))) is flagged
+    assert (flag in _flags(_traj(_m("assistant", content, reasoning)))) is flagged
 
 
 @pytest.mark.parametrize(("reply", "correct", "rationale"), [
@@ -149,7 +155,7 @@ def test_curator_selects_the_best_clean_row_and_counts_the_funnel() -> None:
     kept = curator.group(rows)
     assert [r["rollout_index"] for r in kept] == [0]  # rollout 1 has fewer searches but answers twice: flagged
     assert [r["pass_rate"] for r in rows] == [2 / 3] * 3
-    stages = {s["stage"]: s["count"] for s in curator.funnel.to_dict()["stages"]}
+    stages = dict(curator.funnel.stages())
     assert (stages["answered"], stages["correct"], stages["clean"], stages["selected"]) == (3, 2, 1, 1)
 
 

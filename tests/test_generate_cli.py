@@ -15,6 +15,7 @@ import pytest
 import hfdistill
 from hfdistill.cli.main import default_output, main
 from hfdistill.run.output import read_record
+from hfdistill.run.record import GenerationRecord, RetrievalInfo, TeacherInfo
 from tests.conftest import QUESTIONS, write_jsonl
 from tests.fakes import Answer, FakeRetriever, FakeTeacher, Search, Served
 from tests.verl_rules import check_output
@@ -195,22 +196,25 @@ def test_the_file_carries_its_generation_record(env: dict[str, str], real_layout
     assert main(["generate", "--input_file", str(real_layout), "--output_file", str(out), "--temperature", "0.6",
                  "--top-p", "0.95", "--api-key", "sk-secret", "--observation-format", "verl"]) == 0
     record = read_record(out)
-    assert record["hfdistill_version"] == hfdistill.__version__
-    assert record["teacher"] == {"model": teacher[0].model, "hosts": ["127.0.0.1"], "protocol": "native"}
-    assert record["retrieval"] == {"host": "127.0.0.1"}
-    options = record["generation_options"]
-    assert (options["temperature"], options["top_p"], options["max_tokens"], options["topk"]) == (0.6, 0.95, 2048, 3)
-    assert options["observation_format"] == "verl" and options["max_assistant_turns"] == 3
-    assert set(record["templates"]["sha256"]) == set(record["templates"]["names"]) >= {"system_prompt.j2",
-                                                                                        "tool_observation_verl.j2"}
-    assert record["input"]["source"] == str(real_layout) and record["input"]["questions"] == len(QUESTIONS)
-    assert record["input"]["question_fields"][0] == "extra_info.question"
-    assert record["rows"] == len(QUESTIONS) and record["complete"] is True
-    counts = record["counts"]
-    assert counts["stop_reasons"] == {"answer": 3} and counts["mean_searches"] == 1.0
-    assert counts["prompt_tokens"] > 0 and counts["accuracy"] is not None
-    assert "sk-secret" not in json.dumps(record) and "--api-key REDACTED" in record["command"]
-    assert "VLLM_URL=http://127.0.0.1" in record["command"]  # the seed's variables are part of the command
+    assert record is not None and record.hfdistill_version == hfdistill.__version__
+    assert record.teacher == TeacherInfo(teacher[0].model, ("127.0.0.1",), "native")
+    assert record.retrieval == RetrievalInfo(host="127.0.0.1")
+    options = record.generation_options
+    assert (options.temperature, options.top_p, options.max_tokens, options.topk) == (0.6, 0.95, 2048, 3)
+    assert options.observation_format == "verl" and options.max_assistant_turns == 3
+    assert set(record.templates.sha256) == set(record.templates.names) >= {"system_prompt.j2",
+                                                                          "tool_observation_verl.j2"}
+    assert record.input.source == str(real_layout) and record.input.questions == len(QUESTIONS)
+    assert record.input.question_fields[0] == "extra_info.question"
+    assert record.rows == len(QUESTIONS) and record.complete is True
+    counts = record.counts
+    assert counts.stop_reasons == {"answer": 3} and counts.mean(counts.searches) == 1.0
+    assert counts.prompt_tokens > 0 and counts.accuracy is not None
+    stored = json.loads(pq.read_metadata(out).metadata[b"hfdistill"])  # as JSON, in the file
+    assert stored["teacher"] == {"model": teacher[0].model, "hosts": ["127.0.0.1"], "protocol": "native"}
+    assert stored["counts"]["mean_searches"] == 1.0 and GenerationRecord.from_json(stored) == record
+    assert "sk-secret" not in json.dumps(stored) and "--api-key REDACTED" in record.command
+    assert "VLLM_URL=http://127.0.0.1" in record.command  # the seed's variables are part of the command
     assert b"sk-secret" not in out.read_bytes()
     # one client per run: the served models were listed once, by the run's own teacher client
     assert teacher[0].models_calls == 1

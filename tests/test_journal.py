@@ -8,12 +8,15 @@ from pathlib import Path
 import pytest
 
 from hfdistill.core.errors import JournalError
+from hfdistill.core.records import RolloutResult
+from hfdistill.core.types import Usage
 from hfdistill.run.journal import Checkpoints, Journal, RolloutRecord, TurnRecord
 
 
-def _result(n: int) -> dict:
-    return {"messages": [{"role": "user", "content": f"héllo {n}"}], "stop_reason": "answer", "assistant_turns": 1,
-            "num_tool_calls": 0, "num_tool_errors": 0, "num_queries": 0, "usage": {}, "prediction": str(n)}
+def _result(n: int) -> RolloutResult:
+    return RolloutResult([{"role": "user", "content": f"héllo {n}"}], "answer", assistant_turns=1, num_tool_calls=0,
+                         num_tool_errors=0, num_queries=0, num_malformed_calls=0, usage=Usage(3, 4),
+                         prediction=str(n))
 
 
 def _record(n: int, r: int = 0) -> RolloutRecord:
@@ -74,7 +77,8 @@ def test_a_bad_line_in_the_middle_costs_only_that_record(tmp_path: Path, bad: by
 
 def test_an_incompatible_journal_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "journal.jsonl"
-    path.write_text(json.dumps({"i": 0, "r": 0, "q": "q", "m": "m", "result": _result(0)}) + "\n")  # 0.1's format
+    old = {"i": 0, "r": 0, "q": "q", "m": "m", "result": _result(0).to_json()}  # 0.1's format
+    path.write_text(json.dumps(old) + "\n")
     with pytest.raises(JournalError, match=r"another hfdistill version .*--overwrite"):
         Journal(path)
 

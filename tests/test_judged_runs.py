@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from hfdistill.cli.main import main
-from hfdistill.run.output import read_record
+from hfdistill.curation.funnel import stage_label
+from hfdistill.publish.card import card_body, load_card_inputs
+from hfdistill.publish.report import build_report
+from tests.conftest import record_of
 from tests.fake_judge import JUDGE_MODEL, FakeJudge
 from tests.fakes import Answer, FakeRetriever, FakeTeacher, Search, Served
 
@@ -61,7 +65,7 @@ def test_the_judge_decides_correctness_row_by_row(tmp_path: Path, teacher: tuple
     _script(teacher[0])
     rc, out = _run(tmp_path, teacher[1], retriever[1], judge[1], "--judge-api-key", "sk-judge-secret")
     assert rc == 3  # the judge answered garbage on ROME's rollouts: kept unjudged, and the run says so
-    assert "sk-judge-secret" not in json.dumps(read_record(out))  # the record (and the card) are public
+    assert "sk-judge-secret" not in json.dumps(record_of(out).to_json())  # the record (and the card) are public
     rows = _rows(out)
     by_q = {r["question"]: r for r in rows}
     assert len(rows) == 8
@@ -70,10 +74,10 @@ def test_the_judge_decides_correctness_row_by_row(tmp_path: Path, teacher: tuple
     assert by_q[EIFFEL]["judge_rationale"].startswith("The prediction 'Gustave Eiffel' matches")
     assert [r["pass_rate"] for r in rows] == [1.0, 1.0, 0.0, 0.0, 1.0, 1.0, None, None]
     assert judge[0].calls == 2 + 2 + 2 + 2 * 2  # ROME's two rollouts: asked, retried once, given up
-    record = read_record(out)
-    assert record["funnel"]["correct_by"] == f"LLM judge {JUDGE_MODEL}"
-    assert record["funnel"]["judge_failed"] == 2 and not record["complete"]
-    assert record["judge"]["model"] == JUDGE_MODEL
+    record = record_of(out)
+    assert record.funnel is not None and record.funnel.correct_by == f"LLM judge {JUDGE_MODEL}"
+    assert record.funnel.judge_failed == 2 and not record.complete
+    assert record.judge is not None and record.judge.model == JUDGE_MODEL
 
 
 def test_keep_and_select_use_the_judge_and_reruns_ask_nobody(tmp_path: Path, teacher: tuple[FakeTeacher, Served],
@@ -93,7 +97,7 @@ def test_keep_and_select_use_the_judge_and_reruns_ask_nobody(tmp_path: Path, tea
     assert [(r["question"], r["rollout_index"], r["judge_correct"]) for r in best] == [(PARIS, 0, True),
                                                                                        (EIFFEL, 0, True)]
     assert (teacher[0].chat_calls, judge[0].calls) == calls  # every rollout and verdict came from the journal
-    assert read_record(out)["funnel"]["stages"][-1] == {"stage": "selected", "count": 2, "of_rollouts": 0.25}
+    assert record_of(out).to_json()["funnel"]["stages"][-1] == {"stage": "selected", "count": 2, "of_rollouts": 0.25}
 
 
 def test_a_rerun_with_a_judge_judges_what_was_journaled_without_one(tmp_path: Path,
@@ -104,7 +108,7 @@ def test_a_rerun_with_a_judge_judges_what_was_journaled_without_one(tmp_path: Pa
     judge[0].verdicts.pop("Roma")
     rc, out = _run(tmp_path, teacher[1], retriever[1], None)
     assert rc == 0 and all(r["judge_correct"] is None for r in _rows(out))
-    assert read_record(out)["funnel"]["correct_by"] == "exact match"
+    assert record_of(out).correct_by == "exact match"
     teacher_calls = teacher[0].chat_calls
     assert _run(tmp_path, teacher[1], retriever[1], judge[1])[0] == 0
     assert teacher[0].chat_calls == teacher_calls and judge[0].calls == 8
@@ -123,8 +127,8 @@ def test_a_failing_judge_is_retried_then_counted_and_the_next_run_asks_again(tmp
     assert rc == 3
     rows = _rows(out)
     assert {r["question"] for r in rows} == {BERLIN}  # unjudged is unknown: not kept as correct
-    funnel = read_record(out)["funnel"]
-    assert funnel["judge_failed"] == 2 and funnel["unknown"] == 2
+    funnel = record_of(out).funnel
+    assert funnel is not None and funnel.judge_failed == 2 and funnel.unknown == 2
     assert judge[0].calls == 6 + 2 * 2  # each 500 retried once (--max-retries 1), then given up
     judge[0].verdicts = {}
     assert _run(tmp_path, teacher[1], retriever[1], judge[1], "--keep", "correct")[0] == 0
@@ -145,7 +149,8 @@ def test_the_judge_prompt_is_a_strict_template_the_user_can_override(tmp_path: P
         "Question: {{ question }}\nLabeled answer: {{ golden_answers[0] }}\nPredicted answer: {{ prediction }}")
     rc, out = _run(tmp_path, teacher[1], retriever[1], judge[1], "--template-dir", str(templates))
     assert judge[0].prompts[0].startswith("Question: ") and rc == 3  # "Roma" still gets garbage
-    assert (read_record(out)["judge"]["calls"], read_record(out)["judge"]["retries"]) == (10, 2)  # Roma asked twice
+    judged = record_of(out).judge
+    assert judged is not None and (judged.calls, judged.retries) == (10, 2)  # Roma asked twice
 
 
 def test_downsampling_solved_questions_is_reproducible(tmp_path: Path, teacher: tuple[FakeTeacher, Served],
@@ -154,7 +159,7 @@ def test_downsampling_solved_questions_is_reproducible(tmp_path: Path, teacher: 
     rc, out = _run(tmp_path, teacher[1], retriever[1], None, "--downsample-solved", "0")
     assert rc == 0
     assert {r["question"] for r in _rows(out)} == {EIFFEL, ROME}  # PARIS and BERLIN were solved by every rollout
-    assert read_record(out)["funnel"]["downsampled"] == 4
+    assert record_of(out).to_json()["funnel"]["downsampled"] == 4
     rc, out = _run(tmp_path, teacher[1], retriever[1], None, "--downsample-solved", "1")
     assert len(_rows(out)) == 8
 
@@ -168,4 +173,31 @@ def test_the_word_budget_is_an_output_time_option(tmp_path: Path, teacher: tuple
     rc, out = _run(tmp_path, teacher[1], retriever[1], None, "--max-step-words", "3")
     assert rc == 0 and teacher[0].chat_calls == calls
     assert all("long_reasoning" in r["quality_flags"] for r in _rows(out))  # "I know enough now." is 4 words
-    assert read_record(out)["curation"]["max_step_words"] == 3
+    assert record_of(out).curation["max_step_words"] == 3
+
+
+def test_the_report_and_the_card_say_what_the_judge_decided(tmp_path: Path, teacher: tuple[FakeTeacher, Served],
+                                                            retriever: tuple[FakeRetriever, Served],
+                                                            judge: tuple[FakeJudge, Served]) -> None:
+    _script(teacher[0])
+    rc, out = _run(tmp_path, teacher[1], retriever[1], judge[1])
+    assert rc == 3  # Roma's verdicts are garbage: unjudged, so unknown
+    page = json.loads(re.search(r'<script type="application/json" id="data">(.*?)</script>',
+                                build_report(out).html, re.S).group(1))  # type: ignore[union-attr]
+    assert page["correct_by"] == f"LLM judge {JUDGE_MODEL}"
+    by_q = {s["q"]: s for s in page["samples"]}
+    # exact match and the judge disagree on BERLIN and EIFFEL: the page shows the judge's verdict and its reasons
+    assert (by_q[BERLIN]["em"], by_q[BERLIN]["c"]) == (True, False)
+    assert (by_q[EIFFEL]["em"], by_q[EIFFEL]["c"]) == (False, True) and by_q[EIFFEL]["jr"].startswith("The prediction")
+    assert by_q[ROME]["c"] is None and by_q[PARIS]["pr"] == 1.0 and by_q[BERLIN]["pr"] == 0.0
+    assert (page["summary"]["correct"], page["summary"]["scored"]) == (4, 6)  # PARIS and EIFFEL, twice each
+    assert sorted(page["summary"]["pass_rates"]) == [[0.0, 1], [1.0, 2]]  # ROME's rate is unknown
+    record = record_of(out)
+    assert record.funnel is not None
+    assert page["funnel"] == [[stage_label(s, record.funnel), n] for s, n in record.funnel.stages()][2:]
+    assert [f"LLM judge {JUDGE_MODEL}" in label for label, _ in page["funnel"]].count(True) == 1  # correct, by whom
+    record_view = dict(page["record"])
+    assert record_view["correct by"] == f"LLM judge {JUDGE_MODEL}"
+    record, sample = load_card_inputs(out)
+    body = card_body(record, sample)
+    assert f"**Correct** by LLM judge {JUDGE_MODEL} (the curation's notion of correct, `judge_correct`): 4 / 6" in body

@@ -7,6 +7,7 @@ with verl's own `MultiTurnSFTDataset` (the cached verl venv) and compares every 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -16,8 +17,9 @@ import pytest
 
 from hfdistill.cli.main import main
 from hfdistill.curation.tokens import StudentTokens
-from hfdistill.run.output import read_record
+from hfdistill.publish.report import build_report
 from tests import verl_env
+from tests.conftest import record_of
 from tests.fakes import FakeRetriever, FakeTeacher, Served
 from tests.test_verl_loading import GENERATED, VERL_TIMEOUT, run_verl_load
 from tests.verl_load import SFT_TEMPLATE, qwen_tokenizer_dir
@@ -96,8 +98,12 @@ def test_max_length_drops_longer_rows_and_reuses_every_rollout(tmp_path: Path) -
     kept = _rows(out)
     assert [r["rollout_index"] for r in kept] and all(r["num_tokens"] <= budget for r in kept)
     assert len(kept) == sum(r["num_tokens"] <= budget for r in rows)
-    funnel = read_record(out)["funnel"]
-    assert funnel["budget"] == budget and funnel["stages"][-1]["count"] == len(kept)
+    funnel = record_of(out).funnel
+    assert funnel is not None and funnel.budget == budget and funnel.selected == len(kept)
+    page = build_report(out)  # the report shows the lengths against the budget
+    data = json.loads(re.search(r'id="data">(.*?)</script>', page.html, re.S).group(1))  # type: ignore[union-attr]
+    assert data["budget"] == budget and sum(c for *_, c in data["summary"]["num_tokens"]) == len(kept)
+    assert sorted(s["nt"] for s in data["samples"]) == sorted(r["num_tokens"] for r in kept)
 
 
 @pytest.mark.slow

@@ -10,35 +10,40 @@ import pytest
 
 from hfdistill.core.errors import ConfigError
 from hfdistill.run.output import check_output_path, read_record, row_count, write_jsonl, write_parquet
+from hfdistill.run.record import GenerationRecord
 
 SCHEMA = pa.schema([("x", pa.int64())])
 
 
+def _record(rows: int) -> GenerationRecord:
+    return GenerationRecord(fingerprint="f", complete=True, rows=rows, rollouts=rows)
+
+
 def test_the_parquet_carries_its_record_built_from_the_row_count(tmp_path: Path) -> None:
     out = tmp_path / "o.parquet"
-    written = write_parquet(({"x": i} for i in range(1234)), out, SCHEMA, record=lambda n: {"rows": n})
+    written = write_parquet(({"x": i} for i in range(1234)), out, SCHEMA, record=_record)
     assert written == row_count(out) == 1234
-    assert read_record(out) == {"rows": 1234}
+    assert read_record(out) == _record(1234)
     assert [p.name for p in tmp_path.iterdir()] == ["o.parquet"]
 
 
 def test_an_empty_output_is_still_a_valid_file(tmp_path: Path) -> None:
     out = tmp_path / "o.parquet"
-    assert write_parquet(iter(()), out, SCHEMA, record=lambda n: {"rows": n}) == 0
-    assert row_count(out) == 0 and read_record(out) == {"rows": 0}
+    assert write_parquet(iter(()), out, SCHEMA, record=_record) == 0
+    assert row_count(out) == 0 and read_record(out) == _record(0)
 
 
 def test_a_failure_while_writing_leaves_the_previous_file(tmp_path: Path) -> None:
     out = tmp_path / "o.parquet"
-    write_parquet(iter([{"x": 1}]), out, SCHEMA, record=lambda n: {"rows": n})
+    write_parquet(iter([{"x": 1}]), out, SCHEMA, record=_record)
 
     def rows():
         yield {"x": 2}
         raise RuntimeError("interrupted mid-write")
 
     with pytest.raises(RuntimeError):
-        write_parquet(rows(), out, SCHEMA, record=lambda n: {"rows": n})
-    assert read_record(out) == {"rows": 1}
+        write_parquet(rows(), out, SCHEMA, record=_record)
+    assert read_record(out) == _record(1)
 
 
 def test_side_files_are_sorted_and_removed_when_empty(tmp_path: Path) -> None:

@@ -16,9 +16,6 @@ import pytest
 
 from hfdistill.run.progress import Monitor, Rate, format_duration
 
-RESULT = {"stop_reason": "answer", "assistant_turns": 2, "num_tool_calls": 1, "num_tool_errors": 0,
-          "usage": {"prompt_tokens": 10, "completion_tokens": 5}}
-
 
 def test_the_rate_starts_at_the_first_event_not_at_the_start() -> None:
     """A window of rollouts that started together finishes in a burst after a quiet warm-up: the
@@ -51,9 +48,9 @@ def test_the_log_line_and_the_final_line() -> None:
     m = _monitor(4, log_interval=3600)  # the display thread waits an hour: only finish() writes
     m.started()
     m.started()
-    m.finished(RESULT, True)
+    m.finished()
     m.failed("teacher")
-    m.finished(RESULT, None, reused=True)
+    m.finished(reused=True)
     line = m.line()
     assert line.startswith("[hfdistill] 3/4 rollouts (75.0%) | elapsed 0s | ETA ? | ? rollouts/s | teacher ")
     assert "3 requests open" in line and "in flight 0" in line and "failed 1" in line and "resumed 1" in line
@@ -70,7 +67,7 @@ def test_the_log_line_and_the_final_line() -> None:
 def test_a_silent_monitor_writes_nothing(kwargs: dict) -> None:
     m = _monitor(1, **kwargs)
     m.started()
-    m.finished(RESULT, True)
+    m.finished()
     assert m.finish().rollouts_done == 1
     assert m.stream.getvalue() == ""
 
@@ -84,7 +81,7 @@ def test_a_closed_stream_stops_the_display_not_the_run() -> None:
     m = _monitor(2, log_interval=3600)
     m.stream.close()  # e.g. `hfdistill generate 2>&1 | head` after head has left
     m.started()
-    m.finished(RESULT, True)
+    m.finished()
     assert m.finish().rollouts_done == 1
     assert not m.enabled
 
@@ -102,7 +99,7 @@ def test_the_final_bar_fits_the_terminal(columns: int, finished: int, expected: 
                     interval=3600)  # only the first and the final drawing
         for _ in range(finished):
             m.started()
-            m.finished(RESULT, True)
+            m.finished()
         m.finish()
     screen = pyte.Screen(columns, 24)
     stream = pyte.ByteStream(screen)

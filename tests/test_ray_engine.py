@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from hfdistill.run.output import read_record
+from tests.conftest import record_of
 from tests.fake_judge import FakeJudge
 from tests.fakes import Served
 from tests.ray_cluster import ENV, Cluster
@@ -126,9 +126,9 @@ def test_a_ray_run_writes_the_local_runs_rows(cluster: Cluster, second_node: int
     assert [(r["input_index"], r["rollout_index"]) for r in _rows(ray)] == [
         (i, k) for i in range(QUESTIONS) for k in range(2)]
     check_output(ray)  # every verl rule
-    record = read_record(ray)
-    assert record is not None and record["complete"] and record["rows"] == 2 * QUESTIONS
-    assert record["counts"]["teacher_calls"] == read_record(local)["counts"]["teacher_calls"]  # type: ignore[index]
+    record = record_of(ray)
+    assert record.complete and record.rows == 2 * QUESTIONS
+    assert record.counts.teacher_calls == record_of(local).counts.teacher_calls
     assert not (ray.parent / "out.failures.jsonl").exists()
 
 
@@ -161,7 +161,7 @@ def test_a_raylet_killed_at_30_percent_loses_no_row_and_little_work(
     assert [(r["input_index"], r["rollout_index"]) for r in _rows(killed)] == [(i, 0) for i in range(QUESTIONS)]
     assert [_comparable(r) for r in _rows(killed)] == [_comparable(r) for r in _rows(clean)]
     ratio = total / clean_calls
-    counted = read_record(killed)["counts"]["teacher_calls"]  # type: ignore[index]
+    counted = record_of(killed).counts.teacher_calls
     print(f"\nclean run {clean_calls} teacher calls; raylet killed at {at_kill} ({at_kill / clean_calls:.0%}); "
           f"{runs} run(s) made {total} = {ratio:.3f}x; the summary counts {counted}")
     assert ratio <= GOAL
@@ -187,9 +187,9 @@ def test_a_killed_driver_resumes_with_the_same_command(
                                   ray_address=cluster.address))
     assert code == 0, err
     assert [(r["input_index"], r["rollout_index"]) for r in _rows(out)] == [(i, 0) for i in range(QUESTIONS)]
-    counts = read_record(out)["counts"]  # type: ignore[index]
-    assert counts["rollouts_reused"] > 0  # the rerun took the killed run's finished rollouts from the journal
-    assert counts["rollouts_reused"] + counts["rollouts_generated"] == QUESTIONS
+    counts = record_of(out).counts
+    assert counts.rollouts_reused > 0  # the rerun took the killed run's finished rollouts from the journal
+    assert counts.rollouts_reused + counts.rollouts_done == QUESTIONS
     check_output(out)
 
 
@@ -238,6 +238,6 @@ def test_a_judged_ray_run_judges_in_the_actors_as_a_local_run_does(
     assert answered and all(r["judge_correct"] is not None for r in answered)
     assert any(r["judge_correct"] != r["exact_match"] for r in answered)
     assert ray_calls == local_calls == len(answered)  # each rollout judged once, in an actor's window
-    record = read_record(ray)
-    assert record is not None and record["judge"]["calls"] == ray_calls  # the actors' judge calls reach the driver
-    assert record["funnel"]["correct_by"].startswith("LLM judge")
+    record = record_of(ray)
+    assert record.judge is not None and record.judge.calls == ray_calls  # the actors' judge calls reach the driver
+    assert record.correct_by.startswith("LLM judge")

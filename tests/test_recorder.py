@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
+from hfdistill.core.records import RolloutResult, Verdict
 from hfdistill.core.rollout import TurnStep
 from hfdistill.core.tools import search_tool_schema
-from hfdistill.core.types import RolloutJob
+from hfdistill.core.types import RolloutJob, Usage
 from hfdistill.run.recorder import Collector, failure_entry, skip_entry
 
 TOOLS = [search_tool_schema()]
@@ -14,13 +13,12 @@ JOB = RolloutJob(input_index=7, rollout_index=2, question="Capital of France?", 
                  extra_info={"split": "dev"})
 
 
-def _result(prediction: str = "Paris", stop_reason: str = "answer", **extra: Any) -> dict[str, Any]:
+def _result(prediction: str = "Paris", stop_reason: str = "answer", verdict: Verdict | None = None) -> RolloutResult:
     answer = f"<answer>{prediction}</answer>" if prediction else "I am not sure"
-    return {"messages": [{"role": "user", "content": "Question: Capital of France?"},
-                         {"role": "assistant", "content": f"<think>recall</think>\n{answer}"}],
-            "stop_reason": stop_reason, "assistant_turns": 1, "num_tool_calls": 0, "num_tool_errors": 0,
-            "num_queries": 0, "num_malformed_calls": 0, "usage": {"prompt_tokens": 20, "completion_tokens": 6},
-            "prediction": prediction, **extra}
+    return RolloutResult([{"role": "user", "content": "Question: Capital of France?"},
+                          {"role": "assistant", "content": f"<think>recall</think>\n{answer}"}],
+                         stop_reason, assistant_turns=1, num_tool_calls=0, num_tool_errors=0, num_queries=0,
+                         num_malformed_calls=0, usage=Usage(20, 6), prediction=prediction, verdict=verdict)
 
 
 def test_a_finished_rollout_becomes_a_scored_row_of_its_input() -> None:
@@ -39,11 +37,11 @@ def test_a_cut_rollout_without_an_answer_is_a_flagged_row() -> None:
 
 
 def test_the_verdict_of_the_named_judge_fills_judge_correct() -> None:
-    verdict = {"judge": {"spec": "j1", "correct": False, "rationale": "wrong city", "model": "judge-m"}}
-    judged = Collector(TOOLS, judge_spec="j1").finished(JOB, _result(**verdict), model="m", protocol="chat",
+    verdict = Verdict(correct=False, rationale="wrong city", model="judge-m", spec="j1")
+    judged = Collector(TOOLS, judge_spec="j1").finished(JOB, _result(verdict=verdict), model="m", protocol="chat",
                                                         reused=True)
     assert (judged["judge_correct"], judged["judge_rationale"]) == (False, "wrong city")
-    other = Collector(TOOLS, judge_spec="j2").finished(JOB, _result(**verdict), model="m", protocol="chat",
+    other = Collector(TOOLS, judge_spec="j2").finished(JOB, _result(verdict=verdict), model="m", protocol="chat",
                                                        reused=True)
     assert other["judge_correct"] is None and other["judge_rationale"] is None
 

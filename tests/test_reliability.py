@@ -15,8 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from hfdistill.cli.main import main
-from hfdistill.run.output import read_record
-from tests.conftest import write_jsonl
+from tests.conftest import record_of, write_jsonl
 from tests.fakes import Answer, FakeRetriever, FakeTeacher, Fault, Say, Search, Served
 
 QS = [f"Question number {i} about France?" for i in range(3)]
@@ -95,7 +94,7 @@ def test_retrieval_failures_retry_then_fail_into_the_failures_file_and_the_rerun
     assert failure["question"] == QS[1] and "gave up after 4 attempts" in failure["error"]
     err = capsys.readouterr().err
     assert "failed 1 (retrieval_http_500 1)" in err and "rerun the same command" in err
-    assert read_record(out)["complete"] is False
+    assert record_of(out).complete is False
 
     retriever[0].fail_queries = set()
     calls_before = len(fake.requests)

@@ -125,7 +125,7 @@ def test_the_page_in_a_headless_browser(distilled: Path, tmp_path: Path) -> None
             page.goto(page_path.resolve().as_uri())
             expect, count_of = sync_api.expect, page.locator("#match-count")
             charts = page.locator(".chart")
-            expect(charts).to_have_count(7)  # with the quality flags
+            expect(charts).to_have_count(8)  # with the quality flags and the pass rates
             expect(page.locator("#record")).to_contain_text("Tongyi-DeepResearch")  # the generation record
             for i in range(charts.count()):  # every chart has drawn bars
                 assert charts.nth(i).locator("svg rect.bar").count() > 0, charts.nth(i).inner_text()

@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pyarrow as pa
 import pytest
 
+from hfdistill.core.records import RolloutResult
 from hfdistill.core.rows import build_table, extra_info_of, output_schema
 from hfdistill.core.tools import search_tool_schema
-from hfdistill.curation.flags import quality_flags
+from hfdistill.core.types import Usage
 from hfdistill.curation.rows import curated_row
 
 TOOLS = [search_tool_schema()]
-RESULT = {"messages": [{"role": "system", "content": "s", "reasoning_content": None, "tool_calls": None,
-                        "tool_call_id": None, "name": None}],
-          "stop_reason": "answer", "assistant_turns": 1, "num_tool_calls": 0, "num_tool_errors": 0, "num_queries": 0,
-          "num_malformed_calls": 0, "usage": {"prompt_tokens": 3, "completion_tokens": 4}, "prediction": "The Paris"}
+RESULT = RolloutResult([{"role": "system", "content": "s", "reasoning_content": None, "tool_calls": None,
+                         "tool_call_id": None, "name": None}], "answer", assistant_turns=1, num_tool_calls=0,
+                       num_tool_errors=0, num_queries=0, num_malformed_calls=0, usage=Usage(3, 4),
+                       prediction="The Paris")
 
 
-def _row(result: dict = RESULT, golden: tuple[str, ...] = ("Paris",), extra: object = None) -> dict:
+def _row(result: RolloutResult = RESULT, golden: tuple[str, ...] = ("Paris",), extra: object = None) -> dict:
     return curated_row(result, question="Q?", golden_answers=golden, tools=TOOLS, extra_info=extra, input_index=7,
                      rollout_index=2)
 
@@ -35,8 +38,8 @@ def test_scores_come_from_the_golden_answers(golden: tuple[str, ...], em: bool |
 
 
 def test_a_non_json_call_flags_the_row() -> None:
-    assert quality_flags(RESULT) == []
-    assert _row({**RESULT, "num_malformed_calls": 1})["quality_flags"] == ["tool_error", "malformed_call"]
+    assert _row()["quality_flags"] == []
+    assert _row(dataclasses.replace(RESULT, num_malformed_calls=1))["quality_flags"] == ["tool_error", "malformed_call"]
 
 
 @pytest.mark.parametrize(("row", "expected"), [

@@ -16,8 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from hfdistill.cli.main import main
-from hfdistill.run.output import read_record
-from tests.conftest import write_jsonl
+from tests.conftest import record_of, write_jsonl
 from tests.fakes import Answer, FakeTeacher, Search, Served
 
 FAST = ["--tool-call-mode", "native", "--retry-backoff", "0.05", "--max-retries", "3"]
@@ -160,8 +159,8 @@ def test_blank_questions_are_skipped_counted_and_listed_and_the_run_is_complete(
     assert not out.with_name("o.failures.jsonl").exists()
     skipped = [json.loads(line) for line in out.with_name("o.skipped.jsonl").read_text().splitlines()]
     assert skipped == [{"input_index": 1, "reason": "blank question"}]
-    record = read_record(out)
-    assert record["complete"] and record["input"]["skipped"] == 1 and record["counts"]["questions_skipped"] == 1
+    record = record_of(out)
+    assert record.complete and record.input.skipped == 1 and record.counts.questions_skipped == 1
     calls = len(teacher[0].requests)
     assert _generate(inp, out) == 0
     assert "already complete" in capsys.readouterr().err and len(teacher[0].requests) == calls

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from hfdistill.core.prompts import Prompts
+from hfdistill.core.records import RolloutResult
 from hfdistill.core.rollout import RolloutSpec, rollout
-from hfdistill.core.rows import result_of
 from hfdistill.core.templates import Templates
 from hfdistill.core.tools import SearchTool, ToolArgumentError, ToolContext, ToolOutput
 from hfdistill.core.types import Document, TeacherReply, ToolCall, Usage
@@ -66,13 +66,13 @@ def test_a_second_tool_runs_through_the_loop_and_the_rows(tmp_path: Path) -> Non
 
     traj = asyncio.run(rollout("Q?", ["Paris"], chat=chat, tools=ToolContext(search, prompts.render),
                                spec=RolloutSpec(prompts, max_turns=4, text_protocol=False)))
-    result = result_of(traj)
-    assert result["stop_reason"] == "answer" and result["num_tool_calls"] == 1 and result["num_tool_errors"] == 1
-    call, observation = result["messages"][2], result["messages"][3]
+    result = RolloutResult.of(traj)
+    assert result.stop_reason == "answer" and result.num_tool_calls == 1 and result.num_tool_errors == 1
+    call, observation = result.messages[2], result.messages[3]
     assert call["tool_calls"][0]["function"] == {"name": "open", "arguments": json.dumps({"id": "doc-7"})}
     assert observation == {"role": "tool", "content": "Passage doc-7 of 2 tools' world.", "reasoning_content": None,
                            "tool_calls": None, "tool_call_id": "c1", "name": "open"}
-    error = result["messages"][5]["content"]
+    error = result.messages[5]["content"]
     assert "unknown tool 'visit'; the tools are 'search', 'open'" in error
     assert seen[1][-1]["content"] == "Passage doc-7 of 2 tools' world."
 

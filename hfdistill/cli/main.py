@@ -15,13 +15,16 @@ import shlex
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hfdistill.cli.parsers import add_other_commands, common_options, flag
 from hfdistill.core.config import OBSERVATION_FORMATS, PRIORITY_MODES, TOOL_CALL_MODES, DistillConfig, RetryPolicy
 from hfdistill.core.errors import ConfigError, HfdistillError
 from hfdistill.curation import options as curation
 from hfdistill.run.inputs import DATA_FILES
+
+if TYPE_CHECKING:
+    from hfdistill.run.record import GenerationRecord
 
 __all__ = ["main"]
 
@@ -287,10 +290,10 @@ def _print_summary(result: Any) -> None:
         print(line, file=sys.stderr)
 
 
-def _print_funnel(record: dict[str, Any]) -> None:
-    from hfdistill.curation.funnel import summary_lines
+def _print_funnel(record: GenerationRecord) -> None:
+    from hfdistill.commands.summary import yield_lines
 
-    for line in summary_lines(record):
+    for line in yield_lines(record):
         print(f"  {line}", file=sys.stderr)
 
 

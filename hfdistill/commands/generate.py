@@ -1,7 +1,7 @@
 """`hfdistill generate`: input -> `Distiller.map` into a journaling run -> the output file, atomically.
 
-The run's journal (see `run`, `journal`) is the source of truth: every finished rollout (and
-every finished turn of one in flight) is appended to it before it counts, and the parquet is
+The run's journal (see `run.account`, `run.journal`) is the source of truth: every finished rollout
+(and every finished turn of one in flight) is appended to it before it counts, and the parquet is
 written from it, in input order, only at the end, then read back and checked against the account
 of every rollout the input owes. Rerunning the same command resumes; a finished command is a no-op.
 """
@@ -25,25 +25,35 @@ import datasets
 from hfdistill import __version__
 from hfdistill.core.config import DistillConfig
 from hfdistill.core.errors import ConfigError, Interrupted, JournalError
-from hfdistill.core.rows import MALFORMED_CALL, extra_info_of
+from hfdistill.core.rows import MALFORMED_CALL
 from hfdistill.core.types import StopRequest
 from hfdistill.curation.pipeline import CurationOptions, Curator
 from hfdistill.curation.rows import curated_row
-from hfdistill.curation.select import KEEP_VALUES, parse_keep
+from hfdistill.curation.select import parse_keep
 from hfdistill.engines import check_engine
-from hfdistill.engines.distiller import Distiller
+from hfdistill.engines.distiller import Binding, Distiller
+from hfdistill.judge.judging import JudgeItem, judge_all
+from hfdistill.judge.prompt import judgeable
 from hfdistill.run.account import Account, OutputLock, Run
 from hfdistill.run.identity import InputItems, RunIdentity, identify, rollout_options, scan_items
-from hfdistill.run.inputs import input_kind, load_input
+from hfdistill.run.inputs import input_kind, input_rows, load_input
+from hfdistill.run.journal import Key
 from hfdistill.run.output import check_output_path, failures_path, skipped_path, write_jsonl, write_parquet
 from hfdistill.run.progress import Monitor, RunStats
+from hfdistill.run.record import (
+    GenerationRecord,
+    InputInfo,
+    JudgeInfo,
+    RetrievalInfo,
+    RunOptions,
+    TeacherInfo,
+    TemplatesInfo,
+)
 
-__all__ = ["EXIT_INCOMPLETE", "KEEP_MODES", "GenerateOptions", "GenerateResult", "generate"]
+__all__ = ["EXIT_INCOMPLETE", "GenerateOptions", "GenerateResult", "generate"]
 
 log = logging.getLogger(__name__)
-KEEP_MODES = KEEP_VALUES
 EXIT_INCOMPLETE = 3
-_INPUT_CHUNK = 512  # input rows read at a time while writing the output
 
 
 @dataclass(frozen=True)
@@ -54,7 +64,7 @@ class GenerateOptions:
     output_file: str
     max_samples: int = -1
     batch_size: int = 16
-    keep: str = "all"  # comma-separated KEEP_MODES
+    keep: str = "all"  # comma-separated values of curation.select.KEEP_VALUES
     keep_malformed: bool = False  # also write rows with a tool call that was not even JSON (flagged)
     # --select, --max-length, --downsample-solved, ...: applied when the file is written, like `keep`
     # (whose two fields above win over the ones in here)
@@ -80,20 +90,35 @@ class GenerateOptions:
 
 @dataclass
 class GenerateResult:
-    """What a run did: where its files are, its statistics, and whether every rollout finished."""
+    """What a run did: where its files are, its statistics, its record, and whether every rollout finished."""
 
     output: Path
     failures: Path
     stats: RunStats
-    complete: bool
+    record: GenerationRecord
     skipped_as_done: bool = False
-    kept_rows: int = 0
     held_back: dict[str, int] = field(default_factory=dict)
-    record: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def complete(self) -> bool:
+        return self.record.complete
+
+    @property
+    def kept_rows(self) -> int:
+        return self.record.rows
 
     @property
     def exit_code(self) -> int:
         return 0 if self.complete else EXIT_INCOMPLETE
+
+
+@dataclass(frozen=True)
+class _Input:
+    """The input of a run: its rows, how they are read, and the content id of each."""
+
+    ds: datasets.Dataset
+    binding: Binding
+    items: InputItems
 
 
 def generate(config: DistillConfig, options: GenerateOptions, *, stop: StopRequest | None = None) -> GenerateResult:
@@ -110,29 +135,25 @@ def generate(config: DistillConfig, options: GenerateOptions, *, stop: StopReque
 def _generate(config: DistillConfig, options: GenerateOptions, output: Path, stop: StopRequest) -> GenerateResult:
     distiller = Distiller(config)  # renders every template once: template errors surface here
     ds = load_input(options.input_file, max_samples=options.max_samples)
-    distiller.bind_input(ds.features)  # a missing field fails here, before any server is contacted
-    assert distiller.plan is not None
-    items = scan_items(ds, distiller.plan, with_golden=distiller.prompts.uses_golden_answers)
+    binding = distiller.bind(ds.features)  # a missing field fails here, before any server is contacted
+    source = _Input(ds, binding, scan_items(ds, binding.plan, with_golden=distiller.prompts.uses_golden_answers))
     identity = identify(rollout_options(config, templates=distiller.prompts.templates.digest(),
                                         corpus=distiller.corpus_digest()), output)
-    done = identity.existing(items.digest, _view(distiller, options), options.overwrite)
+    done = identity.existing(source.items.digest, _view(distiller, options), options.overwrite)
     if done is not None:  # a finished command needs no server
-        log.info("%s is already complete (%s rows, same input and options); nothing to do. Pass --overwrite to "
-                 "generate it again", output, done.get("rows"))
-        return GenerateResult(output, failures_path(output), RunStats(), complete=True, skipped_as_done=True,
-                              kept_rows=int(done.get("rows", 0)), record=done)
+        log.info("%s is already complete (%d rows, same input and options); nothing to do. Pass --overwrite to "
+                 "generate it again", output, done.rows)
+        return GenerateResult(output, failures_path(output), RunStats(), done, skipped_as_done=True)
     identity.note_other_runs()
     curator = _curator(distiller, options.curate)  # loads the student's tokenizer: a bad one fails before any call
     monitor = Monitor(len(ds) * config.num_rollouts, gauges=distiller.gauges, enabled=options.progress,
                       log_interval=options.log_interval)
     started = time.monotonic()
-    with Run(identity, items, config.num_rollouts, monitor) as run:
+    with Run(identity, source.items, config.num_rollouts, monitor) as run:
         if distiller.judge_prompt is not None:  # what earlier runs journaled without a verdict
-            from hfdistill.commands.judging import judge_journal
-
-            judge_journal(distiller, ds, run)
+            _judge_journal(distiller, source, run)
         if run.pending:
-            live = _run_rollouts(distiller, ds, run, options, stop)
+            live = _run_rollouts(distiller, source, run, options, stop)
         else:
             log.info("every rollout is recorded in %s; writing %s from it (no server contacted)", identity.run_dir,
                      output)
@@ -140,28 +161,30 @@ def _generate(config: DistillConfig, options: GenerateOptions, output: Path, sto
         account = run.account(interrupted=distiller.stopping)
         write_jsonl(failures_path(output), account.failed)
         write_jsonl(skipped_path(output), [{"input_index": i, "reason": "blank question"}
-                                           for i, item in enumerate(items.ids) if item is None])
+                                           for i, item in enumerate(source.items.ids) if item is None])
         if distiller.stopping:
-            raise Interrupted(f"interrupted: {len(run.journal or ())} rollouts are recorded in {identity.run_dir}; "
+            raise Interrupted(f"interrupted: {len(run.journal)} rollouts are recorded in {identity.run_dir}; "
                               "rerun the same command to resume")
         live.wall_seconds = time.monotonic() - started
-        return _write_output(distiller, ds, run, options, identity, _Counts(live, account, items), curator)
+        return _write_output(distiller, source, run, options, _Counts(live, account), curator)
 
 
-def _run_rollouts(distiller: Distiller, ds: datasets.Dataset, run: Run, options: GenerateOptions,
+def _run_rollouts(distiller: Distiller, source: _Input, run: Run, options: GenerateOptions,
                   stop: StopRequest) -> RunStats:
     """Every rollout not in the journal yet, through `Distiller.map` (the API's path), into the run."""
-    log.info("distilling %d questions x %d rollouts; %d still to make", len(ds), distiller.config.num_rollouts,
+    log.info("distilling %d questions x %d rollouts; %d still to make", len(source.ds), distiller.config.num_rollouts,
              run.pending)
     try:
         if options.engine == "ray":
             from hfdistill.engines.ray import run_on_ray
 
-            run_on_ray(distiller, ds, run, stop=stop, actors=options.ray_actors, jobs_per_task=options.batch_size)
+            run_on_ray(distiller, source.ds, run, source.binding.plan, stop=stop, actors=options.ray_actors,
+                       jobs_per_task=options.batch_size)
         else:
             # The servers are probed as map starts, before its first rollout: one client per run.
-            distiller.map(ds, recorder=run, stop=stop, batch_size=options.batch_size, load_from_cache_file=False,
-                          cache_file_name=str(run.identity.run_dir / "map.arrow"), desc="hfdistill")
+            distiller.map(source.ds, recorder=run, stop=stop, batch_size=options.batch_size,
+                          load_from_cache_file=False, cache_file_name=str(run.identity.run_dir / "map.arrow"),
+                          desc="hfdistill")
     finally:
         stats = run.monitor.finish()
         teacher = distiller.teacher_stats
@@ -172,48 +195,76 @@ def _run_rollouts(distiller: Distiller, ds: datasets.Dataset, run: Run, options:
     return stats
 
 
+def _judge_journal(distiller: Distiller, source: _Input, run: Run) -> None:
+    """Judge every journaled rollout of this input that the configured judge has no verdict on (rollouts
+    made before a judge was configured, or that it failed on): judge calls only, never the teacher."""
+    spec, finished = distiller.judge_spec, run.finished_keys()
+    todo: list[tuple[Key, JudgeItem]] = []
+    for row in input_rows(source.ds, source.binding.plan):
+        item = source.items.ids[row.index] if row.index is not None else None
+        for key in ((item, r) for r in range(distiller.config.num_rollouts)) if item is not None else ():
+            if key in finished:
+                result = run.journal.get(key).result
+                if result.verdict_of(spec) is None and judgeable(result.prediction, row.golden_answers):
+                    todo.append((key, JudgeItem(row.question, result.prediction, row.golden_answers)))
+    if not todo:
+        return
+    log.info("judging %d recorded rollouts that have no verdict yet (no teacher call)", len(todo))
+    config, prompt = distiller.config, distiller.judge_prompt
+    assert config.judge is not None and prompt is not None  # (the caller checked: a judge is configured)
+    judged = judge_all(config.judge, config.retry, prompt, [item for _, item in todo], window=config.window,
+                       stats=distiller.judge_stats)
+    distiller.clients.served.judge_model = judged.model
+    failed = 0
+    for (key, _), verdict in zip(todo, judged.verdicts, strict=True):
+        if isinstance(verdict, Exception):
+            failed += 1
+        else:
+            run.amend(key, verdict)
+    if failed:
+        log.warning("the judge failed on %d of %d rollouts; they stay unjudged (judge_correct null) and a rerun "
+                    "asks again", failed, len(todo))
+
+
 @dataclass
 class _Counts:
-    """What the run counted (live), what it accounted for, and the input it owed rollouts to."""
+    """What the run counted (live) and what it accounted for."""
 
     live: RunStats
     account: Account
-    items: InputItems
 
 
-def _write_output(distiller: Distiller, ds: datasets.Dataset, run: Run, options: GenerateOptions,
-                  identity: RunIdentity, counts: _Counts, curator: Curator) -> GenerateResult:
+def _write_output(distiller: Distiller, source: _Input, run: Run, options: GenerateOptions, counts: _Counts,
+                  curator: Curator) -> GenerateResult:
     """Stream the journaled rollouts, in input order, question by question through curation into the file."""
     stats = _stats_from(counts.live)
-    stats.questions_skipped = counts.items.blank
+    stats.questions_skipped = source.items.blank
     stats.rollouts_failed = len(counts.account.failed)  # lost rollouts included
     stats.failures = Counter(f["cause"] for f in counts.account.failed)
-    models: dict[str, str | None] = {}
-    records: list[dict[str, Any]] = []
+    seen = _Seen()
+    records: list[GenerationRecord] = []
     funnel = curator.funnel
-    funnel.questions, funnel.skipped = len(counts.items), counts.items.blank
-    funnel.rollouts = (len(counts.items) - counts.items.blank) * distiller.config.num_rollouts
+    funnel.questions, funnel.skipped = len(source.items), source.items.blank
+    funnel.rollouts = (len(source.items) - source.items.blank) * distiller.config.num_rollouts
     funnel.failed = stats.rollouts_failed
-    rows = _journal_rows(distiller, ds, run, stats, models, curator.options.max_step_words)
+    rows = _journal_rows(distiller, source, run, stats, seen, curator.options.max_step_words)
     kept = (row for _, group in itertools.groupby(rows, key=lambda r: r["input_index"])
             for row in curator.group(list(group)))
 
-    def record(written: int) -> dict[str, Any]:
+    def record(written: int) -> GenerationRecord:
         if distiller.judge_prompt is not None:
-            funnel.correct_by = f"LLM judge {distiller.judge_model or models.get('judge') or ''}".strip()
-        records.append(_record(distiller, identity, options, counts, stats, written=written,
-                               held_back={MALFORMED_CALL: funnel.held_back}, models=models,
-                               funnel=funnel.to_dict()))
+            funnel.correct_by = f"LLM judge {distiller.judge_model or seen.judge or ''}".strip()
+        records.append(_record(distiller, run.identity, options, counts, stats, source, written=written, seen=seen,
+                               curator=curator))
         return records[-1]
 
-    assert distiller.schema is not None
-    written = write_parquet(kept, identity.output, distiller.schema, record=record)
+    written = write_parquet(kept, run.identity.output, source.binding.schema, record=record)
     if stats.rows != counts.account.finished:  # the file must hold what the account says, no less
-        raise JournalError(f"{identity.output} was written from {stats.rows} journaled rollouts, but the run accounts "
-                           f"for {counts.account.finished}; rerun the same command to write it again")
-    return GenerateResult(identity.output, failures_path(identity.output), stats,
-                          complete=bool(records[-1]["complete"]), kept_rows=written,
-                          held_back={MALFORMED_CALL: funnel.held_back}, record=records[-1])
+        raise JournalError(f"{run.identity.output} was written from {stats.rows} journaled rollouts, but the run "
+                           f"accounts for {counts.account.finished}; rerun the same command to write it again")
+    assert written == records[-1].rows
+    return GenerateResult(run.identity.output, failures_path(run.identity.output), stats, records[-1],
+                          held_back={MALFORMED_CALL: funnel.held_back})
 
 
 def _curator(distiller: Distiller, options: CurationOptions) -> Curator:
@@ -227,31 +278,33 @@ def _curator(distiller: Distiller, options: CurationOptions) -> Curator:
                    flags_ready=True)  # curated_row flags each journaled result with these options
 
 
-def _journal_rows(distiller: Distiller, ds: datasets.Dataset, run: Run, stats: RunStats,
-                  models: dict[str, str | None], max_step_words: int) -> Iterator[dict[str, Any]]:
+@dataclass
+class _Seen:
+    """The teacher and judge named by the journaled rollouts (when no server was asked this time)."""
+
+    model: str | None = None
+    protocol: str | None = None
+    judge: str | None = None
+
+
+def _journal_rows(distiller: Distiller, source: _Input, run: Run, stats: RunStats, seen: _Seen,
+                  max_step_words: int) -> Iterator[dict[str, Any]]:
     """Output rows in (input, rollout) order: the journal merged with the input, streamed, counted."""
-    assert distiller.plan is not None and run.journal is not None
-    plan, finished, n = distiller.plan, run.finished_keys(), distiller.config.num_rollouts
-    for start in range(0, len(ds), _INPUT_CHUNK):
-        chunk = ds[start:start + _INPUT_CHUNK]
-        for offset in range(len(next(iter(chunk.values()), []))):
-            index = start + offset
-            item = run.items.ids[index]
-            keys = [(item, r) for r in range(n) if (item, r) in finished] if item is not None else []
-            if not keys:
-                continue
-            row = {column: values[offset] for column, values in chunk.items()}
-            for key in keys:
-                recorded = run.journal.get(key)
-                out = curated_row(recorded.result, question=plan.question_of(row), golden_answers=plan.answers_of(row),
-                                tools=distiller.tools, extra_info=extra_info_of(row, index), input_index=index,
-                                rollout_index=key[1], judge_spec=distiller.judge_spec, max_step_words=max_step_words)
-                stats.add_result(recorded.result, out["exact_match"])
-                models.setdefault("model", recorded.model)
-                models.setdefault("protocol", recorded.protocol)
-                if out["judge_correct"] is not None:
-                    models.setdefault("judge", recorded.result["judge"].get("model"))
-                yield out
+    finished, n = run.finished_keys(), distiller.config.num_rollouts
+    for row in input_rows(source.ds, source.binding.plan, extra_info=True):
+        item = source.items.ids[row.index] if row.index is not None else None
+        for key in [(item, r) for r in range(n) if (item, r) in finished] if item is not None else ():
+            recorded = run.journal.get(key)
+            out = curated_row(recorded.result, question=row.question, golden_answers=row.golden_answers,
+                              tools=distiller.tools, extra_info=row.extra_info, input_index=row.index,
+                              rollout_index=key[1], judge_spec=distiller.judge_spec, max_step_words=max_step_words)
+            stats.add_row(out)
+            seen.model = seen.model or recorded.model
+            seen.protocol = seen.protocol or recorded.protocol
+            verdict = recorded.result.verdict_of(distiller.judge_spec)
+            if verdict is not None:
+                seen.judge = seen.judge or verdict.model
+            yield out
 
 
 def _stats_from(live: RunStats) -> RunStats:
@@ -269,33 +322,25 @@ def _view(distiller: Distiller, options: GenerateOptions) -> dict[str, Any]:
 
 
 def _record(distiller: Distiller, identity: RunIdentity, options: GenerateOptions, counts: _Counts,
-            stats: RunStats, *, written: int, held_back: dict[str, int],
-            models: dict[str, str | None], funnel: dict[str, Any]) -> dict[str, Any]:
-    """The generation record stored in the output file (read by `card` and `push`)."""
-    c, plan, items = distiller.config, distiller.plan, counts.items
-    judge = c.judge
-    return {
-        "hfdistill_version": __version__, "fingerprint": identity.fingerprint,
-        "complete": not counts.account.failed and not funnel["judge_failed"], "input_digest": items.digest,
-        "view": _view(distiller, options), "curation": options.curate.view(), "funnel": funnel,
-        "judge": None if judge is None else {"model": distiller.judge_model or models.get("judge"),
-                                             "host": urlsplit(judge.url).hostname, "spec": distiller.judge_spec,
-                                             "calls": distiller.judge_stats.calls,
-                                             "retries": distiller.judge_stats.retries},
-        "teacher": {"model": distiller.model or models.get("model"),
-                    "hosts": [urlsplit(u).hostname for u in c.endpoints],
-                    "protocol": distiller.mode or models.get("protocol")},
-        "retrieval": {"corpus": os.path.basename(c.corpus)} if c.corpus else
-                     {"host": urlsplit(c.retrieval_url).hostname},
-        "generation_options": identity.options,
-        "run_options": {"keep": options.keep, "keep_malformed": options.keep_malformed,
-                        "num_rollouts": c.num_rollouts, "max_samples": options.max_samples,
-                        "batch_size": options.batch_size, "concurrency": c.window},
-        "templates": {"names": list(distiller.prompts.templates.names),
-                      "sha256": distiller.prompts.templates.digest()},
-        "input": {"source": options.input_file, "kind": input_kind(options.input_file), "questions": len(items),
-                  "skipped": items.blank, "question_fields": list(plan.question) if plan else [],
-                  "answer_fields": list(plan.answers) if plan else []},
-        "rows": written, "rollouts": stats.rows, "held_back": held_back, "counts": stats.to_dict(),
-        "command": options.command, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
+            stats: RunStats, source: _Input, *, written: int, seen: _Seen, curator: Curator) -> GenerationRecord:
+    """The generation record stored in the output file (read by `card`, `push`, `report` and reruns)."""
+    c, plan, items, funnel = distiller.config, source.binding.plan, source.items, curator.funnel
+    judge = None if c.judge is None else JudgeInfo(
+        model=distiller.judge_model or seen.judge, host=urlsplit(c.judge.url).hostname, spec=distiller.judge_spec,
+        calls=distiller.judge_stats.calls, retries=distiller.judge_stats.retries)
+    return GenerationRecord(
+        fingerprint=identity.fingerprint, complete=not counts.account.failed and not funnel.judge_failed,
+        rows=written, rollouts=stats.rows, hfdistill_version=__version__, input_digest=items.digest,
+        view=_view(distiller, options), curation=options.curate.view(), funnel=funnel, judge=judge,
+        teacher=TeacherInfo(distiller.model or seen.model, tuple(str(urlsplit(u).hostname) for u in c.endpoints),
+                            distiller.mode or seen.protocol),
+        retrieval=RetrievalInfo(corpus=os.path.basename(c.corpus)) if c.corpus else
+        RetrievalInfo(host=urlsplit(c.retrieval_url).hostname),
+        generation_options=identity.options,
+        run_options=RunOptions(keep=options.keep, keep_malformed=options.keep_malformed, num_rollouts=c.num_rollouts,
+                               max_samples=options.max_samples, batch_size=options.batch_size, concurrency=c.window),
+        templates=TemplatesInfo(tuple(distiller.prompts.templates.names), distiller.prompts.templates.digest()),
+        input=InputInfo(options.input_file, input_kind(options.input_file), len(items), items.blank,
+                        tuple(plan.question), tuple(plan.answers)),
+        held_back={MALFORMED_CALL: funnel.held_back}, counts=stats, command=options.command,
+        created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))

@@ -1,23 +1,24 @@
-"""The summary `generate` prints when a run ends: what was written, what it cost, what failed (pure)."""
+"""The summary `generate` prints when a run ends, and the yield `curate` prints: what was written, what
+it cost, what failed, and what curation kept (pure)."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from hfdistill.curation.funnel import summary_lines as funnel_lines
+from hfdistill.curation.funnel import funnel_lines
 from hfdistill.run.progress import format_duration
+from hfdistill.run.record import GenerationRecord
 
 if TYPE_CHECKING:
     from hfdistill.commands.generate import GenerateResult
 
-__all__ = ["summary_lines"]
+__all__ = ["summary_lines", "yield_lines"]
 
 
 def summary_lines(result: GenerateResult) -> list[str]:
-    s = result.stats
-    keep = result.record.get("run_options", {}).get("keep", "all")
+    s, record = result.stats, result.record
     lines = [f"[hfdistill] done in {format_duration(s.wall_seconds)}: {s.rows} rollouts finished, "
-             f"{result.kept_rows} kept (--keep {keep}) and written to {result.output}",
+             f"{result.kept_rows} kept (--keep {record.run_options.keep}) and written to {result.output}",
              f"generated {s.rollouts_done}, resumed from the journal {s.rollouts_reused}, "
              f"skipped questions {s.questions_skipped} (blank)"]
     if sum(result.held_back.values()):
@@ -33,9 +34,20 @@ def summary_lines(result: GenerateResult) -> list[str]:
                  + f", retried {s.teacher_retries:,}")
     if s.accuracy is not None:
         lines.append(f"answered {s.answered}, exact match {s.correct}/{s.scored} = {s.accuracy:.3f}")
-    lines += funnel_lines(result.record)
+    lines += yield_lines(record)
     if not result.complete:
         causes = ", ".join(f"{k} {v}" for k, v in s.failures.most_common())
         lines += [f"failed {s.rollouts_failed} ({causes or 'none'}) -> {result.failures}",
                   "the run is incomplete: rerun the same command to retry the failed rollouts (and judgements)"]
     return [lines[0], *(f"  {line}" for line in lines[1:])]
+
+
+def yield_lines(record: GenerationRecord) -> list[str]:
+    """The judge's calls and the yield funnel, from a file's record."""
+    out = []
+    judge = record.judge
+    if judge is not None and judge.calls is not None:
+        out.append(f"judge {judge.model}: {judge.calls:,} calls, retried {judge.retries or 0:,}")
+    if record.funnel is not None:
+        out += ["yield:", *(f"  {line}" for line in funnel_lines(record.funnel))]
+    return out

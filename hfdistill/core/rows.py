@@ -15,7 +15,7 @@ from hfdistill.core.scoring import score
 
 if TYPE_CHECKING:
     import datasets
-from hfdistill.core.types import Trajectory
+from hfdistill.core.records import RolloutResult, Verdict
 
 __all__ = [
     "MALFORMED_CALL",
@@ -24,7 +24,6 @@ __all__ = [
     "extra_info_of",
     "output_features",
     "output_schema",
-    "result_of",
     "shape_row",
 ]
 
@@ -85,56 +84,40 @@ def output_features(tools: list[dict[str, Any]], input_features: datasets.Featur
     return datasets.Features.from_arrow_schema(output_schema(tools, extra_type))
 
 
-def result_of(traj: Trajectory) -> dict[str, Any]:
-    """What a rollout produced, independent of the input row: the part the journal stores."""
-    return {
-        "messages": [m.to_dict() for m in traj.messages],
-        "stop_reason": traj.stop_reason,
-        "assistant_turns": traj.assistant_turns,
-        "num_tool_calls": traj.num_tool_calls,
-        "num_tool_errors": traj.num_tool_errors,
-        "num_queries": traj.num_queries,
-        "num_malformed_calls": traj.num_malformed_calls,
-        "usage": traj.usage.to_dict(),
-        "prediction": traj.prediction,
-    }
-
-
 def extra_info_of(row: Mapping[str, Any], input_index: int | None) -> Any:
     """The input's `extra_info` as is (null stays null); `{index}` when the input has no such column."""
     return row.get("extra_info", {"index": input_index})
 
 
-def shape_row(result: Mapping[str, Any], *, question: str, golden_answers: Sequence[str],
+def shape_row(result: RolloutResult, *, question: str, golden_answers: Sequence[str],
               tools: list[dict[str, Any]], extra_info: Any, input_index: int | None,
-              rollout_index: int, flags: Sequence[str] = (), judge_correct: bool | None = None,
-              judge_rationale: str | None = None) -> dict[str, Any]:
+              rollout_index: int, flags: Sequence[str] = (), verdict: Verdict | None = None) -> dict[str, Any]:
     """An output row from a rollout result and the input row it came from.
 
     The curation layer supplies the flags and the judge's verdict (`curation.rows.curated_row`);
     `pass_rate` and `num_tokens` are filled when a file is curated (they need the question's other
-    rollouts, and the student's tokenizer).
+    rollouts, and the student's tokenizer). Exact match is scored here, once per row.
     """
-    s = score(result["prediction"], golden_answers)
+    s = score(result.prediction, golden_answers)
     return {
-        "messages": result["messages"],
+        "messages": result.messages,
         "tools": tools,
         "question": question,
         "golden_answers": list(golden_answers),
-        "prediction": result["prediction"],
+        "prediction": result.prediction,
         "exact_match": s.exact_match,
         "sub_match": s.sub_match,
         "f1": s.f1,
-        "judge_correct": judge_correct,
-        "judge_rationale": judge_rationale,
+        "judge_correct": verdict.correct if verdict is not None else None,
+        "judge_rationale": verdict.rationale if verdict is not None else None,
         "pass_rate": None,
-        "stop_reason": result["stop_reason"],
-        "assistant_turns": result["assistant_turns"],
-        "num_tool_calls": result["num_tool_calls"],
-        "num_tool_errors": result["num_tool_errors"],
-        "num_queries": result["num_queries"],
+        "stop_reason": result.stop_reason,
+        "assistant_turns": result.assistant_turns,
+        "num_tool_calls": result.num_tool_calls,
+        "num_tool_errors": result.num_tool_errors,
+        "num_queries": result.num_queries,
         "quality_flags": list(flags),
-        "usage": result["usage"],
+        "usage": result.usage.to_dict(),
         "num_tokens": None,
         "rollout_index": rollout_index,
         "input_index": input_index,

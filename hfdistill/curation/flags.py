@@ -1,7 +1,7 @@
 """Quality flags of one trajectory: pure functions of its stored messages and counts.
 
 Each flag names a reason a rollout may not be worth training on, after the filters peers apply
-(SPEC §10: SimpleDeepSearcher's format and reasoning checks, NeMo's dropped truncations). Flags are
+(SimpleDeepSearcher's format and reasoning checks, NeMo's dropped truncations; docs/curation.md). Flags are
 computed when a file is written, never journaled, so a new word budget needs no teacher call.
 """
 
@@ -55,15 +55,20 @@ _TAGS = ("answer", "tool_call")
 _ERROR_PREFIX = "Error:"
 
 
-def quality_flags(result: Mapping[str, Any], *, max_step_words: int = DEFAULT_MAX_STEP_WORDS) -> list[str]:
-    """Every flag that applies to a rollout result (or an output row), in the order of `FLAGS`."""
-    messages: Sequence[Mapping[str, Any]] = result["messages"]
+def quality_flags(messages: Sequence[Mapping[str, Any]], *, stop_reason: str, prediction: str,
+                  num_tool_errors: int, num_malformed_calls: int | None,
+                  max_step_words: int = DEFAULT_MAX_STEP_WORDS) -> list[str]:
+    """Every flag that applies to a rollout (its stored messages and counts), in the order of `FLAGS`.
+
+    `num_malformed_calls` is None where it was not counted (an output row): the messages tell then.
+    """
     assistant = [m for m in messages if m.get("role") == "assistant"]
+    malformed = bool(num_malformed_calls) if num_malformed_calls is not None else _malformed_in(messages)
     found = {
-        LENGTH: result.get("stop_reason") in ("length", "context"),
-        NO_ANSWER: not result.get("prediction"),
-        TOOL_ERROR: bool(result.get("num_tool_errors")) or _malformed(result),
-        MALFORMED_CALL: _malformed(result),
+        LENGTH: stop_reason in ("length", "context"),
+        NO_ANSWER: not prediction,
+        TOOL_ERROR: bool(num_tool_errors) or malformed,
+        MALFORMED_CALL: malformed,
         UNCLOSED_THINK: any(_unclosed_think(m) for m in assistant),
         MALFORMED_TAGS: _malformed_tags(assistant),
         REPETITION: any(_repetitive(_step_text(m)) for m in assistant) or _repeated_search(assistant),
@@ -73,12 +78,10 @@ def quality_flags(result: Mapping[str, Any], *, max_step_words: int = DEFAULT_MA
     return [flag for flag in FLAGS if found[flag]]
 
 
-def _malformed(result: Mapping[str, Any]) -> bool:
-    """A call that was not even JSON: counted in a journaled result; in a row, its error came back as a
-    `user` turn in the model's own format (see rollout), the only user turn after the question."""
-    if "num_malformed_calls" in result:
-        return bool(result["num_malformed_calls"])
-    users = [m for m in result["messages"] if m.get("role") == "user"]
+def _malformed_in(messages: Sequence[Mapping[str, Any]]) -> bool:
+    """A call that was not even JSON: its error came back as a `user` turn in the model's own format
+    (see `core.rollout`), the only user turn after the question."""
+    users = [m for m in messages if m.get("role") == "user"]
     return any(str(m.get("content") or "").startswith("<tool_response>") for m in users[1:])
 
 

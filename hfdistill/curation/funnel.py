@@ -11,7 +11,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Funnel", "funnel_context", "funnel_lines", "summary_lines"]
+__all__ = ["STAGES", "Funnel", "funnel_context", "funnel_lines", "stage_label"]
+
+STAGES = ("questions", "skipped", "rollouts", "failed", "answered", "correct", "clean", "within_budget", "selected")
 
 
 @dataclass
@@ -55,20 +57,42 @@ class Funnel:
     def finished(self) -> int:
         return self.rollouts - self.failed
 
-    def to_dict(self) -> dict[str, Any]:
-        stages = [("questions", self.questions), ("skipped", self.skipped), ("rollouts", self.rollouts),
-                  ("failed", self.failed), ("answered", self.answered), ("correct", self.correct),
-                  ("clean", self.clean), ("within_budget", self.within_budget), ("selected", self.selected)]
+    def stages(self) -> list[tuple[str, int]]:
+        """(stage, count) from the input's questions to the rows written, in order."""
+        return [(name, getattr(self, name)) for name in STAGES]
+
+    def share(self, count: int) -> float | None:
+        """`count` as a fraction of the rollouts (None when there were none)."""
+        return _share(count, self.rollouts)
+
+    def accuracy_by_searches(self) -> list[tuple[int, int, int]]:
+        """(searches, rollouts of known correctness, correct ones), by number of searches."""
+        return [(k, v[0], v[1]) for k, v in sorted(self.by_searches.items())]
+
+    def to_json(self) -> dict[str, Any]:
         return {
             "correct_by": self.correct_by, "budget": self.budget,
-            "stages": [{"stage": name, "count": count, "of_rollouts": _share(count, self.rollouts)}
-                       for name, count in stages],
+            "stages": [{"stage": name, "count": count, "of_rollouts": self.share(count)}
+                       for name, count in self.stages()],
             "unknown": self.unknown, "judge_failed": self.judge_failed, "held_back": self.held_back,
             "downsampled": self.downsampled,
-            "accuracy_by_searches": [{"searches": k, "rollouts": v[0], "correct": v[1],
-                                      "accuracy": round(v[1] / v[0], 4) if v[0] else None}
-                                     for k, v in sorted(self.by_searches.items())],
+            "accuracy_by_searches": [{"searches": k, "rollouts": n, "correct": c,
+                                      "accuracy": round(c / n, 4) if n else None}
+                                     for k, n, c in self.accuracy_by_searches()],
         }
+
+    @classmethod
+    def from_json(cls, d: Any) -> Funnel:
+        """A funnel as a file's record stores it."""
+        try:
+            counts = {s["stage"]: int(s["count"]) for s in d["stages"] if s["stage"] in STAGES}
+            return cls(correct_by=str(d.get("correct_by", "exact match")), budget=d.get("budget"), **counts,
+                       unknown=int(d.get("unknown", 0)), judge_failed=int(d.get("judge_failed", 0)),
+                       held_back=int(d.get("held_back", 0)), downsampled=int(d.get("downsampled", 0)),
+                       by_searches={int(a["searches"]): [int(a["rollouts"]), int(a["correct"])]
+                                    for a in d.get("accuracy_by_searches", ())})
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise ValueError(f"record.funnel is not what this version reads ({e})") from None
 
 
 def _share(part: int, whole: int) -> float | None:
@@ -80,59 +104,53 @@ _LABELS = {"questions": "questions", "skipped": "skipped (blank)", "rollouts": "
            "within_budget": "within the token budget", "selected": "selected (rows written)"}
 
 
-def funnel_lines(funnel: Mapping[str, Any]) -> list[str]:
+def stage_label(stage: str, funnel: Funnel) -> str:
+    """A stage's name as the summary and the report show it."""
+    label = _LABELS[stage]
+    if stage == "correct":
+        label += f" (by {funnel.correct_by})"
+    if stage == "within_budget":
+        label += f" (<= {funnel.budget} tokens)" if funnel.budget else " (no --max-length)"
+    return label
+
+
+def funnel_lines(funnel: Funnel) -> list[str]:
     """The funnel as text lines (the summary prints them; the card renders its own table)."""
     out = []
-    for s in funnel["stages"]:
-        label = _LABELS[s["stage"]]
-        if s["stage"] == "correct":
-            label += f" (by {funnel['correct_by']})"
-        if s["stage"] == "within_budget":
-            label += f" (<= {funnel['budget']} tokens)" if funnel["budget"] else " (no --max-length)"
-        counted = s["stage"] not in ("questions", "skipped") and s["of_rollouts"] is not None
-        share = f"{100 * s['of_rollouts']:.1f}%" if counted else ""
-        out.append(f"{label:<48} {s['count']:>8,}  {share:>6}")
-    searches = ", ".join(f"{a['searches']}: {a['correct']}/{a['rollouts']}" for a in funnel["accuracy_by_searches"])
+    for stage, count in funnel.stages():
+        label = stage_label(stage, funnel)
+        share = funnel.share(count)
+        shown = f"{100 * share:.1f}%" if stage not in ("questions", "skipped") and share is not None else ""
+        out.append(f"{label:<48} {count:>8,}  {shown:>6}")
+    searches = ", ".join(f"{k}: {c}/{n}" for k, n, c in funnel.accuracy_by_searches())
     if searches:
         out.append(f"accuracy by searches (correct/rollouts): {searches}")
-    if funnel["judge_failed"]:
-        out.append(f"unjudged (the judge failed; judge_correct null, rerun to ask again): {funnel['judge_failed']:,}")
+    if funnel.judge_failed:
+        out.append(f"unjudged (the judge failed; judge_correct null, rerun to ask again): {funnel.judge_failed:,}")
     return out
 
 
 _CARD_STAGES = {"questions": "questions in the input", "skipped": "skipped (blank question)", "rollouts": "rollouts",
-           "failed": "failed (not in the data)", "answered": "answered (ended with `<answer>`)",
-           "correct": "correct", "clean": "clean (correct, no quality flag)",
-           "within_budget": "within the token budget", "selected": "selected (the rows of this dataset)"}
+                "failed": "failed (not in the data)", "answered": "answered (ended with `<answer>`)",
+                "correct": "correct", "clean": "clean (correct, no quality flag)",
+                "within_budget": "within the token budget", "selected": "selected (the rows of this dataset)"}
 
 
-def funnel_context(record: Mapping[str, Any]) -> dict[str, Any]:
-    """The values of the card's Curation section (`funnel` None for a file written before there was one)."""
-    funnel = record.get("funnel")
-    if not funnel:
+def funnel_context(funnel: Funnel | None, curation: Mapping[str, Any]) -> dict[str, Any]:
+    """The values of the card's Curation section (`funnel` None for a file written before there was one);
+    `curation` is the record's curation options."""
+    if funnel is None:
         return {"funnel": None}
     stages = []
-    for s in funnel["stages"]:
-        label = _CARD_STAGES.get(s["stage"], s["stage"])
-        if s["stage"] == "within_budget":
-            label += f" (≤ {funnel['budget']:,} tokens)" if funnel.get("budget") else " (no budget set)"
-        share = "" if s["stage"] in ("questions", "skipped") or s["of_rollouts"] is None else \
-            f"{100 * s['of_rollouts']:.1f}%"
-        stages.append({"label": label, "count": s["count"], "share": share})
-    searches = [{**a, "accuracy": f"{a['accuracy']:.3f}" if a["accuracy"] is not None else "-"}
-                for a in funnel.get("accuracy_by_searches", [])]
-    options = record.get("curation") or {}
-    return {"funnel": stages, "correct_by": funnel.get("correct_by", "exact match"), "by_searches": searches,
-            "judge_failed": funnel.get("judge_failed", 0), "unknown": funnel.get("unknown", 0),
-            "curation": [(k, v) for k, v in options.items() if v not in (None, False)]}
-
-
-def summary_lines(record: Mapping[str, Any]) -> list[str]:
-    """The end-of-run summary's judge and yield lines, from a file's record."""
-    out = []
-    judge = record.get("judge") or {}
-    if "calls" in judge:
-        out.append(f"judge {judge['model']}: {judge['calls']:,} calls, retried {judge['retries']:,}")
-    if record.get("funnel"):
-        out += ["yield:", *(f"  {line}" for line in funnel_lines(record["funnel"]))]
-    return out
+    for stage, count in funnel.stages():
+        label = _CARD_STAGES[stage]
+        if stage == "within_budget":
+            label += f" (≤ {funnel.budget:,} tokens)" if funnel.budget else " (no budget set)"
+        share = funnel.share(count)
+        shown = "" if stage in ("questions", "skipped") or share is None else f"{100 * share:.1f}%"
+        stages.append({"label": label, "count": count, "share": shown})
+    searches = [{"searches": k, "rollouts": n, "correct": c, "accuracy": f"{c / n:.3f}" if n else "-"}
+                for k, n, c in funnel.accuracy_by_searches()]
+    return {"funnel": stages, "correct_by": funnel.correct_by, "by_searches": searches,
+            "judge_failed": funnel.judge_failed, "unknown": funnel.unknown,
+            "curation": [(k, v) for k, v in curation.items() if v not in (None, False)]}

@@ -90,7 +90,10 @@ class Curator:
 
     def _annotate(self, row: dict[str, Any]) -> bool | None:
         if not self.flags_ready:
-            row["quality_flags"] = quality_flags(row, max_step_words=self.options.max_step_words)
+            row["quality_flags"] = quality_flags(
+                row["messages"], stop_reason=row["stop_reason"], prediction=row["prediction"],
+                num_tool_errors=row["num_tool_errors"], num_malformed_calls=None,
+                max_step_words=self.options.max_step_words)
         return correctness(row, judged=self.judged)
 
     def _passes(self, row: dict[str, Any], correct: bool | None) -> bool:

@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
+from hfdistill.core.records import RolloutResult
 from hfdistill.core.rows import shape_row
 from hfdistill.curation.flags import DEFAULT_MAX_STEP_WORDS, quality_flags
-from hfdistill.judge.prompt import stored_verdict
 
 __all__ = ["curated_row"]
 
 
-def curated_row(result: Mapping[str, Any], *, judge_spec: str | None = None,
+def curated_row(result: RolloutResult, *, judge_spec: str | None = None,
                 max_step_words: int = DEFAULT_MAX_STEP_WORDS, **row: Any) -> dict[str, Any]:
-    """`rows.shape_row` (same keywords) with flags and, when `judge_spec` names a judge, its verdict."""
-    verdict = stored_verdict(result, judge_spec) if judge_spec else None
-    return shape_row(result, **row, flags=quality_flags(result, max_step_words=max_step_words),
-                     judge_correct=verdict.correct if verdict else None,
-                     judge_rationale=verdict.rationale if verdict else None)
+    """`core.rows.shape_row` (same keywords) with flags and, when `judge_spec` names a judge, its verdict."""
+    flags = quality_flags(result.messages, stop_reason=result.stop_reason, prediction=result.prediction,
+                          num_tool_errors=result.num_tool_errors, num_malformed_calls=result.num_malformed_calls,
+                          max_step_words=max_step_words)
+    return shape_row(result, **row, flags=flags, verdict=result.verdict_of(judge_spec))

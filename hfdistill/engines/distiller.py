@@ -4,7 +4,7 @@
 order; one semaphore here (the window) bounds the rollouts in flight across all of them, so there
 is no barrier between batches. The distiller owns the window and the clients and calls the
 rollout loop; what happens to each rollout (a row, a journal line, a failure) is its recorder's
-business (see `recorder`). It pickles as its configuration only, so `map` fingerprints it
+business (see `run.recorder`). It pickles as its configuration only, so `map` fingerprints it
 deterministically; clients are created lazily inside the event loop `map` runs.
 """
 
@@ -17,31 +17,33 @@ import logging
 import sys
 import traceback
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import datasets
 import pyarrow as pa
 
-from hfdistill.commands.judging import JudgeItem, judge_result
 from hfdistill.core.config import DistillConfig
 from hfdistill.core.errors import ConfigError, HfdistillError, RolloutError
 from hfdistill.core.prompts import Prompts
+from hfdistill.core.records import RolloutResult
 from hfdistill.core.rollout import RolloutSpec, TurnStep, rollout
-from hfdistill.core.rows import build_table, extra_info_of, output_features, output_schema, result_of
+from hfdistill.core.rows import build_table, output_features, output_schema
 from hfdistill.core.templates import Templates
 from hfdistill.core.tools import SearchTool
 from hfdistill.core.types import RolloutJob, StopRequest
 from hfdistill.curation.select import with_pass_rates
 from hfdistill.engines.runtime import Clients, Runtime, batch_budget
 from hfdistill.judge.client import Judge, JudgeStats
+from hfdistill.judge.judging import JudgeItem, judged
 from hfdistill.judge.prompt import JudgePrompt
-from hfdistill.run.inputs import FieldPlan, plan_fields
-from hfdistill.run.recorder import Collector, Prior, Recorder
+from hfdistill.run.inputs import FieldPlan, InputRow, plan_fields, rows_of
+from hfdistill.run.recorder import Collector, Recorder, usable
 from hfdistill.teacher.client import TeacherStats
 from hfdistill.teacher.pool import Route
 from hfdistill.teacher.served import Served
 
-__all__ = ["Distiller"]
+__all__ = ["Binding", "Distiller"]
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +61,15 @@ def _all_batches_scheduled() -> Iterator[None]:
         datasets.config.MAX_NUM_RUNNING_ASYNC_MAP_FUNCTIONS_IN_PARALLEL = previous
 
 
+@dataclass(frozen=True)
+class Binding:
+    """How rows of one input are read and written: the fields holding question and answers, and the
+    schema of the output rows (its `extra_info` typed as the input's)."""
+
+    plan: FieldPlan
+    schema: pa.Schema
+
+
 class Distiller:
     """Turns batches of questions into batches of distilled conversations (one row per rollout)."""
 
@@ -67,8 +78,7 @@ class Distiller:
         templates = Templates(config.template_dir, observation=config.observation_format)
         tools = [SearchTool(config.query_arg, observation_template=templates.observation)]
         self.prompts = Prompts.build(templates, tools)
-        self.plan: FieldPlan | None = None
-        self.schema: pa.Schema | None = None
+        self._bindings: dict[tuple[str, ...], Binding] = {}  # by the input's column names
         judge = config.judge
         self.judge_prompt = JudgePrompt.build(templates, judge.model) if judge is not None else None
         self.clients = Clients(config, self.tools, self.prompts.render, judged=self.judge_prompt is not None)
@@ -138,11 +148,14 @@ class Distiller:
 
     # ------------------------------------------------------------ set-up
 
-    def bind_input(self, features: Mapping[str, Any]) -> None:
-        """Resolve question/answer fields and the output schema from the input's features."""
-        self.plan = plan_fields(features, self.config.question_field, self.config.answer_field)
+    def bind(self, features: Mapping[str, Any]) -> Binding:
+        """Find the question/answer fields of an input with these features (a missing one fails here, before
+        any server is contacted) and the schema of its output; `map_batch` uses it for batches of its columns."""
+        plan = plan_fields(features, self.config.question_field, self.config.answer_field)
         features = datasets.Features(features) if not isinstance(features, datasets.Features) else features
-        self.schema = output_features(self.tools, features).arrow_schema
+        binding = Binding(plan, output_features(self.tools, features).arrow_schema)
+        self._bindings[tuple(features)] = binding
+        return binding
 
     def output_features(self, input_features: datasets.Features) -> datasets.Features:
         """Features to pass to `Dataset.map(..., features=...)` for this input."""
@@ -200,7 +213,7 @@ class Distiller:
             raise ConfigError("Distiller.map runs in one process (num_proc=1): its window already keeps the "
                               "teacher servers busy, and a run's journal has one writer. Raise --concurrency "
                               "instead of num_proc")
-        self.bind_input(ds.features)
+        self.bind(ds.features)
         self._recorder = recorder or self._collector
         self._stop = stop or self._stop
         try:
@@ -237,40 +250,41 @@ class Distiller:
         if runtime.admission is None:
             runtime.admission = asyncio.Semaphore(batch_budget(self.config.window, n * self.config.num_rollouts))
         async with runtime.admission:
-            schema = self.schema or self._schema_of(batch)
-            rows = batch.to_pylist() if isinstance(batch, pa.Table) else [
-                {k: batch[k][i] for k in batch} for i in range(n)]
-            if self.plan is None and rows:
-                self.plan = plan_fields(rows[0], self.config.question_field, self.config.answer_field)
-            jobs = self._jobs(rows, indices)
-            results = await asyncio.gather(*(self._run(runtime, job) for job in jobs))
+            columns = batch.to_pydict() if isinstance(batch, pa.Table) else batch
+            binding = self._binding_of(batch)
+            rows = rows_of(columns, binding.plan, indices if indices is not None else [None] * n, extra_info=True)
+            results = await asyncio.gather(*(self._run(runtime, job) for job in self._jobs(rows)))
         return build_table(with_pass_rates([r for r in results if r is not None], judged=self.judge_spec is not None),
-                           schema)
+                           binding.schema)
 
-    def _schema_of(self, batch: dict[str, list[Any]] | pa.Table) -> pa.Schema:
-        """The output schema when `map` was not given the input's features: `extra_info` typed from the batch."""
-        if "extra_info" not in (batch.column_names if isinstance(batch, pa.Table) else batch):
-            return output_schema(self.tools, None)
-        extra = batch["extra_info"] if isinstance(batch, pa.Table) else pa.array(batch["extra_info"])
-        if extra.type != pa.null():
-            self.schema = output_schema(self.tools, extra.type)  # every later batch writes this type
-        return output_schema(self.tools, extra.type)
+    def _binding_of(self, batch: dict[str, list[Any]] | pa.Table) -> Binding:
+        """The binding of `map`'s input, or, for a bare `Dataset.map(map_batch)`, one made from the batch: its
+        `extra_info` typed from the first batch that has a non-null one (every later batch writes that type)."""
+        names = tuple(batch.column_names if isinstance(batch, pa.Table) else batch)
+        found = self._bindings.get(names)
+        if found is not None:
+            return found
+        table = batch if isinstance(batch, pa.Table) else pa.Table.from_pydict(dict(batch))
+        plan = plan_fields(datasets.Features.from_arrow_schema(table.schema), self.config.question_field,
+                           self.config.answer_field)
+        extra = table.schema.field("extra_info").type if "extra_info" in table.column_names else None
+        binding = Binding(plan, output_schema(self.tools, extra if extra != pa.null() else None))
+        if extra is None or extra != pa.null():
+            self._bindings[names] = binding
+        return binding
 
-    def _jobs(self, rows: Sequence[Mapping[str, Any]], indices: list[int] | None) -> list[RolloutJob]:
-        assert self.plan is not None
+    def _jobs(self, rows: Sequence[InputRow]) -> list[RolloutJob]:
         jobs = []
-        for i, row in enumerate(rows):
-            index = indices[i] if indices is not None else None
-            question, golden = self.plan.question_of(row), tuple(self.plan.answers_of(row))
-            extra = extra_info_of(row, index)
-            if not question:
-                self._recorder.skipped(RolloutJob(index, 0, "", golden, extra))
+        for row in rows:
+            if not row.question:
+                self._recorder.skipped(RolloutJob(row.index, 0, "", row.golden_answers, row.extra_info))
                 continue
-            jobs.extend(RolloutJob(index, r, question, golden, extra) for r in range(self.config.num_rollouts))
+            jobs.extend(RolloutJob(row.index, r, row.question, row.golden_answers, row.extra_info)
+                        for r in range(self.config.num_rollouts))
         return jobs
 
     async def _run(self, runtime: Runtime, job: RolloutJob) -> dict[str, Any] | None:
-        prior = self._usable(self._recorder.prior(job))
+        prior = usable(self._recorder.prior(job), self.model, self.mode)
         if prior is not None and prior.result is not None:
             return self._recorder.finished(job, prior.result, model=prior.model, protocol=prior.protocol,
                                            reused=True)
@@ -282,26 +296,14 @@ class Distiller:
             self._recorder.started(job)
             result = await self._generate(runtime, job, prior.steps if prior is not None else ())
             if result is not None and runtime.judge is not None:  # in the same slot: journaled together
-                item = JudgeItem(job.question, result["prediction"], job.golden_answers)
-                assert self.judge_prompt is not None
-                result = await judge_result(runtime.judge, self.judge_prompt, item, result)
+                assert self.judge_prompt is not None  # (a runtime has a judge only when a prompt was built)
+                item = JudgeItem(job.question, result.prediction, job.golden_answers)
+                result = await judged(runtime.judge, self.judge_prompt, item, result)
         if result is None:
             return None
         return self._recorder.finished(job, result, model=self.model, protocol=self.mode, reused=False)
 
-    def _usable(self, prior: Prior | None) -> Prior | None:
-        """What an earlier attempt left, if this teacher made it: a result, or turns in this protocol."""
-        if prior is None:
-            return None
-        if prior.model != self.model:
-            log.warning("a recorded rollout was made by teacher %s, not %s; generating it again", prior.model,
-                        self.model)
-            return None
-        if prior.result is None and prior.protocol != self.mode:
-            return None  # the turns were sent in the other protocol: start the conversation over
-        return prior
-
-    async def _generate(self, runtime: Runtime, job: RolloutJob, resume: Sequence[TurnStep]) -> dict[str, Any] | None:
+    async def _generate(self, runtime: Runtime, job: RolloutJob, resume: Sequence[TurnStep]) -> RolloutResult | None:
         spec = RolloutSpec(self.prompts, self.config.max_assistant_turns, runtime.teacher.mode == "text")
         turns = iter(range(len(resume) + 1, spec.max_turns + 1))
 
@@ -321,4 +323,4 @@ class Distiller:
             log.error("internal error in a rollout (please report):\n%s", traceback.format_exc())
             self._recorder.failed(job, "internal_error", 0, f"{type(e).__name__}: {e}")
             return None
-        return result_of(traj)
+        return RolloutResult.of(traj)

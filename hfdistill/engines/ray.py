@@ -34,7 +34,8 @@ from hfdistill.engines.distiller import Distiller
 from hfdistill.engines.turns import Taken, TurnStore
 from hfdistill.engines.worker import EVENT_COLUMN, JOB_COLUMN, Event, RolloutWorker, decode_event, encode_job
 from hfdistill.run.account import Run
-from hfdistill.run.recorder import Prior
+from hfdistill.run.inputs import FieldPlan, input_rows
+from hfdistill.run.recorder import Prior, usable
 
 __all__ = ["ACTOR_CPUS", "MAX_DEFAULT_ACTORS", "pool_size", "run_on_ray"]
 
@@ -44,7 +45,6 @@ MAX_DEFAULT_ACTORS = 32  # one actor feeds many GPUs (see the README); more only
 # An actor mostly waits on the network. Reserving half a CPU leaves room on the surviving nodes to
 # restart the actors of a lost one (Ray Data re-runs a dead actor's tasks on its restarted self).
 ACTOR_CPUS = 0.5
-_SCAN_CHUNK = 2048
 _TAKE_SECONDS = 0.5  # how often the driver checkpoints the turn store's new turns (a killed driver loses those)
 _LAST_TURNS_SECONDS = 30  # at the end, how long to wait for the turn store's last turns
 _ACTORS_START_SECONDS = 600  # a cluster that cannot start the pool in this time fails the run, naming why
@@ -59,8 +59,8 @@ class _Dispatch:
     duplicates: int = 0
 
 
-def run_on_ray(distiller: Distiller, ds: datasets.Dataset, run: Run, *, stop: StopRequest, actors: int | None,
-               jobs_per_task: int) -> None:
+def run_on_ray(distiller: Distiller, ds: datasets.Dataset, run: Run, plan: FieldPlan, *, stop: StopRequest,
+               actors: int | None, jobs_per_task: int) -> None:
     """Make every rollout `run` still owes on the Ray cluster, recording each into `run`.
 
     Once `stop` is requested, the driver stops taking answers and the pool is shut down: rollouts not
@@ -71,7 +71,7 @@ def run_on_ray(distiller: Distiller, ds: datasets.Dataset, run: Run, *, stop: St
     distiller.prepare()  # servers down, wrong model, ...: one line, before any actor starts
     dispatch = _Dispatch()
     rows = []
-    for job, prior in _owed(distiller, ds, run):
+    for job, prior in _owed(distiller, ds, run, plan):
         assert job.input_index is not None
         dispatch.jobs[job.input_index, job.rollout_index] = job
         rows.append({JOB_COLUMN: encode_job(job, prior)})
@@ -91,35 +91,21 @@ def run_on_ray(distiller: Distiller, ds: datasets.Dataset, run: Run, *, stop: St
                  dispatch.duplicates)
 
 
-def _owed(distiller: Distiller, ds: datasets.Dataset, run: Run) -> Iterator[tuple[RolloutJob, Prior | None]]:
+def _owed(distiller: Distiller, ds: datasets.Dataset, run: Run,
+          plan: FieldPlan) -> Iterator[tuple[RolloutJob, Prior | None]]:
     """The rollouts to make, with what an earlier attempt left; journaled ones are counted as reused."""
-    plan = distiller.plan
-    assert plan is not None
-    columns = sorted({f.split(".")[0] for f in (*plan.question, *plan.answers)} & set(ds.column_names))
-    index = 0
-    for batch in ds.select_columns(columns).iter(batch_size=_SCAN_CHUNK):
-        for i in range(len(batch[columns[0]]) if columns else 0):
-            row = {c: batch[c][i] for c in columns}
-            question, golden = plan.question_of(row), tuple(plan.answers_of(row))
-            if run.items.ids[index] is None:
-                run.skipped(RolloutJob(index, 0, "", golden))
-            for r in range(run.num_rollouts) if run.items.ids[index] is not None else ():
-                job = RolloutJob(index, r, question, golden)
-                prior = _usable(run.prior(job), distiller)
-                if prior is not None and prior.result is not None:
-                    run.finished(job, prior.result, model=prior.model, protocol=prior.protocol, reused=True)
-                else:
-                    yield job, prior
-            index += 1
-
-
-def _usable(prior: Prior | None, distiller: Distiller) -> Prior | None:
-    """What an earlier attempt left, if this teacher made it (as the local engine decides)."""
-    if prior is None or prior.model != distiller.model:
-        return None
-    if prior.result is None and prior.protocol != distiller.mode:
-        return None  # turns sent in the other protocol: start that conversation over
-    return prior
+    for row in input_rows(ds, plan):
+        assert row.index is not None  # (input_rows numbers every row)
+        if run.items.ids[row.index] is None:
+            run.skipped(RolloutJob(row.index, 0, "", row.golden_answers))
+            continue
+        for r in range(run.num_rollouts):
+            job = RolloutJob(row.index, r, row.question, row.golden_answers)
+            prior = usable(run.prior(job), distiller.model, distiller.mode)
+            if prior is not None and prior.result is not None:
+                run.finished(job, prior.result, model=prior.model, protocol=prior.protocol, reused=True)
+            else:
+                yield job, prior
 
 
 def _connect(ray: Any) -> None:
@@ -281,7 +267,7 @@ def _data_context() -> Iterator[None]:
 def _record(event: Event, run: Run, dispatch: _Dispatch) -> None:
     """One worker event into the run: the first answer for a rollout counts, a retried task's repeat is dropped."""
     job = dispatch.jobs.pop(event.slot, None)
-    if job is None or run.key(job) in run.journal:  # type: ignore[operator]
+    if job is None or run.key(job) in run.journal:
         dispatch.duplicates += 1
         return
     if event.kind == "finished":

@@ -25,6 +25,7 @@ import pyarrow as pa
 
 from hfdistill.cli.process import throughput_gc
 from hfdistill.core.config import DistillConfig
+from hfdistill.core.records import RolloutResult
 from hfdistill.core.rollout import TurnStep
 from hfdistill.core.types import RolloutJob
 from hfdistill.engines.distiller import Distiller
@@ -67,7 +68,7 @@ class Event:
     slot: _Slot = (-1, -1)
     model: str | None = None
     protocol: str | None = None
-    result: dict[str, Any] | None = None
+    result: RolloutResult | None = None
     cause: str = ""
     turn: int = 0
     error: str = ""
@@ -77,7 +78,8 @@ class Event:
 def decode_event(data: bytes) -> Event:
     d = orjson.loads(data)
     turns = tuple((int(n), TurnStep.from_dict(step)) for n, step in d.get("turns", ()))
-    return Event(d["kind"], (d["i"], d["r"]), d.get("m"), d.get("p"), d.get("result"), d.get("cause", ""),
+    result = RolloutResult.from_json(d["result"]) if d.get("result") is not None else None
+    return Event(d["kind"], (d["i"], d["r"]), d.get("m"), d.get("p"), result, d.get("cause", ""),
                  d.get("turn", 0), d.get("error", ""), turns)
 
 
@@ -102,10 +104,10 @@ class _Events:
         self.turns.setdefault(_slot(job), []).append((number, recorded))
         self.report(TurnReport(_slot(job), number, recorded, model, protocol))
 
-    def finished(self, job: RolloutJob, result: dict[str, Any], *, model: str | None, protocol: str | None,
+    def finished(self, job: RolloutJob, result: RolloutResult, *, model: str | None, protocol: str | None,
                  reused: bool) -> None:
         self.turns.pop(_slot(job), None)
-        self.out[_slot(job)] = {"kind": "finished", "result": result, "m": model, "p": protocol}
+        self.out[_slot(job)] = {"kind": "finished", "result": result.to_json(), "m": model, "p": protocol}
 
     def failed(self, job: RolloutJob, cause: str, turn: int, error: str) -> None:
         self.out[_slot(job)] = {"kind": "failed", "cause": cause, "turn": turn, "error": error,

@@ -1,8 +1,8 @@
-"""The LLM judge's pure side: its prompt, the parsing of its reply, and verdicts stored with a rollout.
+"""The LLM judge's pure side: its prompt, which rollouts are worth judging, and the parsing of its reply.
 
-A verdict is journaled inside the rollout's result (`result["judge"]`) together with the judge that
-gave it (the `--judge-model` asked for, and a digest of the rendered prompt template), so a rerun
-with the same judge never asks again, and a changed judge or prompt asks anew.
+A verdict is journaled with the rollout's result (`core.records.Verdict`) together with the judge
+that gave it (`JudgePrompt.spec`: the `--judge-model` asked for and a digest of the rendered prompt
+template), so a rerun with the same judge never asks again, and a changed judge or prompt asks anew.
 """
 
 from __future__ import annotations
@@ -10,32 +10,19 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from hfdistill.core.templates import Templates
 
-__all__ = ["JUDGE_KEY", "JUDGE_TEMPLATE", "JudgePrompt", "Verdict", "judgeable", "parse_verdict", "stored_verdict"]
+__all__ = ["JUDGE_TEMPLATE", "JudgePrompt", "judgeable", "parse_verdict"]
 
 JUDGE_TEMPLATE = "judge_prompt.j2"
-JUDGE_KEY = "judge"  # where a verdict lives in a journaled result
 _SAMPLE = {"question": "Who designed the Eiffel Tower?", "prediction": "Gustave Eiffel",
            "golden_answers": ["Alexandre Gustave Eiffel", "Eiffel"]}
 _THINK = re.compile(r"<think>.*?</think>", re.S)
 _LAST_WORD = re.compile(r"\b(not\s+)?(correct|incorrect)\b\W*$", re.IGNORECASE)
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """One judgement: correct or not, the judge's reasoning, and which judge model gave it."""
-
-    correct: bool
-    rationale: str
-    model: str | None = None
-
-    def stored(self, spec: str) -> dict[str, Any]:
-        return {"correct": self.correct, "rationale": self.rationale, "model": self.model, "spec": spec}
 
 
 def judgeable(prediction: str, golden_answers: Sequence[str]) -> bool:
@@ -75,14 +62,6 @@ def _json_objects(text: str) -> list[dict[str, Any]]:
                 found.append(obj)
             break
     return found[::-1]
-
-
-def stored_verdict(result: Mapping[str, Any], spec: str) -> Verdict | None:
-    """The verdict journaled with `result` by the judge `spec`, or None (none, another judge, malformed)."""
-    entry = result.get(JUDGE_KEY)
-    if not isinstance(entry, Mapping) or entry.get("spec") != spec or not isinstance(entry.get("correct"), bool):
-        return None
-    return Verdict(entry["correct"], str(entry.get("rationale") or ""), entry.get("model"))
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,8 @@ from hfdistill.core.templates import card_template_path, render_file
 from hfdistill.curation.funnel import funnel_context
 from hfdistill.publish.render import load_rows, render_conversation
 from hfdistill.run.output import read_record
-from hfdistill.run.progress import format_duration
+from hfdistill.run.progress import RunStats, format_duration
+from hfdistill.run.record import GenerationRecord
 
 __all__ = [
     "BASE_TAGS",
@@ -83,14 +84,13 @@ def size_category(rows: int) -> str:
     return next(label for bound, label in SIZE_CATEGORIES if rows < bound)
 
 
-def hub_dataset_id(record: Mapping[str, Any]) -> str | None:
+def hub_dataset_id(record: GenerationRecord) -> str | None:
     """The input's Hub id (`owner/name`), or None when the input was a local file, glob or folder.
 
     The record's `input.kind` says which (generate decides it once, from how it loaded the input).
     """
-    source = str(record.get("input", {}).get("source") or "")
-    name = source.partition(":")[0]
-    return name if record.get("input", {}).get("kind") == "hub" and name else None
+    name = record.input.source.partition(":")[0]
+    return name if record.input.kind == "hub" and name else None
 
 
 def _teacher_tag(model: str | None) -> str | None:
@@ -106,18 +106,18 @@ def check_license(license: str | None) -> None:
                           f"https://huggingface.co/docs/hub/repositories-licenses), got {license!r}")
 
 
-def card_metadata(record: Mapping[str, Any], *, license: str | None = None) -> dict[str, Any]:
+def card_metadata(record: GenerationRecord, *, license: str | None = None) -> dict[str, Any]:
     """The card's YAML metadata, as `DatasetCardData` accepts it."""
     check_license(license)
     tags = list(BASE_TAGS)
-    teacher = _teacher_tag(record.get("teacher", {}).get("model"))
+    teacher = _teacher_tag(record.teacher.model)
     if teacher and teacher not in tags:
         tags.append(teacher)
     meta: dict[str, Any] = {
         "license": license or LICENSE_PLACEHOLDER,
         "task_categories": ["text-generation"],
         "tags": tags,
-        "size_categories": [size_category(int(record.get("rows", 0)))],
+        "size_categories": [size_category(record.rows)],
     }
     source = hub_dataset_id(record)
     if source:
@@ -158,32 +158,30 @@ def _pct(part: float, whole: float) -> str:
     return f"{100.0 * part / whole:.1f}%" if whole else "-"
 
 
-def _histogram(hist: Mapping[str, int]) -> list[dict[str, Any]]:
+def _histogram(hist: Mapping[int, int]) -> list[dict[str, Any]]:
     total = sum(hist.values())
-    ordered = sorted(hist.items(), key=lambda kv: int(kv[0]))
-    return [{"value": k, "count": v, "share": _pct(v, total)} for k, v in ordered]
+    return [{"value": k, "count": v, "share": _pct(v, total)} for k, v in sorted(hist.items())]
 
 
-def _options(record: Mapping[str, Any]) -> list[tuple[str, Any]]:
-    g, r = record.get("generation_options", {}), record.get("run_options", {})
+def _options(record: GenerationRecord) -> list[tuple[str, Any]]:
+    g, r = record.generation_options, record.run_options
     default = "server default"
-    retrieval = record.get("retrieval", {})
+    corpus = record.retrieval.corpus
     return [
-        ("max_assistant_turns", g.get("max_assistant_turns")),
-        ("temperature", g.get("temperature")),
-        ("top_p", g.get("top_p") if g.get("top_p") is not None else default),
-        ("presence_penalty", g.get("presence_penalty") if g.get("presence_penalty") is not None else default),
-        ("max_tokens (per assistant turn)", g.get("max_tokens")),
-        ("seed", g.get("seed") if g.get("seed") is not None else "none"),
-        ("tool-call protocol", f"{record.get('teacher', {}).get('protocol')} (mode {g.get('tool_call_mode')})"),
-        ("documents per search (topk)", g.get("topk")),
-        ("observation format", g.get("observation_format")),
-        ("query argument", g.get("query_arg")),
-        ("retrieval", f"embedded BM25 over {retrieval['corpus']}" if retrieval.get("corpus")
-         else "Search-R1 retrieval server"),
-        ("rollouts per question", r.get("num_rollouts")),
-        ("rows kept (--keep)", r.get("keep")),
-        ("max_samples", r.get("max_samples")),
+        ("max_assistant_turns", g.max_assistant_turns),
+        ("temperature", g.temperature),
+        ("top_p", g.top_p if g.top_p is not None else default),
+        ("presence_penalty", g.presence_penalty if g.presence_penalty is not None else default),
+        ("max_tokens (per assistant turn)", g.max_tokens),
+        ("seed", g.seed if g.seed is not None else "none"),
+        ("tool-call protocol", f"{record.teacher.protocol} (mode {g.tool_call_mode})"),
+        ("documents per search (topk)", g.topk),
+        ("observation format", g.observation_format),
+        ("query argument", g.query_arg),
+        ("retrieval", f"embedded BM25 over {corpus}" if corpus else "Search-R1 retrieval server"),
+        ("rollouts per question", r.num_rollouts),
+        ("rows kept (--keep)", r.keep),
+        ("max_samples", r.max_samples),
     ]
 
 
@@ -196,18 +194,17 @@ def _sample(sample: Mapping[str, Any] | None) -> dict[str, Any] | None:
             "rollout_index": sample.get("rollout_index")}
 
 
-def _context(record: Mapping[str, Any], sample: Mapping[str, Any] | None, repo_id: str | None,
+def _context(record: GenerationRecord, sample: Mapping[str, Any] | None, repo_id: str | None,
              license: str) -> dict[str, Any]:
     """What `dataset_card.md` is rendered with: provenance, the run's statistics, the funnel."""
-    return {**_provenance(record, repo_id, license), **_statistics(record.get("counts", {})),
-            "rows": int(record.get("rows", 0)), "complete": bool(record.get("complete", True)),
-            "held_back": sum((record.get("held_back") or {}).values()), "sample": _sample(sample),
-            **funnel_context(record)}
+    return {**_provenance(record, repo_id, license), **_statistics(record.counts), **_correct(record),
+            "rows": record.rows, "complete": record.complete, "held_back": sum(record.held_back.values()),
+            "sample": _sample(sample), **funnel_context(record.funnel, record.curation)}
 
 
-def _provenance(record: Mapping[str, Any], repo_id: str | None, license: str) -> dict[str, Any]:
+def _provenance(record: GenerationRecord, repo_id: str | None, license: str) -> dict[str, Any]:
     """Where the data comes from and how to reproduce it."""
-    model = record.get("teacher", {}).get("model") or "unknown"
+    model = record.teacher.model or "unknown"
     source = hub_dataset_id(record)
     return {
         "repo_id": repo_id or "USER/NAME",
@@ -216,43 +213,52 @@ def _provenance(record: Mapping[str, Any], repo_id: str | None, license: str) ->
         "license_is_placeholder": license == LICENSE_PLACEHOLDER,
         "teacher": model,
         "teacher_link": f"https://huggingface.co/{model}" if HUB_ID.fullmatch(model) else None,
-        "input_source": record.get("input", {}).get("source") or "unknown",
+        "input_source": record.input.source or "unknown",
         "input_link": f"https://huggingface.co/datasets/{source}" if source else None,
-        "questions": record.get("input", {}).get("questions"),
+        "questions": record.input.questions,
         "options": _options(record),
-        "command": redact_command(record["command"]) if record.get("command") else None,
-        "version": record.get("hfdistill_version", "unknown"),
-        "created": record.get("created", "unknown"),
-        "fingerprint": str(record.get("fingerprint", ""))[:16],
-        "templates": sorted(record.get("templates", {}).get("sha256", {}).items()),
+        "command": redact_command(record.command) if record.command else None,
+        "version": record.hfdistill_version,
+        "created": record.created or "unknown",
+        "fingerprint": record.fingerprint[:16],
+        "templates": sorted(record.templates.sha256.items()),
     }
 
 
-def _statistics(counts: Mapping[str, Any]) -> dict[str, Any]:
+def _correct(record: GenerationRecord) -> dict[str, Any]:
+    """What curation counted correct, when a judge decided it (exact match is in the statistics)."""
+    if not record.judged or record.funnel is None:
+        return {"judged_by": None}
+    known = sum(n for _, n, _ in record.funnel.accuracy_by_searches())
+    correct = sum(c for _, _, c in record.funnel.accuracy_by_searches())
+    return {"judged_by": record.correct_by, "judged_correct": correct, "judged_known": known,
+            "judged_accuracy": f"{correct / known:.3f}" if known else None}
+
+
+def _statistics(counts: RunStats) -> dict[str, Any]:
     """The run's counts, with shares of the rollouts and per-rollout token costs."""
-    rollouts = int(counts.get("rows", 0))
-    reasons = sorted(counts.get("stop_reasons", {}).items(), key=lambda kv: -kv[1])
+    rollouts = counts.rows
     return {
         "rollouts": rollouts,
         "stop_reasons": [{"reason": k, "count": v, "share": _pct(v, rollouts),
-                          "meaning": STOP_REASON_MEANINGS.get(k, "")} for k, v in reasons],
-        "turns": _histogram(counts.get("turns", {})),
-        "searches": _histogram(counts.get("searches", {})),
-        "mean_turns": counts.get("mean_turns", 0.0),
-        "mean_searches": counts.get("mean_searches", 0.0),
-        "tool_errors": counts.get("tool_errors", 0),
-        "answered": counts.get("answered", 0),
-        "answered_share": _pct(counts.get("answered", 0), rollouts),
-        "scored": int(counts.get("scored", 0)),
-        "correct": counts.get("correct", 0),
-        "accuracy": f"{counts['accuracy']:.3f}" if counts.get("accuracy") is not None else None,
-        "prompt_tokens": counts.get("prompt_tokens", 0),
-        "completion_tokens": counts.get("completion_tokens", 0),
-        "prompt_per_rollout": round(counts.get("prompt_tokens", 0) / rollouts) if rollouts else 0,
-        "completion_per_rollout": round(counts.get("completion_tokens", 0) / rollouts) if rollouts else 0,
-        "failed": counts.get("rollouts_failed", 0),
-        "skipped": counts.get("questions_skipped", 0),
-        "wall": format_duration(counts.get("wall_seconds", 0.0)),
+                          "meaning": STOP_REASON_MEANINGS.get(k, "")} for k, v in counts.stop_reasons.most_common()],
+        "turns": _histogram(counts.turns),
+        "searches": _histogram(counts.searches),
+        "mean_turns": round(counts.mean(counts.turns), 3),
+        "mean_searches": round(counts.mean(counts.searches), 3),
+        "tool_errors": counts.tool_errors,
+        "answered": counts.answered,
+        "answered_share": _pct(counts.answered, rollouts),
+        "scored": counts.scored,
+        "correct": counts.correct,
+        "accuracy": f"{counts.accuracy:.3f}" if counts.accuracy is not None else None,
+        "prompt_tokens": counts.prompt_tokens,
+        "completion_tokens": counts.completion_tokens,
+        "prompt_per_rollout": round(counts.prompt_tokens / rollouts) if rollouts else 0,
+        "completion_per_rollout": round(counts.completion_tokens / rollouts) if rollouts else 0,
+        "failed": counts.rollouts_failed,
+        "skipped": counts.questions_skipped,
+        "wall": format_duration(counts.wall_seconds),
     }
 
 
@@ -261,7 +267,7 @@ def _md(value: Any) -> str:
     return str(value).replace("|", "\\|").replace("\n", " ")
 
 
-def card_body(record: Mapping[str, Any], sample: Mapping[str, Any] | None, *, repo_id: str | None = None,
+def card_body(record: GenerationRecord, sample: Mapping[str, Any] | None, *, repo_id: str | None = None,
               license: str = LICENSE_PLACEHOLDER) -> str:
     """The generated body, between the markers; `sample` is one output row (None: no rows)."""
     text = render_file(card_template_path(), _context(record, sample, repo_id, license),
@@ -270,7 +276,7 @@ def card_body(record: Mapping[str, Any], sample: Mapping[str, Any] | None, *, re
     return f"{BEGIN_MARKER}\n{text.strip()}\n{END_MARKER}"
 
 
-def build_card(record: Mapping[str, Any], sample: Mapping[str, Any] | None, *, repo_id: str | None = None,
+def build_card(record: GenerationRecord, sample: Mapping[str, Any] | None, *, repo_id: str | None = None,
                license: str | None = None) -> str:
     """A whole new card: metadata and generated body."""
     meta = card_metadata(record, license=license)
@@ -280,7 +286,7 @@ def build_card(record: Mapping[str, Any], sample: Mapping[str, Any] | None, *, r
 # ---------------------------------------------------------------- files
 
 
-def load_card_inputs(path: str | Path) -> tuple[dict[str, Any], dict[str, Any] | None]:
+def load_card_inputs(path: str | Path) -> tuple[GenerationRecord, dict[str, Any] | None]:
     """The generation record of an output parquet and its most telling row (None when it has no rows).
 
     The sample is the first correct answer that used a search, else the first answer, else row 0.

@@ -27,6 +27,7 @@ from huggingface_hub.errors import (
 from hfdistill.core.errors import ConfigError, HfdistillError, HubError, first_line
 from hfdistill.publish.card import HUB_ID, check_license, load_card_inputs
 from hfdistill.publish.merge import MergedCard, merge_card
+from hfdistill.run.record import GenerationRecord
 
 __all__ = ["check_push_target", "push", "push_card"]
 
@@ -66,7 +67,7 @@ def check_push_target(repo_id: str, *, license: str | None = None, token: str | 
         raise ConfigError(f"no Hugging Face token found; {_TOKEN_FIX}")
 
 
-def push_card(repo_id: str, record: dict, sample: dict | None, *, token: str | None = None,
+def push_card(repo_id: str, record: GenerationRecord, sample: dict | None, *, token: str | None = None,
               license: str | None = None, overwrite_card: bool = False, revision: str | None = None) -> MergedCard:
     """Merge our card into the repo's README at `revision` and commit it on top of that revision."""
     api = HfApi(token=token)

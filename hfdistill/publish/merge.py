@@ -22,6 +22,7 @@ from huggingface_hub.repocard import REGEX_YAML_BLOCK
 from hfdistill.core.atomic import atomic_write_text
 from hfdistill.core.errors import ConfigError, InputError
 from hfdistill.publish.card import build_card, card_body, card_metadata, load_card_inputs, render_card
+from hfdistill.run.record import GenerationRecord
 
 __all__ = ["MergedCard", "merge_card", "write_card"]
 
@@ -64,7 +65,7 @@ def _merge_body(existing: str, generated: str, *, overwrite: bool) -> tuple[str,
     return existing, "kept"
 
 
-def merge_card(existing: str | None, record: Mapping[str, Any], sample: Mapping[str, Any] | None, *,
+def merge_card(existing: str | None, record: GenerationRecord, sample: Mapping[str, Any] | None, *,
                repo_id: str | None = None, license: str | None = None, overwrite: bool = False) -> MergedCard:
     """Our card merged into `existing` (a README's text, None if there is none); see the module docstring."""
     if existing is None or not existing.strip():

@@ -21,18 +21,23 @@ from markupsafe import Markup
 
 from hfdistill.core.errors import InputError
 from hfdistill.core.templates import render_file, report_template_path
+from hfdistill.curation.funnel import stage_label
+from hfdistill.curation.select import correctness
 from hfdistill.run.output import read_record
+from hfdistill.run.record import GenerationRecord
 
 __all__ = ["DEFAULT_MAX_ROWS", "Page", "Report", "build_report", "write_report"]
 
 DEFAULT_MAX_ROWS = 2000
 _BATCH = 2048  # rows decoded at once when reading the sampled rows
 _MAX_TEXT = 20_000  # characters kept of one message in the page; the file has it all
-_SCALARS = ("stop_reason", "assistant_turns", "num_tool_calls", "exact_match", "usage")
-_OPTIONAL_SCALARS = ("quality_flags",)
+_SCALARS = ("stop_reason", "assistant_turns", "num_tool_calls", "exact_match", "usage", "prediction",
+            "golden_answers", "input_index")
+# Curation's columns, absent from files written before curation existed.
+_OPTIONAL_SCALARS = ("quality_flags", "judge_correct", "pass_rate", "num_tokens")
 _SAMPLE_COLUMNS = ("question", "golden_answers", "prediction", "messages", "stop_reason", "assistant_turns",
                    "num_tool_calls", "num_tool_errors", "exact_match", "sub_match", "f1", "usage", "input_index",
-                   "rollout_index")
+                   "rollout_index", "judge_correct", "judge_rationale")
 
 
 @dataclass(frozen=True)
@@ -81,17 +86,30 @@ def build_report(source: str | Path, *, max_rows: int = DEFAULT_MAX_ROWS, seed: 
     n = scalars.num_rows
     picked = sorted(random.Random(seed).sample(range(n), min(n, max_rows)))
     record = read_record(source)
+    judged = record.judged if record is not None else False
+    correct = _correctness(scalars, judged)
     data = {
         "source": Path(source).name,
         "rows": n,
         "seed": seed,
-        "summary": _summary(scalars),
-        "funnel": _funnel(record, scalars),
+        "correct_by": record.correct_by if record is not None else "exact match",
+        "budget": record.funnel.budget if record is not None and record.funnel is not None else None,
+        "summary": _summary(scalars, correct),
+        "funnel": _funnel(record, scalars, correct),
         "record": _record_view(record),
         "has_flags": "quality_flags" in columns,
-        "samples": _sampled_rows(parquet, picked, columns),
+        "samples": _sampled_rows(parquet, picked, columns, judged),
     }
     return Page(_render(data), n, len(picked))
+
+
+def _correctness(t: pa.Table, judged: bool) -> list[bool | None]:
+    """Each row's correctness as its run's curation decided it: the judge's verdict, else exact match."""
+    judge = t.column("judge_correct").to_pylist() if "judge_correct" in t.column_names else [None] * t.num_rows
+    rows = zip(t.column("golden_answers").to_pylist(), t.column("prediction").to_pylist(),
+               t.column("exact_match").to_pylist(), judge, strict=True)
+    return [correctness({"golden_answers": g, "prediction": p, "exact_match": em, "judge_correct": jc}, judged=judged)
+            for g, p, em, jc in rows]
 
 
 def _open(source: str | Path) -> pq.ParquetFile:
@@ -106,20 +124,19 @@ def _open(source: str | Path) -> pq.ParquetFile:
 # ---------------------------------------------------------------- every row: the charts
 
 
-def _summary(t: pa.Table) -> dict[str, Any]:
+def _summary(t: pa.Table, correct: list[bool | None]) -> dict[str, Any]:
     stop = Counter(t.column("stop_reason").to_pylist())
     turns = Counter(t.column("assistant_turns").to_pylist())
     searches_list = t.column("num_tool_calls").to_pylist()
-    exact = t.column("exact_match").to_pylist()
     usage = t.column("usage").combine_chunks()
     completion = usage.field("completion_tokens").to_pylist() if len(usage) else []
     prompt = usage.field("prompt_tokens").to_pylist() if len(usage) else []
     by_searches: dict[int, list[int]] = {}
-    for k, em in zip(searches_list, exact, strict=True):
-        if em is not None:
+    for k, c in zip(searches_list, correct, strict=True):
+        if c is not None:
             bucket = by_searches.setdefault(k, [0, 0])
             bucket[0] += 1
-            bucket[1] += bool(em)
+            bucket[1] += c
     flags: Counter[str] = Counter()
     if "quality_flags" in t.column_names:
         for value in t.column("quality_flags").to_pylist():
@@ -135,7 +152,18 @@ def _summary(t: pa.Table) -> dict[str, Any]:
         "tokens": {"prompt": sum(p or 0 for p in prompt), "completion": sum(c or 0 for c in completion)},
         "mean_turns": _mean(turns), "mean_searches": _mean(Counter(searches_list)),
         "flags": flags.most_common(),
+        "pass_rates": _pass_rates(t),
+        "num_tokens": _histogram([n for n in t.column("num_tokens").to_pylist() if n is not None])
+        if "num_tokens" in t.column_names else [],
     }
+
+
+def _pass_rates(t: pa.Table) -> list[list[Any]]:
+    """[[pass rate, questions], ...]: how many questions had each share of their rollouts correct."""
+    if "pass_rate" not in t.column_names:
+        return []
+    rates = dict(zip(t.column("input_index").to_pylist(), t.column("pass_rate").to_pylist(), strict=True))
+    return sorted([round(r, 3), n] for r, n in Counter(r for r in rates.values() if r is not None).items())
 
 
 def _histogram(values: list[int], bins: int = 20) -> list[list[int]]:
@@ -163,43 +191,44 @@ def _flag_list(value: Any) -> list[str]:
     return [str(v) for v in value if v]
 
 
-def _funnel(record: dict[str, Any] | None, t: pa.Table) -> list[list[Any]]:
-    """Rollouts planned -> finished -> written (after --keep) -> answered -> exact match."""
+def _funnel(record: GenerationRecord | None, t: pa.Table, correct: list[bool | None]) -> list[list[Any]]:
+    """The run's funnel as its summary shows it (from the record), else what the rows themselves tell."""
+    if record is not None and record.funnel is not None:
+        funnel = record.funnel
+        return [[stage_label(stage, funnel), count] for stage, count in funnel.stages()
+                if stage not in ("questions", "skipped")]
     stop = t.column("stop_reason").to_pylist()
-    exact = t.column("exact_match").to_pylist()
     steps: list[list[Any]] = []
-    counts = (record or {}).get("counts") or {}
-    if counts.get("rollouts_total"):
-        steps.append(["rollouts planned", counts["rollouts_total"]])
-    if "rows" in counts:
-        steps.append(["rollouts finished", counts["rows"]])
-    keep = ((record or {}).get("run_options") or {}).get("keep", "all")
+    if record is not None and record.counts.rollouts_total:
+        steps.append(["rollouts planned", record.counts.rollouts_total])
+    if record is not None:
+        steps.append(["rollouts finished", record.counts.rows])
+    keep = record.run_options.keep if record is not None else "all"
     steps.append([f"written (keep {keep})", t.num_rows])
     steps.append(["answered (<answer>)", sum(s == "answer" for s in stop)])
-    if any(e is not None for e in exact):
-        steps.append(["exact match", sum(bool(e) for e in exact)])
+    if any(c is not None for c in correct):
+        steps.append(["exact match", sum(c is True for c in correct)])
     return steps
 
 
-def _record_view(record: dict[str, Any] | None) -> list[list[str]]:
+def _record_view(record: GenerationRecord | None) -> list[list[str]]:
     """A few lines of the generation record for the page's header."""
-    if not record:
+    if record is None:
         return [["record", "none (not written by hfdistill generate?)"]]
-    teacher = record.get("teacher") or {}
-    options = record.get("generation_options") or {}
-    source = (record.get("input") or {}).get("source", "?")
-    return [["teacher", f"{teacher.get('model', '?')} ({teacher.get('protocol', '?')} tool calls)"],
-            ["input", str(source)],
-            ["sampling", ", ".join(f"{k} {'server default' if options.get(k) is None else options.get(k)}"
-                                   for k in ("temperature", "top_p", "presence_penalty", "max_tokens",
-                                             "max_assistant_turns"))],
-            ["hfdistill", str(record.get("hfdistill_version", "?"))]]
+    options = record.generation_options.to_json()
+    sampling = ", ".join(f"{k} {'server default' if options.get(k) is None else options.get(k)}"
+                         for k in ("temperature", "top_p", "presence_penalty", "max_tokens", "max_assistant_turns"))
+    view = [["teacher", f"{record.teacher.model or '?'} ({record.teacher.protocol or '?'} tool calls)"],
+            ["input", record.input.source or "?"], ["sampling", sampling], ["correct by", record.correct_by]]
+    if record.funnel is not None and record.funnel.budget:
+        view.append(["token budget", f"{record.funnel.budget:,} (--max-length)"])
+    return [*view, ["hfdistill", record.hfdistill_version]]
 
 
 # ---------------------------------------------------------------- sampled rows: the list
 
 
-def _sampled_rows(parquet: pq.ParquetFile, picked: list[int], columns: set[str]) -> list[dict[str, Any]]:
+def _sampled_rows(parquet: pq.ParquetFile, picked: list[int], columns: set[str], judged: bool) -> list[dict[str, Any]]:
     """The picked rows, read a row group at a time (a batch at a time within a big one), skipping
     groups with no picked row: a 100k-row file's messages are never all in memory. One thread:
     pyarrow's read-ahead over a whole-file scan doubled the peak memory for no gain in speed."""
@@ -221,15 +250,19 @@ def _sampled_rows(parquet: pq.ParquetFile, picked: list[int], columns: set[str])
                     k += 1
                 if local:
                     taken = batch.take(pa.array(local)).to_pylist()
-                    out.extend(_compact(start + i, row) for i, row in zip(local, taken, strict=True))
+                    out.extend(_compact(start + i, row, judged) for i, row in zip(local, taken, strict=True))
                 start += batch.num_rows
         start = end
     return out
 
 
-def _compact(index: int, row: dict[str, Any]) -> dict[str, Any]:
+def _compact(index: int, row: dict[str, Any], judged: bool) -> dict[str, Any]:
     usage = row.get("usage") or {}
+    verdict = {"golden_answers": row.get("golden_answers") or [], "prediction": row.get("prediction") or "",
+               "exact_match": row.get("exact_match"), "judge_correct": row.get("judge_correct")}
     return {
+        "c": correctness(verdict, judged=judged), "jr": row.get("judge_rationale"), "pr": row.get("pass_rate"),
+        "nt": row.get("num_tokens"),
         "i": index, "q": row.get("question") or "", "g": row.get("golden_answers") or [],
         "p": row.get("prediction") or "", "s": row.get("stop_reason"), "t": row.get("assistant_turns"),
         "n": row.get("num_tool_calls"), "e": row.get("num_tool_errors"), "em": row.get("exact_match"),

@@ -22,8 +22,8 @@ import filelock
 
 from hfdistill.core.atomic import atomic_write_text
 from hfdistill.core.errors import JournalError, RunLockedError
+from hfdistill.core.records import RolloutResult, Verdict
 from hfdistill.core.rollout import TurnStep
-from hfdistill.core.scoring import score
 from hfdistill.core.types import RolloutJob
 from hfdistill.run.identity import InputItems, RunIdentity
 from hfdistill.run.journal import Checkpoints, Journal, Key, RolloutRecord, TurnRecord
@@ -79,7 +79,11 @@ class Account:
 
 
 class Run:
-    """A run directory held by this process: its journal, in-flight turns and failures; a `Recorder`."""
+    """A run directory held by this process: its journal, in-flight turns and failures; a `Recorder`.
+
+    Opening it (the constructor) creates the directory and reads the journal; use it as a context
+    manager so that the journal is closed however the run ends.
+    """
 
     def __init__(self, identity: RunIdentity, items: InputItems, num_rollouts: int, monitor: Monitor) -> None:
         self.identity = identity
@@ -88,37 +92,31 @@ class Run:
         self.monitor = monitor
         self.failures: list[dict[str, Any]] = []
         self._failed: set[Key] = set()
-        self.journal: Journal | None = None
-        self.checkpoints: Checkpoints | None = None
-
-    def __enter__(self) -> Run:
-        run_dir = self.identity.run_dir
+        run_dir = identity.run_dir
         run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / "run.json", json.dumps({"fingerprint": self.identity.fingerprint,
-                                                            "options": self.identity.options}, indent=2))
+        atomic_write_text(run_dir / "run.json", json.dumps({"fingerprint": identity.fingerprint,
+                                                            "options": identity.options.to_json()}, indent=2))
         self.journal = Journal(run_dir / "journal.jsonl")
         self.checkpoints = Checkpoints(run_dir / "turns.jsonl")
         self._drop_finished_turns()
         if len(self.journal):
             log.info("resuming: %d rollouts recorded in %s", len(self.journal), run_dir)
+
+    def __enter__(self) -> Run:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.checkpoints is not None:
-            self._drop_finished_turns()
-            self.checkpoints.close()
-        if self.journal is not None:
-            self.journal.close()
+        self._drop_finished_turns()
+        self.checkpoints.close()
+        self.journal.close()
 
     def _drop_finished_turns(self) -> None:
-        assert self.journal is not None and self.checkpoints is not None
         self.checkpoints.keep_only({key for _, key in self.items.keys(self.num_rollouts) if key not in self.journal})
         self.checkpoints.compact()
 
     @property
     def pending(self) -> int:
         """Rollouts the input owes that the journal does not hold yet."""
-        assert self.journal is not None
         return sum(key not in self.journal for _, key in self.items.keys(self.num_rollouts))
 
     def key(self, job: RolloutJob) -> Key:
@@ -130,7 +128,6 @@ class Run:
     # ------------------------------------------------------------ the Recorder seam
 
     def prior(self, job: RolloutJob) -> Prior | None:
-        assert self.journal is not None and self.checkpoints is not None
         key = self.key(job)
         if key in self.journal:
             record = self.journal.get(key)
@@ -150,25 +147,22 @@ class Run:
 
     def turn(self, job: RolloutJob, number: int, step: TurnStep, *, model: str | None,
              protocol: str | None) -> None:
-        assert self.checkpoints is not None
         self.checkpoints.append(TurnRecord(self.key(job), model, protocol, number, step.to_dict()))
 
-    def finished(self, job: RolloutJob, result: dict[str, Any], *, model: str | None, protocol: str | None,
+    def finished(self, job: RolloutJob, result: RolloutResult, *, model: str | None, protocol: str | None,
                  reused: bool) -> None:
-        assert self.journal is not None and self.checkpoints is not None
         key = self.key(job)
         if not reused:
             self.journal.append(RolloutRecord(key, job.question, model, protocol, result))
             self.checkpoints.discard(key)
-        self.monitor.finished(result, score(result["prediction"], job.golden_answers).exact_match, reused=reused)
+        self.monitor.finished(reused=reused)
 
-    def amend(self, key: Key, **fields: Any) -> None:
-        """Journal `key`'s rollout again with `fields` added to its result (a judge's verdict): the new
-        record replaces the old one, so a later run reads the verdict and never asks again."""
-        assert self.journal is not None
+    def amend(self, key: Key, verdict: Verdict) -> None:
+        """Journal `key`'s rollout again with the judge's `verdict`: the new record replaces the old one,
+        so a later run reads the verdict and never asks again."""
         record = self.journal.get(key)
         self.journal.append(RolloutRecord(key, record.question, record.model, record.protocol,
-                                          {**record.result, **fields}))
+                                          record.result.judged(verdict)))
 
     def failed(self, job: RolloutJob, cause: str, turn: int, error: str) -> None:
         self._failed.add(self.key(job))
@@ -182,12 +176,10 @@ class Run:
 
     def finished_keys(self) -> set[Key]:
         """Keys whose journaled result this run stands behind (a failure here overrides an older record)."""
-        assert self.journal is not None
         return {key for _, key in self.items.keys(self.num_rollouts) if key in self.journal and key not in self._failed}
 
     def account(self, *, interrupted: bool) -> Account:
         """Every rollout the input owes: finished, failed or lost (lost ones join the failures)."""
-        assert self.journal is not None
         account = Account(failed=list(self.failures))
         for index, key in self.items.keys(self.num_rollouts):
             if key in self._failed:

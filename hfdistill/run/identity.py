@@ -24,14 +24,14 @@ import datasets
 
 from hfdistill.core.config import DistillConfig
 from hfdistill.core.errors import ConfigError
-from hfdistill.run.inputs import FieldPlan
+from hfdistill.run.inputs import FieldPlan, input_rows
 from hfdistill.run.journal import FORMAT, Key
 from hfdistill.run.output import failures_path, read_record, row_count, skipped_path
+from hfdistill.run.record import GenerationRecord, RolloutOptions
 
 __all__ = ["InputItems", "RunIdentity", "identify", "rollout_options", "scan_items"]
 
 log = logging.getLogger(__name__)
-_SCAN_BATCH = 2048
 
 
 @dataclass(frozen=True)
@@ -58,41 +58,31 @@ class InputItems:
 
 def scan_items(ds: datasets.Dataset, plan: FieldPlan, *, with_golden: bool) -> InputItems:
     """Read every row's question (and golden answers) once and give each row its content id."""
-    columns = sorted({f.split(".")[0] for f in (*plan.question, *plan.answers)} & set(ds.column_names))
     seen: dict[str, int] = {}
     ids: list[str | None] = []
     digest = hashlib.sha256()
-    for batch in ds.select_columns(columns).iter(batch_size=_SCAN_BATCH):
-        for i in range(len(batch[columns[0]]) if columns else 0):
-            row = {c: batch[c][i] for c in columns}
-            question = plan.question_of(row)
-            if not question:
-                ids.append(None)
-                digest.update(b"-\n")
-                continue
-            golden = plan.answers_of(row) if with_golden else []
-            content = hashlib.sha256(json.dumps([question, golden], ensure_ascii=False).encode()).hexdigest()[:20]
-            occurrence = seen.get(content, 0)
-            seen[content] = occurrence + 1
-            ids.append(f"{content}.{occurrence}")
-            digest.update(f"{content}.{occurrence}\n".encode())
+    for row in input_rows(ds, plan):
+        if not row.question:
+            ids.append(None)
+            digest.update(b"-\n")
+            continue
+        golden = list(row.golden_answers) if with_golden else []
+        content = hashlib.sha256(json.dumps([row.question, golden], ensure_ascii=False).encode()).hexdigest()[:20]
+        occurrence = seen.get(content, 0)
+        seen[content] = occurrence + 1
+        ids.append(f"{content}.{occurrence}")
+        digest.update(f"{content}.{occurrence}\n".encode())
     return InputItems(ids, digest.hexdigest())
 
 
-def rollout_options(config: DistillConfig, *, templates: dict[str, str], corpus: str | None) -> dict[str, Any]:
-    """Every option that changes what one rollout produces.
-
-    URLs are left out (a server that moved is the same server), and so is the model id the server
-    reports when --model is not given: each journal record names the model that made it instead.
-    The corpus is its content hash, so a moved or copied corpus is the same corpus.
-    """
+def rollout_options(config: DistillConfig, *, templates: dict[str, str], corpus: str | None) -> RolloutOptions:
+    """Every option of `config` that changes what one rollout produces (see `RolloutOptions`)."""
     c = config
-    return {
-        "model": c.model, "tool_call_mode": c.tool_call_mode, "temperature": c.temperature,
-        "top_p": c.top_p, "presence_penalty": c.presence_penalty, "max_tokens": c.max_tokens, "seed": c.seed,
-        "max_assistant_turns": c.max_assistant_turns, "topk": c.topk, "query_arg": c.query_arg,
-        "observation_format": c.observation_format, "corpus": corpus, "templates": templates,
-    }
+    return RolloutOptions(
+        model=c.model, tool_call_mode=c.tool_call_mode, temperature=c.temperature, top_p=c.top_p,
+        presence_penalty=c.presence_penalty, max_tokens=c.max_tokens, seed=c.seed,
+        max_assistant_turns=c.max_assistant_turns, topk=c.topk, query_arg=c.query_arg,
+        observation_format=c.observation_format, corpus=corpus, templates=templates)
 
 
 @dataclass(frozen=True)
@@ -100,11 +90,11 @@ class RunIdentity:
     """Who a run is: its fingerprint, the options behind it, where its journal lives, what it writes."""
 
     fingerprint: str
-    options: dict[str, Any]  # every option that changes a rollout
+    options: RolloutOptions
     run_dir: Path
     output: Path
 
-    def existing(self, input_digest: str, view: dict[str, Any], overwrite: bool) -> dict[str, Any] | None:
+    def existing(self, input_digest: str, view: dict[str, Any], overwrite: bool) -> GenerationRecord | None:
         """The record of an output that is already complete for this input and view, or None to go ahead.
 
         An output made with other rollout options is refused (naming them) unless `overwrite`,
@@ -122,15 +112,15 @@ class RunIdentity:
         if record is None:
             raise ConfigError(f"{self.output} exists and was not written by hfdistill; choose another "
                               "--output_file, or pass --overwrite to replace it")
-        if record.get("fingerprint") != self.fingerprint:
+        if record.fingerprint != self.fingerprint:
             raise ConfigError(f"{self.output} already exists and was made with "
-                              f"{_changed(record.get('generation_options', {}), self.options)}; pass --overwrite "
-                              "to replace it, or choose another --output_file")
-        if not (record.get("complete") and record.get("input_digest") == input_digest and record.get("view") == view):
+                              f"{_changed(record.generation_options.to_json(), self.options.to_json())}; pass "
+                              "--overwrite to replace it, or choose another --output_file")
+        if not (record.complete and record.input_digest == input_digest and record.view == view):
             return None
-        if row_count(self.output) != record.get("rows"):
+        if row_count(self.output) != record.rows:
             log.warning("%s holds %d rows but its record promises %s; writing it again from the journal",
-                        self.output, row_count(self.output), record.get("rows"))
+                        self.output, row_count(self.output), record.rows)
             return None
         return record
 
@@ -142,9 +132,9 @@ class RunIdentity:
                             "unneeded)", other, self.output.name)
 
 
-def identify(options: dict[str, Any], output: Path) -> RunIdentity:
+def identify(options: RolloutOptions, output: Path) -> RunIdentity:
     """The identity of a run with these rollout options writing `output`."""
-    payload = {"journal_format": FORMAT, "options": options}
+    payload = {"journal_format": FORMAT, "options": options.to_json()}
     fingerprint = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
     return RunIdentity(fingerprint, options, output.parent / ".hfdistill" / f"{output.name}-{fingerprint[:12]}",
                        output)

@@ -10,17 +10,19 @@ from __future__ import annotations
 import difflib
 import glob
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hfdistill.core.errors import InputError, first_line
+from hfdistill.core.rows import extra_info_of
 
 if TYPE_CHECKING:
     import datasets
 
-__all__ = ["DATA_FILES", "FieldPlan", "check_source", "describe_fields", "input_kind", "load_input", "plan_fields"]
+__all__ = ["DATA_FILES", "FieldPlan", "InputRow", "check_source", "describe_fields", "input_kind", "input_rows",
+           "load_input", "plan_fields", "rows_of"]
 
 QUESTION_FIELDS = ("extra_info.question", "question", "prompt")
 ANSWER_FIELDS = ("reward_model.ground_truth.target", "golden_answers", "answer", "extra_info.answer")
@@ -235,6 +237,46 @@ class FieldPlan:
             if found:
                 return found
         return []
+
+    def columns(self, available: Iterable[str]) -> list[str]:
+        """The input columns the plan reads (the top-level names of its dotted fields)."""
+        return sorted({f.split(".")[0] for f in (*self.question, *self.answers)} & set(available))
+
+
+@dataclass(frozen=True, slots=True)
+class InputRow:
+    """One input row as a run sees it: its position, its question ("" when blank), its golden answers and
+    (when asked for) the `extra_info` its output rows keep."""
+
+    index: int | None
+    question: str
+    golden_answers: tuple[str, ...]
+    extra_info: Any = None
+
+
+def rows_of(batch: Mapping[str, Sequence[Any]], plan: FieldPlan, indices: Sequence[int | None], *,
+            extra_info: bool = False) -> list[InputRow]:
+    """The rows of a batch of columns: the one place a question and its golden answers are read."""
+    names = list(batch)
+    out = []
+    for i, index in enumerate(indices):
+        row = {name: batch[name][i] for name in names}
+        out.append(InputRow(index, plan.question_of(row), tuple(plan.answers_of(row)),
+                            extra_info_of(row, index) if extra_info else None))
+    return out
+
+
+def input_rows(ds: datasets.Dataset, plan: FieldPlan, *, extra_info: bool = False,
+               batch_size: int = 2048) -> Iterator[InputRow]:
+    """Every row of `ds` in order, read in batches of the columns needed only."""
+    columns = plan.columns(ds.column_names)
+    if extra_info and "extra_info" in ds.column_names:
+        columns.append("extra_info")
+    start = 0
+    for batch in ds.select_columns(columns).iter(batch_size=batch_size):
+        n = len(next(iter(batch.values()))) if batch else 0
+        yield from rows_of(batch, plan, range(start, start + n), extra_info=extra_info)
+        start += n
 
 
 def plan_fields(features: Mapping[str, Any], question_field: str | None = None,

@@ -24,6 +24,7 @@ import orjson
 
 from hfdistill.core.atomic import atomic_path
 from hfdistill.core.errors import JournalError
+from hfdistill.core.records import RolloutResult
 
 __all__ = ["FORMAT", "Checkpoints", "Journal", "Key", "RolloutRecord", "TurnRecord", "decode"]
 
@@ -32,8 +33,6 @@ log = logging.getLogger(__name__)
 FORMAT = 2  # of records and results; 1 was hfdistill 0.1's (keys by input position, no version)
 Key = tuple[str, int]  # (item id: the question's content and occurrence, rollout index)
 _FSYNC_SECONDS = 5.0
-_RESULT_KEYS = {"messages": list, "stop_reason": str, "assistant_turns": int, "num_tool_calls": int,
-                "num_tool_errors": int, "num_queries": int, "usage": dict, "prediction": str}
 
 
 @dataclass(frozen=True)
@@ -44,11 +43,11 @@ class RolloutRecord:
     question: str
     model: str | None
     protocol: str | None
-    result: dict[str, Any]
+    result: RolloutResult
 
     def encode(self) -> dict[str, Any]:
         return {"v": FORMAT, "t": "rollout", "k": self.key[0], "r": self.key[1], "q": self.question,
-                "m": self.model, "p": self.protocol, "result": self.result}
+                "m": self.model, "p": self.protocol, "result": self.result.to_json()}
 
 
 @dataclass(frozen=True)
@@ -80,10 +79,7 @@ def decode(line: bytes) -> RolloutRecord | TurnRecord:
     key = (_typed(obj, "k", str), _typed(obj, "r", int))
     model, protocol = _optional_str(obj, "m"), _optional_str(obj, "p")
     if obj.get("t") == "rollout":
-        result = _typed(obj, "result", dict)
-        for name, kind in _RESULT_KEYS.items():
-            _typed(result, name, kind)
-        return RolloutRecord(key, _typed(obj, "q", str), model, protocol, result)
+        return RolloutRecord(key, _typed(obj, "q", str), model, protocol, RolloutResult.from_json(obj.get("result")))
     if obj.get("t") == "turn":
         return TurnRecord(key, model, protocol, _typed(obj, "n", int), _typed(obj, "step", dict))
     raise ValueError(f"unknown record type {obj.get('t')!r}")

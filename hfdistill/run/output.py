@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 
 from hfdistill.core.atomic import atomic_path, atomic_write_text
 from hfdistill.core.errors import ConfigError, InputError
+from hfdistill.run.record import GenerationRecord
 
 __all__ = [
     "METADATA_KEY",
@@ -67,7 +68,7 @@ def _stem(output: Path) -> str:
 
 
 def write_parquet(rows: Iterable[dict[str, Any]], path: Path, schema: pa.Schema, *,
-                  record: Callable[[int], dict[str, Any]]) -> int:
+                  record: Callable[[int], GenerationRecord]) -> int:
     """Stream `rows` into `path` in row groups of a few hundred; return how many were written.
 
     Written atomically: no partial file is ever at `path`. The schema is fixed (and carries
@@ -83,7 +84,7 @@ def write_parquet(rows: Iterable[dict[str, Any]], path: Path, schema: pa.Schema,
                 written += len(chunk)
             if written == 0:
                 writer.write_table(schema.empty_table())
-            writer.add_key_value_metadata({METADATA_KEY: json.dumps(record(written), ensure_ascii=False,
+            writer.add_key_value_metadata({METADATA_KEY: json.dumps(record(written).to_json(), ensure_ascii=False,
                                                                     default=str)})
         on_disk = row_count(tmp)
         if on_disk != written:
@@ -102,14 +103,20 @@ def _chunks(rows: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[str
         yield chunk
 
 
-def read_record(path: str | Path) -> dict[str, Any] | None:
+def read_record(path: str | Path) -> GenerationRecord | None:
     """The generation record stored in an output parquet, or None if it has none."""
     try:
         metadata = pq.read_metadata(path).metadata or {}
     except (OSError, pa.ArrowInvalid) as e:
         raise InputError(f"cannot read {path} as parquet ({e}); pass a file written by hfdistill") from None
     raw = metadata.get(METADATA_KEY)
-    return json.loads(raw) if raw else None
+    if not raw:
+        return None
+    try:
+        return GenerationRecord.from_json(json.loads(raw))
+    except ValueError as e:
+        raise InputError(f"{path} holds an hfdistill record this version cannot read ({e}); write it again with "
+                         "this version (`hfdistill generate` with the same options, or `hfdistill curate`)") from None
 
 
 def row_count(path: str | Path) -> int:

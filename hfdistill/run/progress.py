@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -47,17 +47,18 @@ class RunStats:
     correct: int = 0
     wall_seconds: float = 0.0
 
-    def add_result(self, result: dict[str, Any], exact_match: bool | None) -> None:
-        self.stop_reasons[result["stop_reason"]] += 1
-        self.turns[result["assistant_turns"]] += 1
-        self.searches[result["num_tool_calls"]] += 1
-        self.tool_errors += result["num_tool_errors"]
-        self.prompt_tokens += result["usage"]["prompt_tokens"]
-        self.completion_tokens += result["usage"]["completion_tokens"]
-        self.answered += result["stop_reason"] == "answer"
-        if exact_match is not None:
+    def add_row(self, row: Mapping[str, Any]) -> None:
+        """Count one output row (as `core.rows.shape_row` makes it) while the file is written."""
+        self.stop_reasons[row["stop_reason"]] += 1
+        self.turns[row["assistant_turns"]] += 1
+        self.searches[row["num_tool_calls"]] += 1
+        self.tool_errors += row["num_tool_errors"]
+        self.prompt_tokens += row["usage"]["prompt_tokens"]
+        self.completion_tokens += row["usage"]["completion_tokens"]
+        self.answered += row["stop_reason"] == "answer"
+        if row["exact_match"] is not None:
             self.scored += 1
-            self.correct += bool(exact_match)
+            self.correct += bool(row["exact_match"])
 
     @property
     def rows(self) -> int:
@@ -71,7 +72,7 @@ class RunStats:
         n = sum(hist.values())
         return sum(k * v for k, v in hist.items()) / n if n else 0.0
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, Any]:
         return {
             "rows": self.rows, "rollouts_total": self.rollouts_total, "rollouts_generated": self.rollouts_done,
             "rollouts_reused": self.rollouts_reused, "rollouts_failed": self.rollouts_failed,
@@ -85,6 +86,29 @@ class RunStats:
             "answered": self.answered, "scored": self.scored,
             "correct": self.correct, "accuracy": self.accuracy, "wall_seconds": round(self.wall_seconds, 1),
         }
+
+    @classmethod
+    def from_json(cls, d: Any) -> RunStats:
+        """The counts a file's record holds (derived values, such as the means, are computed again)."""
+        if not isinstance(d, Mapping):
+            raise ValueError("record.counts is not an object")
+        try:
+            return cls(
+                rollouts_total=int(d.get("rollouts_total", 0)), rollouts_done=int(d.get("rollouts_generated", 0)),
+                rollouts_reused=int(d.get("rollouts_reused", 0)), rollouts_failed=int(d.get("rollouts_failed", 0)),
+                questions_skipped=int(d.get("questions_skipped", 0)),
+                stop_reasons=Counter({str(k): int(v) for k, v in (d.get("stop_reasons") or {}).items()}),
+                failures=Counter({str(k): int(v) for k, v in (d.get("failures") or {}).items()}),
+                turns=Counter({int(k): int(v) for k, v in (d.get("turns") or {}).items()}),
+                searches=Counter({int(k): int(v) for k, v in (d.get("searches") or {}).items()}),
+                tool_errors=int(d.get("tool_errors", 0)), prompt_tokens=int(d.get("prompt_tokens", 0)),
+                completion_tokens=int(d.get("completion_tokens", 0)), teacher_calls=int(d.get("teacher_calls", 0)),
+                teacher_retries=int(d.get("teacher_retries", 0)),
+                calls_by_endpoint={str(k): int(v) for k, v in (d.get("calls_by_endpoint") or {}).items()},
+                answered=int(d.get("answered", 0)), scored=int(d.get("scored", 0)), correct=int(d.get("correct", 0)),
+                wall_seconds=float(d.get("wall_seconds", 0.0)))
+        except (TypeError, ValueError, AttributeError) as e:
+            raise ValueError(f"record.counts is not what this version reads ({e})") from None
 
 
 def format_duration(seconds: float) -> str:
@@ -169,7 +193,9 @@ class Monitor:
             self._start_display()
         self.in_flight += 1
 
-    def finished(self, result: dict[str, Any], exact_match: bool | None, *, reused: bool = False) -> None:
+    def finished(self, *, reused: bool = False) -> None:
+        """A rollout finished (or was found finished in the journal); what it holds is counted when the
+        output is written (`RunStats.add_row`)."""
         if self._display_pending:
             self._start_display()
         if reused:
@@ -177,7 +203,6 @@ class Monitor:
         else:
             self.in_flight -= 1
             self.stats.rollouts_done += 1
-        self.stats.add_result(result, exact_match)
 
     def failed(self, cause: str, *, started: bool = True) -> None:
         if self._display_pending:

@@ -8,14 +8,18 @@ them instead, and hands back what an earlier attempt left so a rerun resumes.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from hfdistill.core.records import RolloutResult
 from hfdistill.core.rollout import TurnStep
 from hfdistill.core.types import RolloutJob
 from hfdistill.curation.rows import curated_row
 
-__all__ = ["Collector", "Prior", "Recorder", "failure_entry", "skip_entry"]
+__all__ = ["Collector", "Prior", "Recorder", "failure_entry", "skip_entry", "usable"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -24,8 +28,22 @@ class Prior:
 
     model: str | None
     protocol: str | None
-    result: dict[str, Any] | None = None
+    result: RolloutResult | None = None
     steps: tuple[TurnStep, ...] = ()
+
+
+def usable(prior: Prior | None, model: str | None, protocol: str | None) -> Prior | None:
+    """What an earlier attempt left, if it is worth continuing with this teacher (`model`, speaking
+    `protocol`): a result it made, or turns it made in this protocol (turns sent in the other protocol
+    cannot be continued, so that conversation starts over). Both engines decide with this."""
+    if prior is None:
+        return None
+    if prior.model != model:
+        log.warning("a recorded rollout was made by teacher %s, not %s; generating it again", prior.model, model)
+        return None
+    if prior.result is None and prior.protocol != protocol:
+        return None
+    return prior
 
 
 class Recorder(Protocol):
@@ -38,7 +56,7 @@ class Recorder(Protocol):
     def turn(self, job: RolloutJob, number: int, step: TurnStep, *, model: str | None,
              protocol: str | None) -> None: ...
 
-    def finished(self, job: RolloutJob, result: dict[str, Any], *, model: str | None, protocol: str | None,
+    def finished(self, job: RolloutJob, result: RolloutResult, *, model: str | None, protocol: str | None,
                  reused: bool) -> dict[str, Any] | None: ...
 
     def failed(self, job: RolloutJob, cause: str, turn: int, error: str) -> None: ...
@@ -65,7 +83,7 @@ class Collector:
              protocol: str | None) -> None:
         """Turns are not kept: a bare map has no journal to resume from."""
 
-    def finished(self, job: RolloutJob, result: dict[str, Any], *, model: str | None, protocol: str | None,
+    def finished(self, job: RolloutJob, result: RolloutResult, *, model: str | None, protocol: str | None,
                  reused: bool) -> dict[str, Any]:
         return curated_row(result, question=job.question, golden_answers=job.golden_answers, tools=self.tools,
                          extra_info=job.extra_info, input_index=job.input_index, rollout_index=job.rollout_index,
