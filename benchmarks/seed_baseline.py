@@ -1,4 +1,4 @@
-"""The original `generate_search_data.py` (SPEC §1) re-implemented for the throughput benchmark.
+"""The original `generate_search_data.py` re-implemented for the throughput benchmark.
 
 Its design is kept on purpose, defects included, because it is what is being measured:
 rows go in lockstep batches of BATCH_SIZE through `asyncio.gather` (each batch waits for its

@@ -1,4 +1,4 @@
-"""A simulated Search-R1 retrieval server (SPEC §4) with a configurable latency.
+"""A simulated Search-R1 retrieval server (docs/retrieval.md) with a configurable latency.
 
 `POST /retrieve` with `{"queries": [...], "topk": k, "return_scores": true}` answers, after
 `--latency` seconds, `{"result": [[{"document": {"id", "contents"}, "score": s}, ...], ...]}`:

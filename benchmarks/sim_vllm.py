@@ -7,7 +7,7 @@ The server integrates occupied slots over time, so a benchmark can tell how busy
 The teacher is scripted and deterministic per question: a question needs a heavy-tailed number of
 searches (most 1-3, some 5+), decided by hashing the question, and the server counts the tool results
 already in the conversation to decide whether to search again or answer. Every client therefore
-sees the same workload. Both tool protocols of SPEC §3 are spoken: native (`tools` in the request,
+sees the same workload. Both tool protocols of docs/vllm.md are spoken: native (`tools` in the request,
 `message.tool_calls`, finish `tool_calls`) and text (`<tool_call>` JSON inside `content`).
 
     python benchmarks/sim_vllm.py --port 8000 --slots 64 --tpot 0.0007

@@ -61,7 +61,7 @@ def env(teacher: tuple[FakeTeacher, Served], retriever: tuple[FakeRetriever, Ser
 
 
 def verl_rows(questions: list[tuple[str, list[str]]] = QUESTIONS) -> list[dict[str, Any]]:
-    """Rows in the real HotpotQA-hard layout of SPEC §2 (no top-level question column)."""
+    """Rows in the real HotpotQA-hard layout of docs/input.md (no top-level question column)."""
     rows = []
     for i, (q, answers) in enumerate(questions):
         rows.append({

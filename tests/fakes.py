@@ -81,7 +81,7 @@ class Overflow:
 
 Step = Search | Answer | Say | Raw | CallTool | Cut | Overflow
 
-# vLLM 0.32's wording (SPEC §8).
+# vLLM 0.32's wording (docs/testing.md).
 OVERFLOW_MESSAGE = ("This model's maximum context length is 4096 tokens. However, your prompt contains at least "
                     "4097 input tokens, which exceeds this limit even without any output tokens. Please reduce "
                     "the length of the input prompt. (parameter=input_tokens, value=4097)")

@@ -1,4 +1,4 @@
-"""A real Ray cluster on loopback for the Ray engine's tests (SPEC §9): a head and a second raylet.
+"""A real Ray cluster on loopback for the Ray engine's tests (docs/ray.md): a head and a second raylet.
 
 Every process the cluster starts carries its own temporary directory in its command line (the
 session directory), or descends from one that does; `stop` kills exactly those, by pid, so nothing

@@ -1,4 +1,4 @@
-"""Loading inputs in every supported form and resolving question / golden answers (SPEC §2)."""
+"""Loading inputs in every supported form and resolving question / golden answers (docs/input.md)."""
 
 from __future__ import annotations
 

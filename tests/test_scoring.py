@@ -1,4 +1,4 @@
-"""Search-R1 / verl answer scoring (SPEC §6)."""
+"""Search-R1 / verl answer scoring (docs/curation.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""verl 0.9.1 must load our output parquet as is (SPEC §5).
+"""verl 0.9.1 must load our output parquet as is (docs/verl.md).
 
 The slow tests build (once, cached) a separate CPU-only verl venv and run `verl_load.py` in it. They never
 skip: when the venv cannot be built, the fixture raises with pip's error, because CI must notice.
@@ -335,7 +335,7 @@ def test_qwen3_tokenizer_with_per_message_template_is_strict(fixture_report: dic
 
 
 def _bad_rows() -> list[dict[str, Any]]:
-    """Rows breaking SPEC §5 the way a naive writer would: the harness must flag each one."""
+    """Rows breaking docs/verl.md the way a naive writer would: the harness must flag each one."""
     rows = [fixture_rows()[1] for _ in range(4)]
     # Row 0 has an extra schema key; parquet unions the structs, so row 1 gains `"strict": null`.
     rows[0]["tools"] = [{**SEARCH_TOOL, "function": {**SEARCH_TOOL["function"], "strict": True}}]

@@ -1,7 +1,7 @@
 """Build (once) and locate a separate virtual environment with CPU-only verl 0.9.1.
 
 verl pins heavy, GPU-oriented dependencies that must not leak into the project's own environment, so the
-slow tests run verl in a venv of its own, built exactly per SPEC §5 and cached between runs (`cached_venv`).
+slow tests run verl in a venv of its own, built exactly per docs/verl.md and cached between runs (`cached_venv`).
 
 Usage from tests: ``python = ensure_verl_venv()`` returns the venv's interpreter.
 From a shell (e.g. to pre-warm CI): ``python tests/verl_env.py`` prints that path.

@@ -1,4 +1,4 @@
-"""Checks every SPEC §5 rule verl's MultiTurnSFTDataset relies on, on a written output file."""
+"""Checks every docs/verl.md rule verl's MultiTurnSFTDataset relies on, on a written output file."""
 
 from __future__ import annotations
 

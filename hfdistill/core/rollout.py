@@ -2,7 +2,7 @@
 
 It receives the teacher as an awaitable and the tools' world as a `ToolContext` and builds no
 client, so it runs the same against vLLM, a scripted fake or anything else; the tools themselves
-(see `tools`) come with the prompts. The model's mistakes are observations it
+(see `core.tools`) come with the prompts. The model's mistakes are observations it
 sees; broken infrastructure raises (and the row goes to the failures file).
 
 Every finished tool turn is a `TurnStep`: what it added to the stored conversation and to what the
@@ -155,7 +155,7 @@ async def _act(call: ToolRequest | CallError, reply: TeacherReply, parsed: Parse
     else:
         # A call that is not even JSON cannot be stored as a call, and a tool message must answer one:
         # the text stays as written and the error comes back as the user turn a Qwen template would
-        # render for a tool message. The row is flagged (see rows.quality_flags).
+        # render for a tool message. The row is flagged (see `curation.flags`).
         stored = (Message("assistant", parsed.text, parsed.reasoning),
                   Message("user", tool_response(observation)))
     wire = _wire_turn(reply, stored_call, observation, spec.text_protocol)

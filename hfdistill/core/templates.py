@@ -156,7 +156,3 @@ class Templates:
             source = Path(self._source_path(name)).read_bytes()
             out[name] = hashlib.sha256(source).hexdigest()[:16]
         return out
-
-    def sources(self) -> dict[str, str]:
-        """Template file -> the path it was loaded from (built-in or override)."""
-        return {name: self._source_path(name) for name in self.names}

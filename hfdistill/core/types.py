@@ -6,7 +6,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
-    "STOP_REASONS",
     "Document",
     "Message",
     "RolloutJob",
@@ -16,10 +15,6 @@ __all__ = [
     "Trajectory",
     "Usage",
 ]
-
-# Every trajectory ends with exactly one of these.
-STOP_REASONS = ("answer", "max_turns", "length", "context", "no_tool_call")
-
 
 @dataclass(frozen=True, slots=True)
 class ToolCall:

@@ -1,9 +1,9 @@
 """Engines: where a run's rollouts are made.
 
-`local` (the default) is `Distiller.map` in this process (see `generate`). `ray` spreads the same
+`local` (the default) is `Distiller.map` in this process (see `commands.generate`). `ray` spreads the same
 rollout loop over an actor pool across a Ray cluster while this process, the driver, keeps the
 run: lock, journal, identity and output are the local code (see `engines.ray`). Engines import
-the layers below them (distiller, run, recorder); nothing below imports an engine.
+the layers below them (`run/`, the clients, `core/`); nothing below imports an engine.
 """
 
 from __future__ import annotations

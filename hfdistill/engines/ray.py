@@ -41,7 +41,7 @@ __all__ = ["ACTOR_CPUS", "MAX_DEFAULT_ACTORS", "pool_size", "run_on_ray"]
 
 log = logging.getLogger(__name__)
 
-MAX_DEFAULT_ACTORS = 32  # one actor feeds many GPUs (see the README); more only when asked for
+MAX_DEFAULT_ACTORS = 32  # one actor feeds many GPUs (docs/performance.md, sizing); more only when asked for
 # An actor mostly waits on the network. Reserving half a CPU leaves room on the surviving nodes to
 # restart the actors of a lost one (Ray Data re-runs a dead actor's tasks on its restarted self).
 ACTOR_CPUS = 0.5
@@ -317,7 +317,7 @@ def pool_size(actors: int | None, cluster_cpus: float, tasks: int) -> tuple[int,
 
 def _absolute_paths(distiller: Distiller) -> dict[str, str]:
     """Paths the workers open, made absolute: a worker's working directory is not the driver's. They must
-    name the same files on every node (shared storage), as the README says."""
+    name the same files on every node (shared storage), as docs/ray.md says."""
     c = distiller.config
     paths = {"corpus": c.corpus, "index_dir": c.index_dir, "template_dir": c.template_dir}
     return {name: os.path.abspath(path) for name, path in paths.items() if path is not None}

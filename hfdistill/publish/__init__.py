@@ -1,2 +1,2 @@
-"""Publishing an output: its dataset card (`card`), the Hub push (`hub`), and readable renderings
-(`render` for the terminal, `report` for a self-contained HTML page)."""
+"""Publishing an output: its dataset card (`card`, merged into an existing one by `merge`), the Hub
+push (`hub`), and readable renderings (`render` for the terminal, `report` for a self-contained HTML page)."""

@@ -1,6 +1,6 @@
 """Pushing an output file to the Hugging Face Hub: the data with `Dataset.push_to_hub`, then the card.
 
-The only module that writes to the Hub. The order matters (SPEC §7): `push_to_hub` writes `configs`
+The only module that writes to the Hub. The order matters: `push_to_hub` writes `configs`
 and `dataset_info` into the repo's README, so the card is merged into the README it just committed
 (read at that commit, written with it as parent), never built from scratch over it. Hub errors are
 translated here into one-line `HubError`s that name the fix.

@@ -36,7 +36,7 @@ def top_k(scores: np.ndarray, k: int) -> list[tuple[int, float]]:
     """(index, score) of the `k` best positive scores, best first, ties in passage order.
 
     Not bm25s's `retrieve`: its `argpartition(scores, -k)` over all passages takes ~2.4 ms at 100k
-    mostly-zero scores (numpy 2.4); narrowing to candidates first takes ~0.1 ms (see the benchmark).
+    mostly-zero scores (numpy 2.4); narrowing to candidates first takes ~0.1 ms (benchmarks/bench_bm25.py).
     """
     cand = _candidates(scores, k)
     sub = scores[cand]

@@ -1,6 +1,6 @@
 """Loading the input as a `datasets.Dataset` and finding each row's question and golden answers.
 
-Field resolution follows SPEC §2: the real HotpotQA "hard" layout (verl RL rows) has no top-level
+Field resolution (docs/input.md): the real HotpotQA "hard" layout (verl RL rows) has no top-level
 `question`; the question lives in `extra_info.question` and answers in
 `reward_model.ground_truth.target`. Fallbacks cover Search-R1 / FlashRAG and plain layouts.
 """

@@ -2,7 +2,7 @@
 
 `Distiller` runs rollouts and reports every event (started, a finished turn, finished, failed,
 skipped) to a recorder; it keeps no account of its own. The in-memory `Collector` turns finished
-rollouts into rows for `Dataset.map` and lists failures; `generate`'s `Run` (see `run`) journals
+rollouts into rows for `Dataset.map` and lists failures; `generate`'s `Run` (see `run.account`) journals
 them instead, and hands back what an earlier attempt left so a rerun resumes.
 """
 

@@ -1,2 +1,2 @@
 """The teacher: its HTTP client (`client`), what vLLM answers read and validated (`replies`), the
-pool of endpoints it routes over (`pool`), and the retry policy every HTTP call follows (`retry`)."""
+pool of endpoints it routes over (`pool`), and what the servers were found to serve (`served`)."""

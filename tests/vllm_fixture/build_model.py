@@ -1,4 +1,4 @@
-"""Save a tiny random-weight Qwen3 (dense or MoE) with the real Qwen3 tokenizer files into a directory (SPEC §8).
+"""Save a tiny random-weight Qwen3 (dense or MoE) with the real Qwen3 tokenizer files into a directory.
 
 Usage, with the vLLM venv's python: ``python build_model.py DIR dense|moe``.
 """

@@ -1,4 +1,4 @@
-"""A vLLM logits processor that makes a random-weight model write a script (a test fixture, SPEC §8).
+"""A vLLM logits processor that makes a random-weight model write a script (a test fixture, docs/testing.md).
 
 Passed to the server as ``--logits-processors scripted:ScriptedCompletions`` with this directory on PYTHONPATH.
 Per request it decodes the prompt once, picks the completion from `scenarios` (scenario named in the question,
