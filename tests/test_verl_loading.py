@@ -324,7 +324,7 @@ def test_real_qwen3_template_loads_every_row(fixture_report: dict[str, Any]) -> 
 @pytest.mark.slow
 @pytest.mark.timeout(VERL_TIMEOUT)
 def test_qwen3_tokenizer_with_per_message_template_is_strict(fixture_report: dict[str, Any]) -> None:
-    # The README's fix for lost thinking: model.custom_chat_template with a per-message-stable template.
+    # docs/verl.md's fix for lost thinking: model.custom_chat_template with a per-message-stable template.
     custom = fixture_report["configs"]["qwen_custom"]
     assert "data.ignore_input_ids_mismatch=true" not in custom["overrides"]
     assert failures(custom) == []

@@ -2,9 +2,10 @@
 
 Three server configurations, one server at a time: plain (`vllm serve`, with an API key), a reasoning parser
 only, and the hermes tool parser with the reasoning parser. In each, one `hfdistill generate --corpus` run
-covers every scenario of `vllm_fixture/scenarios.py`; the tests then check the stored rows (every README
-guarantee) and, through the scripted model's prompt log, what the teacher saw of its own earlier turns.
-Run alone with `python -m pytest -m vllm` (cold: builds vLLM's venv, minutes; warm: see README).
+covers every scenario of `vllm_fixture/scenarios.py`; the tests then check the stored rows (every guarantee
+of docs/output-schema.md) and, through the scripted model's prompt log, what the teacher saw of its own earlier
+turns.
+Run alone with `python -m pytest -m vllm` (cold: builds vLLM's venv, minutes; warm: see docs/vllm.md).
 """
 
 from __future__ import annotations

@@ -39,7 +39,7 @@ from typing import Any
 _NULL_LITERAL = re.compile(r"\b(?:null|None)\b")
 
 # The overrides a user of verl's SFT trainer passes for our files (besides train_files / model path).
-# These are the README's "Train with verl" keys; keep the two in step.
+# These are the keys of docs/verl.md's trainer command; tests/test_docs.py keeps the two in step.
 BASE_OVERRIDES: tuple[str, ...] = (
     "data.messages_key=messages",
     "data.tools_key=tools",
@@ -268,7 +268,7 @@ def build_qwen_tokenizer() -> Any:
     return AutoTokenizer.from_pretrained(str(qwen_tokenizer_dir()), local_files_only=True)
 
 
-# The template hfdistill ships for SFT on its output (README, "Train with verl").
+# The template hfdistill ships for SFT on its output (docs/verl.md).
 SFT_TEMPLATE = Path(__file__).resolve().parent.parent / "templates" / "qwen3_sft_chat_template.jinja"
 
 
