@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from hfdistill.core.errors import InputError, first_line
 from hfdistill.core.rows import extra_info_of
+from hfdistill.run.reader import column_batches
 
 if TYPE_CHECKING:
     import datasets
@@ -267,13 +268,13 @@ def rows_of(batch: Mapping[str, Sequence[Any]], plan: FieldPlan, indices: Sequen
 
 
 def input_rows(ds: datasets.Dataset, plan: FieldPlan, *, extra_info: bool = False,
-               batch_size: int = 2048) -> Iterator[InputRow]:
-    """Every row of `ds` in order, read in batches of the columns needed only."""
+               batch_size: int = 1000) -> Iterator[InputRow]:
+    """Every row of `ds` in order, read in bounded batches of the columns needed only (`run.reader`)."""
     columns = plan.columns(ds.column_names)
     if extra_info and "extra_info" in ds.column_names:
         columns.append("extra_info")
     start = 0
-    for batch in ds.select_columns(columns).iter(batch_size=batch_size):
+    for batch in column_batches(ds, columns, batch_size):
         n = len(next(iter(batch.values()))) if batch else 0
         yield from rows_of(batch, plan, range(start, start + n), extra_info=extra_info)
         start += n
