@@ -1,4 +1,4 @@
-"""Identity by content: item ids from what is sent, the options fingerprint, the existing-output check."""
+"""A run's identity: the options fingerprint, the existing-output check (item ids: tests/test_items.py)."""
 
 from __future__ import annotations
 
@@ -9,36 +9,7 @@ import pytest
 
 from hfdistill.core.config import DistillConfig
 from hfdistill.core.errors import ConfigError
-from hfdistill.run.identity import identify, rollout_options, scan_items
-from hfdistill.run.inputs import plan_fields
-
-
-def _items(rows: list[dict], *, with_golden: bool = False) -> list[str | None]:
-    ds = datasets.Dataset.from_list(rows)
-    return scan_items(ds, plan_fields(ds.features), with_golden=with_golden).ids
-
-
-def test_item_ids_follow_content_and_occurrence_not_position() -> None:
-    a, b = {"question": "A?", "golden_answers": ["x"]}, {"question": "B?", "golden_answers": ["y"]}
-    ids = _items([a, b, a, {"question": "  ", "golden_answers": ["z"]}])
-    assert ids[0] != ids[1] and ids[3] is None
-    assert ids[2] != ids[0] and ids[2].split(".")[0] == ids[0].split(".")[0]  # a repeat: same content, next occurrence
-    assert _items([b, a]) == [ids[1], ids[0]]  # reordered: each question keeps its id
-
-
-@pytest.mark.parametrize(("with_golden", "same"), [(False, True), (True, False)])
-def test_golden_answers_count_only_when_a_template_sends_them(with_golden: bool, same: bool) -> None:
-    first = _items([{"question": "A?", "golden_answers": ["x"]}], with_golden=with_golden)
-    fixed = _items([{"question": "A?", "golden_answers": ["x", "X"]}], with_golden=with_golden)
-    assert (first == fixed) is same
-
-
-def test_the_digest_covers_the_questions_in_order() -> None:
-    rows = [{"question": f"Q{i}?"} for i in range(3)]
-    digest = lambda rs: scan_items(datasets.Dataset.from_list(rs), plan_fields({"question": 0}),  # noqa: E731
-                                   with_golden=False).digest
-    assert digest(rows) == digest([dict(r) for r in rows])
-    assert digest(rows) != digest(rows[:2]) != digest(rows[::-1])
+from hfdistill.run.identity import identify, rollout_options
 
 
 def test_the_fingerprint_is_the_rollout_options_only() -> None:

@@ -46,11 +46,12 @@ def test_a_failure_while_writing_leaves_the_previous_file(tmp_path: Path) -> Non
     assert read_record(out) == _record(1)
 
 
-def test_side_files_are_sorted_and_removed_when_empty(tmp_path: Path) -> None:
+def test_side_files_are_streamed_in_the_order_given_and_removed_when_empty(tmp_path: Path) -> None:
     path = tmp_path / "o.failures.jsonl"
-    write_jsonl(path, [{"input_index": 2, "rollout_index": 0}, {"input_index": 0, "rollout_index": 1}])
+    entries = ({"input_index": i, "rollout_index": 0} for i in (0, 2))
+    assert write_jsonl(path, entries) == 2
     assert [json.loads(line)["input_index"] for line in path.read_text().splitlines()] == [0, 2]
-    write_jsonl(path, [])
+    assert write_jsonl(path, iter([])) == 0
     assert not path.exists()
 
 

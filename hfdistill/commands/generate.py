@@ -17,10 +17,11 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import datasets
+import numpy as np
 
 from hfdistill import __version__
 from hfdistill.core.config import DistillConfig
@@ -35,9 +36,9 @@ from hfdistill.engines.distiller import Binding, Distiller
 from hfdistill.judge.judging import JudgeItem, judge_all
 from hfdistill.judge.prompt import judgeable
 from hfdistill.run.account import Account, OutputLock, Run
-from hfdistill.run.identity import InputItems, RunIdentity, identify, rollout_options, scan_items
+from hfdistill.run.identity import RunIdentity, identify, rollout_options
 from hfdistill.run.inputs import input_kind, input_rows, load_input
-from hfdistill.run.journal import Key
+from hfdistill.run.items import InputItems, scan_items
 from hfdistill.run.output import check_output_path, failures_path, skipped_path, write_jsonl, write_parquet
 from hfdistill.run.progress import Monitor, RunStats
 from hfdistill.run.record import (
@@ -54,6 +55,7 @@ __all__ = ["EXIT_INCOMPLETE", "GenerateOptions", "GenerateResult", "generate"]
 
 log = logging.getLogger(__name__)
 EXIT_INCOMPLETE = 3
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -159,9 +161,9 @@ def _generate(config: DistillConfig, options: GenerateOptions, output: Path, sto
                      output)
             live = RunStats()
         account = run.account(interrupted=distiller.stopping)
-        write_jsonl(failures_path(output), account.failed)
-        write_jsonl(skipped_path(output), [{"input_index": i, "reason": "blank question"}
-                                           for i, item in enumerate(source.items.ids) if item is None])
+        write_jsonl(failures_path(output), run.failures.entries())
+        write_jsonl(skipped_path(output), ({"input_index": int(i), "reason": "blank question"}
+                                           for i in np.flatnonzero(source.items.blank_rows)))
         if distiller.stopping:
             raise Interrupted(f"interrupted: {len(run.journal)} rollouts are recorded in {identity.run_dir}; "
                               "rerun the same command to resume")
@@ -181,49 +183,63 @@ def _run_rollouts(distiller: Distiller, source: _Input, run: Run, options: Gener
             run_on_ray(distiller, source.ds, run, source.binding.plan, stop=stop, actors=options.ray_actors,
                        jobs_per_task=options.batch_size)
         else:
-            # The servers are probed as map starts, before its first rollout: one client per run.
-            distiller.map(source.ds, recorder=run, stop=stop, batch_size=options.batch_size,
-                          load_from_cache_file=False, cache_file_name=str(run.identity.run_dir / "map.arrow"),
-                          desc="hfdistill")
+            # The servers are probed as the stream starts, before its first rollout: one client per run.
+            distiller.stream(input_rows(source.ds, source.binding.plan), recorder=run, stop=stop,
+                             batch_size=options.batch_size)
     finally:
         stats = run.monitor.finish()
         teacher = distiller.teacher_stats
         stats.teacher_calls, stats.teacher_retries = teacher.calls, teacher.retries
         stats.calls_by_endpoint = dict(teacher.by_endpoint)
-        for cache in run.identity.run_dir.glob("map*.arrow"):  # map's own (empty) output
-            cache.unlink(missing_ok=True)
     return stats
 
 
 def _judge_journal(distiller: Distiller, source: _Input, run: Run) -> None:
     """Judge every journaled rollout of this input that the configured judge has no verdict on (rollouts
-    made before a judge was configured, or that it failed on): judge calls only, never the teacher."""
-    spec, finished = distiller.judge_spec, run.finished_keys()
-    todo: list[tuple[Key, JudgeItem]] = []
-    for row in input_rows(source.ds, source.binding.plan):
-        item = source.items.ids[row.index] if row.index is not None else None
-        for key in ((item, r) for r in range(distiller.config.num_rollouts)) if item is not None else ():
-            if key in finished:
-                result = run.journal.get(key).result
-                if result.verdict_of(spec) is None and judgeable(result.prediction, row.golden_answers):
-                    todo.append((key, JudgeItem(row.question, result.prediction, row.golden_answers)))
-    if not todo:
+    made before a judge was configured, or that it failed on): judge calls only, never the teacher. The
+    journal is read in chunks of a few windows, so what is held follows the window, not the input."""
+    todo = _unjudged(distiller, source, run)
+    first = next(todo, None)
+    if first is None:
         return
-    log.info("judging %d recorded rollouts that have no verdict yet (no teacher call)", len(todo))
     config, prompt = distiller.config, distiller.judge_prompt
     assert config.judge is not None and prompt is not None  # (the caller checked: a judge is configured)
-    judged = judge_all(config.judge, config.retry, prompt, [item for _, item in todo], window=config.window,
-                       stats=distiller.judge_stats)
-    distiller.clients.served.judge_model = judged.model
-    failed = 0
-    for (key, _), verdict in zip(todo, judged.verdicts, strict=True):
-        if isinstance(verdict, Exception):
-            failed += 1
-        else:
-            run.amend(key, verdict)
+    asked = failed = 0
+    for chunk in _chunks(itertools.chain([first], todo), _JUDGE_CHUNK_WINDOWS * config.window):
+        log.info("judging %d recorded rollouts that have no verdict yet (no teacher call)", len(chunk))
+        judged = judge_all(config.judge, config.retry, prompt, [item for _, item in chunk], window=config.window,
+                           stats=distiller.judge_stats)
+        distiller.clients.served.judge_model = judged.model or distiller.clients.served.judge_model
+        for (slot, _), verdict in zip(chunk, judged.verdicts, strict=True):
+            if isinstance(verdict, Exception):
+                failed += 1
+            else:
+                run.amend(slot, verdict)
+        asked += len(chunk)
     if failed:
         log.warning("the judge failed on %d of %d rollouts; they stay unjudged (judge_correct null) and a rerun "
-                    "asks again", failed, len(todo))
+                    "asks again", failed, asked)
+
+
+_JUDGE_CHUNK_WINDOWS = 8  # journaled rollouts judged at a time, in windows: a few, so the judge stays busy
+
+
+def _unjudged(distiller: Distiller, source: _Input, run: Run) -> Iterator[tuple[int, JudgeItem]]:
+    """(slot, what to judge) of each finished rollout the configured judge has no verdict on, in input order."""
+    spec, finished, slots = distiller.judge_spec, run.finished_slots(), run.slots
+    for row in input_rows(source.ds, source.binding.plan):
+        assert row.index is not None  # (input_rows numbers every row)
+        for r in range(slots.rollouts):
+            slot = slots.slot(row.index, r)
+            if finished[slot]:
+                result = run.journal.get(slot).result
+                if result.verdict_of(spec) is None and judgeable(result.prediction, row.golden_answers):
+                    yield slot, JudgeItem(row.question, result.prediction, row.golden_answers)
+
+
+def _chunks(items: Iterator[T], size: int) -> Iterator[list[T]]:
+    while chunk := list(itertools.islice(items, size)):
+        yield chunk
 
 
 @dataclass
@@ -239,8 +255,8 @@ def _write_output(distiller: Distiller, source: _Input, run: Run, options: Gener
     """Stream the journaled rollouts, in input order, question by question through curation into the file."""
     stats = _stats_from(counts.live)
     stats.questions_skipped = source.items.blank
-    stats.rollouts_failed = len(counts.account.failed)  # lost rollouts included
-    stats.failures = Counter(f["cause"] for f in counts.account.failed)
+    stats.rollouts_failed = counts.account.failed  # lost rollouts included
+    stats.failures = Counter(counts.account.causes)
     seen = _Seen()
     records: list[GenerationRecord] = []
     funnel = curator.funnel
@@ -290,14 +306,17 @@ class _Seen:
 def _journal_rows(distiller: Distiller, source: _Input, run: Run, stats: RunStats, seen: _Seen,
                   max_step_words: int) -> Iterator[dict[str, Any]]:
     """Output rows in (input, rollout) order: the journal merged with the input, streamed, counted."""
-    finished, n = run.finished_keys(), distiller.config.num_rollouts
+    finished, slots = run.finished_slots(), run.slots
     for row in input_rows(source.ds, source.binding.plan, extra_info=True):
-        item = source.items.ids[row.index] if row.index is not None else None
-        for key in [(item, r) for r in range(n) if (item, r) in finished] if item is not None else ():
-            recorded = run.journal.get(key)
+        assert row.index is not None  # (input_rows numbers every row)
+        for r in range(slots.rollouts):
+            slot = slots.slot(row.index, r)
+            if not finished[slot]:
+                continue
+            recorded = run.journal.get(slot)
             out = curated_row(recorded.result, question=row.question, golden_answers=row.golden_answers,
                               tools=distiller.tools, extra_info=row.extra_info, input_index=row.index,
-                              rollout_index=key[1], judge_spec=distiller.judge_spec, max_step_words=max_step_words)
+                              rollout_index=r, judge_spec=distiller.judge_spec, max_step_words=max_step_words)
             stats.add_row(out)
             seen.model = seen.model or recorded.model
             seen.protocol = seen.protocol or recorded.protocol

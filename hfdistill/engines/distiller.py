@@ -13,10 +13,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import itertools
 import logging
 import sys
 import traceback
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -226,6 +227,57 @@ class Distiller:
         finally:
             self._recorder = self._collector
             self.close()
+
+    def stream(self, rows: Iterable[InputRow], *, recorder: Recorder, stop: StopRequest | None = None,
+               batch_size: int = 16) -> None:
+        """Make the rollouts of `rows`, reporting each to `recorder` (a journaling run), in an event loop of its own.
+
+        For a caller that records rollouts itself (`generate`): `rows` is read lazily, `batch_size`
+        rows at a time, and only as many batches are admitted as keep the window full (`batch_budget`),
+        so what is held follows the window, not the input; no barrier between batches. (`map` gives
+        the batches to `datasets`, which schedules every batch of the input up front.) Once `stop` is
+        requested no new rollout starts.
+        """
+        self._recorder = recorder
+        self._stop = stop or self._stop
+        try:
+            asyncio.run(self._stream(iter(rows), batch_size))
+        finally:
+            self._recorder = self._collector
+
+    async def _stream(self, rows: Iterator[InputRow], batch_size: int) -> None:
+        admission = asyncio.Semaphore(batch_budget(self.config.window, batch_size * self.config.num_rollouts))
+        running: set[asyncio.Task[None]] = set()
+        errors: list[BaseException] = []
+
+        def done(task: asyncio.Task[None]) -> None:
+            running.discard(task)
+            admission.release()
+            if not task.cancelled() and task.exception() is not None:
+                errors.append(task.exception())  # type: ignore[arg-type]
+
+        try:
+            runtime = await self.clients.get()  # (the probe: a server down fails here, its clients closed below)
+            while not (self.stopping or errors):
+                await admission.acquire()
+                batch = list(itertools.islice(rows, batch_size))
+                if not batch or self.stopping or errors:
+                    admission.release()
+                    break
+                task = asyncio.create_task(self._run_batch(runtime, batch))
+                running.add(task)
+                task.add_done_callback(done)
+            if errors:
+                for task in running:
+                    task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
+            if errors:
+                raise errors[0]
+        finally:
+            await self.clients.aclose()
+
+    async def _run_batch(self, runtime: Runtime, rows: Sequence[InputRow]) -> None:
+        await asyncio.gather(*(self._run(runtime, job) for job in self._jobs(rows)))
 
     def close(self) -> None:
         """Close the clients of every loop this distiller ran in (idempotent)."""

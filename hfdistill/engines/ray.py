@@ -94,9 +94,10 @@ def run_on_ray(distiller: Distiller, ds: datasets.Dataset, run: Run, plan: Field
 def _owed(distiller: Distiller, ds: datasets.Dataset, run: Run,
           plan: FieldPlan) -> Iterator[tuple[RolloutJob, Prior | None]]:
     """The rollouts to make, with what an earlier attempt left; journaled ones are counted as reused."""
+    blank = run.items.blank_rows
     for row in input_rows(ds, plan):
         assert row.index is not None  # (input_rows numbers every row)
-        if run.items.ids[row.index] is None:
+        if blank[row.index]:
             run.skipped(RolloutJob(row.index, 0, "", row.golden_answers))
             continue
         for r in range(run.num_rollouts):
@@ -267,7 +268,7 @@ def _data_context() -> Iterator[None]:
 def _record(event: Event, run: Run, dispatch: _Dispatch) -> None:
     """One worker event into the run: the first answer for a rollout counts, a retried task's repeat is dropped."""
     job = dispatch.jobs.pop(event.slot, None)
-    if job is None or run.key(job) in run.journal:
+    if job is None or run.journal.has(run.slot(job)):
         dispatch.duplicates += 1
         return
     if event.kind == "finished":

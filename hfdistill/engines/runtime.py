@@ -124,12 +124,16 @@ class Clients:
             try:
                 await self.get()
             finally:
-                loop = asyncio.get_running_loop()
-                for runtime in [r for r in self._runtimes if r.loop is loop]:
-                    self._runtimes.remove(runtime)
-                    await runtime.aclose()
+                await self.aclose()
 
         asyncio.run(probe())
+
+    async def aclose(self) -> None:
+        """Close the clients of the running loop (before it ends: a closed loop cannot close them)."""
+        loop = asyncio.get_running_loop()
+        for runtime in [r for r in self._runtimes if r.loop is loop]:
+            self._runtimes.remove(runtime)
+            await runtime.aclose()
 
     @property
     def in_flight(self) -> int:

@@ -2,7 +2,7 @@
 
 `OutputLock` makes one process the owner of an output file, its run directories, failures and
 skipped files (an OS-level lock, so a killed owner releases it); a second process refuses at once
-and names the first. `Run` is the recorder `generate` hands to `Distiller.map`: it journals
+and names the first. `Run` is the recorder `generate` hands to `Distiller.stream`: it journals
 finished turns and rollouts, lists failures, answers what an earlier attempt left, and at the end
 accounts for every rollout the input owes: finished, failed, or (never silently) lost.
 """
@@ -14,23 +14,26 @@ import logging
 import os
 import socket
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import filelock
+import numpy as np
 
 from hfdistill.core.atomic import atomic_write_text
 from hfdistill.core.errors import JournalError, RunLockedError
 from hfdistill.core.records import RolloutResult, Verdict
 from hfdistill.core.rollout import TurnStep
 from hfdistill.core.types import RolloutJob
-from hfdistill.run.identity import InputItems, RunIdentity
+from hfdistill.run.failures import FailureLog
+from hfdistill.run.identity import RunIdentity
+from hfdistill.run.items import InputItems, RolloutSlots
 from hfdistill.run.journal import Checkpoints, Journal, Key, RolloutRecord, TurnRecord
 from hfdistill.run.progress import Monitor
 from hfdistill.run.recorder import Prior, failure_entry
 
-__all__ = ["OutputLock", "Run"]
+__all__ = ["Account", "OutputLock", "Run"]
 
 log = logging.getLogger(__name__)
 
@@ -74,15 +77,18 @@ class Account:
     """Where every rollout the input owes ended up after a run."""
 
     finished: int = 0  # journaled and not failed in this run: these are the output's rollouts
-    failed: list[dict[str, Any]] = field(default_factory=list)
+    failed: int = 0  # failed in this run, lost ones included (their entries are in `Run.failures`)
     lost: int = 0  # neither finished nor failed: a bug; they are listed as failures, never dropped
+    causes: Counter[str] = field(default_factory=Counter)  # failures by cause
 
 
 class Run:
     """A run directory held by this process: its journal, in-flight turns and failures; a `Recorder`.
 
     Opening it (the constructor) creates the directory and reads the journal; use it as a context
-    manager so that the journal is closed however the run ends.
+    manager so that the journal is closed however the run ends. Its per-rollout state is arrays
+    indexed by slot (see `run.items`): what it holds grows by a few bytes per question, not by
+    Python objects.
     """
 
     def __init__(self, identity: RunIdentity, items: InputItems, num_rollouts: int, monitor: Monitor) -> None:
@@ -90,13 +96,14 @@ class Run:
         self.items = items
         self.num_rollouts = num_rollouts
         self.monitor = monitor
-        self.failures: list[dict[str, Any]] = []
-        self._failed: set[Key] = set()
+        self.slots = RolloutSlots(items, num_rollouts)
+        self._failed = np.zeros(len(self.slots), bool)
         run_dir = identity.run_dir
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / "run.json", json.dumps({"fingerprint": identity.fingerprint,
                                                             "options": identity.options.to_json()}, indent=2))
-        self.journal = Journal(run_dir / "journal.jsonl")
+        self.failures = FailureLog(run_dir / "failures.partial.jsonl")
+        self.journal = Journal(run_dir / "journal.jsonl", self.slots)
         self.checkpoints = Checkpoints(run_dir / "turns.jsonl")
         self._drop_finished_turns()
         if len(self.journal):
@@ -109,29 +116,38 @@ class Run:
         self._drop_finished_turns()
         self.checkpoints.close()
         self.journal.close()
+        self.failures.close()
 
     def _drop_finished_turns(self) -> None:
-        self.checkpoints.keep_only({key for _, key in self.items.keys(self.num_rollouts) if key not in self.journal})
+        def unfinished(key: Key) -> bool:
+            slot = self.slots.slot_of(key)
+            return slot is not None and not self.journal.has(slot)
+
+        self.checkpoints.keep_only(unfinished)
         self.checkpoints.compact()
 
     @property
     def pending(self) -> int:
         """Rollouts the input owes that the journal does not hold yet."""
-        return sum(key not in self.journal for _, key in self.items.keys(self.num_rollouts))
+        return int(np.count_nonzero(self.slots.owed() & ~self.journal.recorded()))
+
+    def slot(self, job: RolloutJob) -> int:
+        index = job.input_index
+        if index is None or not 0 <= index < len(self.items) or self.items.item(index) is None:
+            raise JournalError(f"input row {index} has no question; it cannot be recorded")
+        return self.slots.slot(index, job.rollout_index)
 
     def key(self, job: RolloutJob) -> Key:
-        item = self.items.ids[job.input_index] if job.input_index is not None else None
-        if item is None:
-            raise JournalError(f"input row {job.input_index} has no question; it cannot be recorded")
-        return item, job.rollout_index
+        return self.slots.key_of(self.slot(job))
 
     # ------------------------------------------------------------ the Recorder seam
 
     def prior(self, job: RolloutJob) -> Prior | None:
-        key = self.key(job)
-        if key in self.journal:
-            record = self.journal.get(key)
+        slot = self.slot(job)
+        if self.journal.has(slot):
+            record = self.journal.get(slot)
             return Prior(record.model, record.protocol, result=record.result)
+        key = self.slots.key_of(slot)
         turns = self.checkpoints.steps(key)
         if not turns:
             return None
@@ -151,22 +167,24 @@ class Run:
 
     def finished(self, job: RolloutJob, result: RolloutResult, *, model: str | None, protocol: str | None,
                  reused: bool) -> None:
-        key = self.key(job)
         if not reused:
-            self.journal.append(RolloutRecord(key, job.question, model, protocol, result))
+            slot = self.slot(job)
+            key = self.slots.key_of(slot)
+            self.journal.append(slot, RolloutRecord(key, job.question, model, protocol, result))
             self.checkpoints.discard(key)
         self.monitor.finished(reused=reused)
 
-    def amend(self, key: Key, verdict: Verdict) -> None:
-        """Journal `key`'s rollout again with the judge's `verdict`: the new record replaces the old one,
+    def amend(self, slot: int, verdict: Verdict) -> None:
+        """Journal `slot`'s rollout again with the judge's `verdict`: the new record replaces the old one,
         so a later run reads the verdict and never asks again."""
-        record = self.journal.get(key)
-        self.journal.append(RolloutRecord(key, record.question, record.model, record.protocol,
-                                          record.result.judged(verdict)))
+        record = self.journal.get(slot)
+        self.journal.append(slot, RolloutRecord(record.key, record.question, record.model, record.protocol,
+                                                record.result.judged(verdict)))
 
     def failed(self, job: RolloutJob, cause: str, turn: int, error: str) -> None:
-        self._failed.add(self.key(job))
-        self.failures.append(failure_entry(job, cause, turn, error))
+        slot = self.slot(job)
+        self._failed[slot] = True
+        self.failures.add(slot, failure_entry(job, cause, turn, error))
         self.monitor.failed(cause)
 
     def skipped(self, job: RolloutJob) -> None:
@@ -174,25 +192,22 @@ class Run:
 
     # ------------------------------------------------------------ the end
 
-    def finished_keys(self) -> set[Key]:
-        """Keys whose journaled result this run stands behind (a failure here overrides an older record)."""
-        return {key for _, key in self.items.keys(self.num_rollouts) if key in self.journal and key not in self._failed}
+    def finished_slots(self) -> np.ndarray:
+        """A bool per slot: a journaled result this run stands behind (a failure here overrides an older record)."""
+        return self.journal.recorded() & ~self._failed
 
     def account(self, *, interrupted: bool) -> Account:
         """Every rollout the input owes: finished, failed or lost (lost ones join the failures)."""
-        account = Account(failed=list(self.failures))
-        for index, key in self.items.keys(self.num_rollouts):
-            if key in self._failed:
-                continue
-            if key in self.journal:
-                account.finished += 1
-            elif not interrupted:
-                account.lost += 1
-                account.failed.append({"input_index": index, "rollout_index": key[1], "question": None,
-                                       "cause": "lost", "turn": 0,
-                                       "error": "neither finished nor failed (an hfdistill bug, please report); "
-                                                "rerun the same command to generate it"})
-        if account.lost:
+        finished = self.finished_slots()
+        lost = np.flatnonzero(self.slots.owed() & ~finished & ~self._failed) if not interrupted else ()
+        for slot in lost:
+            index, rollout = divmod(int(slot), self.num_rollouts)
+            self.failures.add(int(slot), {
+                "input_index": index, "rollout_index": rollout, "question": None, "cause": "lost", "turn": 0,
+                "error": "neither finished nor failed (an hfdistill bug, please report); rerun the same command to "
+                         "generate it"})
+        if len(lost):
             log.error("%d rollouts were neither finished nor failed; they are listed as failures (cause 'lost') "
-                      "and a rerun generates them", account.lost)
-        return account
+                      "and a rerun generates them", len(lost))
+        return Account(finished=int(np.count_nonzero(finished)), failed=len(self.failures), lost=len(lost),
+                       causes=Counter(self.failures.causes))

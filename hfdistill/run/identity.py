@@ -15,64 +15,19 @@ import hashlib
 import json
 import logging
 import shutil
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import datasets
-
 from hfdistill.core.config import DistillConfig
 from hfdistill.core.errors import ConfigError
-from hfdistill.run.inputs import FieldPlan, input_rows
-from hfdistill.run.journal import FORMAT, Key
+from hfdistill.run.journal import FORMAT
 from hfdistill.run.output import failures_path, read_record, row_count, skipped_path
 from hfdistill.run.record import GenerationRecord, RolloutOptions
 
-__all__ = ["InputItems", "RunIdentity", "identify", "rollout_options", "scan_items"]
+__all__ = ["RunIdentity", "identify", "rollout_options"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class InputItems:
-    """Each input row's item id (None for a blank question) and a digest of them all, in order."""
-
-    ids: list[str | None]
-    digest: str
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    @property
-    def blank(self) -> int:
-        return sum(i is None for i in self.ids)
-
-    def keys(self, num_rollouts: int) -> Iterator[tuple[int, Key]]:
-        """(input index, rollout key) of every rollout the run owes, in output order."""
-        for index, item in enumerate(self.ids):
-            if item is not None:
-                for r in range(num_rollouts):
-                    yield index, (item, r)
-
-
-def scan_items(ds: datasets.Dataset, plan: FieldPlan, *, with_golden: bool) -> InputItems:
-    """Read every row's question (and golden answers) once and give each row its content id."""
-    seen: dict[str, int] = {}
-    ids: list[str | None] = []
-    digest = hashlib.sha256()
-    for row in input_rows(ds, plan):
-        if not row.question:
-            ids.append(None)
-            digest.update(b"-\n")
-            continue
-        golden = list(row.golden_answers) if with_golden else []
-        content = hashlib.sha256(json.dumps([row.question, golden], ensure_ascii=False).encode()).hexdigest()[:20]
-        occurrence = seen.get(content, 0)
-        seen[content] = occurrence + 1
-        ids.append(f"{content}.{occurrence}")
-        digest.update(f"{content}.{occurrence}\n".encode())
-    return InputItems(ids, digest.hexdigest())
 
 
 def rollout_options(config: DistillConfig, *, templates: dict[str, str], corpus: str | None) -> RolloutOptions:

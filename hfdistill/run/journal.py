@@ -2,12 +2,14 @@
 
 `journal.jsonl` has one line per finished rollout; `turns.jsonl` one line per finished turn of a
 conversation still in flight, so a killed run continues each conversation from its last turn.
-A rollout counts only once its line is written and flushed. Lines are read back by offset (memory
-holds the index, not the results), every line carries its key and the record format, and every
-read is checked: a torn last line is cut, an unreadable line elsewhere is skipped and reported
-with its line number (its rollout is generated again; nothing after it is lost), a record of
-another format is refused, and `get` fails rather than return another key's record. One process
-writes a journal at a time (the run's lock), so offsets never go stale.
+A rollout counts only once its line is written and flushed. Lines are read back by offset: memory
+holds the index, not the results, and the journal's index is one 8-byte offset per rollout the
+input owes, in an array by the rollout's slot (see `run.items`), not a dict. Every line carries its
+key and the record format, and every read is checked: a torn last line is cut, an unreadable line
+elsewhere is skipped and reported with its line number (its rollout is generated again; nothing
+after it is lost), a record of another format is refused, and `get` fails rather than return
+another key's record. One process writes a journal at a time (the run's lock), so offsets never
+go stale.
 """
 
 from __future__ import annotations
@@ -15,18 +17,19 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
+import numpy as np
 import orjson
 
 from hfdistill.core.atomic import atomic_path
 from hfdistill.core.errors import JournalError
 from hfdistill.core.records import RolloutResult
 
-__all__ = ["FORMAT", "Checkpoints", "Journal", "Key", "RolloutRecord", "TurnRecord", "decode"]
+__all__ = ["FORMAT", "Checkpoints", "Journal", "Key", "RolloutRecord", "SlotMap", "TurnRecord", "decode"]
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +66,16 @@ class TurnRecord:
     def encode(self) -> dict[str, Any]:
         return {"v": FORMAT, "t": "turn", "k": self.key[0], "r": self.key[1], "m": self.model,
                 "p": self.protocol, "n": self.turn, "step": self.step}
+
+
+class SlotMap(Protocol):
+    """The rollouts a run owes, numbered 0 .. len - 1 (`run.items.RolloutSlots`)."""
+
+    def __len__(self) -> int: ...
+
+    def slot_of(self, key: Key) -> int | None: ...
+
+    def key_of(self, slot: int) -> Key: ...
 
 
 class IncompatibleRecord(ValueError):
@@ -194,36 +207,56 @@ class _Log:
 
 
 class Journal(_Log):
-    """Finished rollouts by key, durable across crashes; a later record of a key replaces an earlier one."""
+    """Finished rollouts by slot, durable across crashes; a later record of a key replaces an earlier one.
+
+    Only the rollouts `slots` owes are indexed: a record of another input's question (a run with more
+    samples, a longer input) stays in the file, unread, for the run that owes it.
+    """
 
     kind = RolloutRecord
 
-    def __init__(self, path: str | Path) -> None:
-        self._index: dict[Key, int] = {}
+    def __init__(self, path: str | Path, slots: SlotMap) -> None:
+        self.slots = slots
+        self._offsets = np.full(len(slots), -1, np.int64)
+        self._count = 0
         super().__init__(Path(path))
 
     def _add(self, record: RolloutRecord, offset: int) -> None:
-        self._index[record.key] = offset
+        slot = self.slots.slot_of(record.key)
+        if slot is not None:
+            self._set(slot, offset)
+
+    def _set(self, slot: int, offset: int) -> None:
+        self._count += int(self._offsets[slot] < 0)
+        self._offsets[slot] = offset
 
     def __len__(self) -> int:
-        return len(self._index)
+        """Rollouts of this input the journal holds."""
+        return self._count
 
-    def __contains__(self, key: Key) -> bool:
-        return key in self._index
+    def has(self, slot: int) -> bool:
+        return bool(self._offsets[slot] >= 0)
 
-    def __iter__(self) -> Iterator[Key]:
-        return iter(list(self._index))
+    def recorded(self) -> np.ndarray:
+        """A bool per slot: the journal holds that rollout."""
+        return self._offsets >= 0
 
-    def get(self, key: Key) -> RolloutRecord:
-        """The record of `key`; a JournalError if the line there is not that key's rollout."""
-        record = self._read(self._index[key])
+    def get(self, slot: int) -> RolloutRecord:
+        """The record of `slot`'s rollout; a JournalError if the line there is not that rollout's."""
+        key = self.slots.key_of(slot)
+        if self._offsets[slot] < 0:
+            raise KeyError(key)
+        record = self._read(int(self._offsets[slot]))
         if not isinstance(record, RolloutRecord) or record.key != key:
             raise JournalError(f"journal {self.path} holds {record.key} where {key} was recorded; another program "
                                "wrote to it: rerun the same command to rebuild its index")
         return record
 
-    def append(self, record: RolloutRecord) -> None:
-        self._index[record.key] = self._write(record)
+    def append(self, slot: int, record: RolloutRecord) -> None:
+        """Record `slot`'s rollout (whose key `record` carries)."""
+        if record.key != self.slots.key_of(slot):
+            raise ValueError(f"the record of {record.key} is not the rollout of slot {slot}")
+        self._set(slot, self._write(record))
 
 
 class Checkpoints(_Log):
@@ -263,9 +296,9 @@ class Checkpoints(_Log):
     def discard(self, key: Key) -> None:
         self._turns.pop(key, None)
 
-    def keep_only(self, unfinished: set[Key]) -> None:
-        """Forget the turns of every rollout not in `unfinished` (their rollouts are journaled)."""
-        for key in [k for k in self._turns if k not in unfinished]:
+    def keep_only(self, unfinished: Callable[[Key], bool]) -> None:
+        """Forget the turns of every rollout that is not `unfinished` (journaled, or not owed)."""
+        for key in [k for k in self._turns if not unfinished(k)]:
             del self._turns[key]
 
     def compact(self) -> None:

@@ -6,6 +6,7 @@ footer, so what a run reports is what the file holds.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import tempfile
@@ -16,7 +17,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from hfdistill.core.atomic import atomic_path, atomic_write_text
+from hfdistill.core.atomic import atomic_path
 from hfdistill.core.errors import ConfigError, InputError
 from hfdistill.run.record import GenerationRecord
 
@@ -127,10 +128,17 @@ def row_count(path: str | Path) -> int:
         raise InputError(f"cannot read {path} as parquet ({e}); pass a file written by hfdistill") from None
 
 
-def write_jsonl(path: Path, entries: list[dict[str, Any]]) -> None:
-    """Replace `path` with one JSON line per entry, sorted by input row; remove it when there are none."""
-    if not entries:
+def write_jsonl(path: Path, entries: Iterable[dict[str, Any]]) -> int:
+    """Replace `path` with one JSON line per entry, streamed in the order given (callers give input order);
+    remove it when there are none. Returns how many lines it holds."""
+    entries = iter(entries)
+    first = next(entries, None)
+    if first is None:
         path.unlink(missing_ok=True)
-        return
-    ordered = sorted(entries, key=lambda x: (x["input_index"] or 0, x.get("rollout_index") or 0))
-    atomic_write_text(path, "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in ordered))
+        return 0
+    written = 0
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        for entry in itertools.chain([first], entries):
+            f.write(json.dumps(entry, ensure_ascii=False) + "\n")
+            written += 1
+    return written
