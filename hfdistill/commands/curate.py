@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,14 +50,6 @@ class CurateResult:
         return 0 if self.record.complete else 3
 
 
-@dataclass(frozen=True)
-class _Judged:
-    """Which judge's verdicts the rows hold after judging: its spec and model."""
-
-    spec: str
-    model: str | None
-
-
 def curate(source: str | Path, output: str | Path, options: CurationOptions, *, judge: JudgeConfig | None = None,
            template_dir: str | None = None, retry: RetryPolicy | None = None,
            window: int = DEFAULT_CONCURRENCY_PER_ENDPOINT, command: str = "") -> CurateResult:
@@ -73,31 +66,97 @@ def curate(source: str | Path, output: str | Path, options: CurationOptions, *, 
 def _curate(source: Path, out: Path, record: GenerationRecord, options: CurationOptions, *,
             judge: JudgeConfig | None, template_dir: str | None, retry: RetryPolicy, window: int,
             command: str) -> CurateResult:
-    table = pq.read_table(source)
-    rows = table.to_pylist()
-    for row in rows:
-        for column in _NEW_COLUMNS:
-            row.setdefault(column, None)
-    judged = _judge_rows(rows, judge, record, template_dir, retry, window) if judge is not None else None
-    if judged is not None and judge is not None:
-        record = record.replace(judge=JudgeInfo(judged.model, urlsplit(judge.url).hostname, judged.spec))
-    curator = _curator(options, record, whole=record.rows == record.rollouts)
-    kept = (row for _, group in itertools.groupby(rows, key=lambda r: r["input_index"])
-            for row in curator.group(list(group)))
-    written_record: list[GenerationRecord] = []
+    """Stream IN's rows, a few hundred at a time, through the judge (in chunks of a few windows) and the
+    curator into OUT: what is held follows the window and the batch, not the file."""
+    with pq.ParquetFile(source, buffer_size=_READ_BUFFER) as parquet:
+        read = _Read(parquet)
+        judging = _Judging(judge, record, template_dir, retry, window) if judge is not None else None
+        if judging is not None:
+            record = record.replace(judge=judging.info())  # its model is known once the judge is asked
+        curator = _curator(options, record, whole=record.rows == record.rollouts)
+        rows = read.rows() if judging is None else judging.rows(read.rows())
+        kept = (row for _, group in itertools.groupby(rows, key=lambda r: r["input_index"])
+                for row in curator.group(list(group)))
+        written_record: list[GenerationRecord] = []
 
-    def record_of(written: int) -> GenerationRecord:
-        funnel = curator.funnel
-        view = {**options.view(), "judge": judged.spec if judged is not None else None}
-        written_record.append(record.replace(
-            rows=written, view=view, curation=options.view(), funnel=funnel,
-            complete=record.complete and not funnel.judge_failed,
-            curated=CuratedInfo(str(source), command, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))))
-        return written_record[-1]
+        def record_of(written: int) -> GenerationRecord:
+            judged = record if judging is None else record.replace(judge=judging.info())
+            funnel = curator.funnel
+            funnel.correct_by = judged.correct_by
+            view = {**options.view(), "judge": judging.prompt.spec if judging is not None else None}
+            written_record.append(judged.replace(
+                rows=written, view=view, curation=options.view(), funnel=funnel,
+                complete=judged.complete and not funnel.judge_failed,
+                curated=CuratedInfo(str(source), command, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))))
+            return written_record[-1]
 
-    written = write_parquet(kept, out, _schema(table.schema, rows), record=record_of)
-    log.info("wrote %d of %d rows to %s", written, len(rows), out)
+        written = write_parquet(kept, out, _schema(parquet.schema_arrow, read.first()), record=record_of)
+    log.info("wrote %d of %d rows to %s", written, read.count, out)
     return CurateResult(out, written, written_record[-1])
+
+
+_READ_ROWS = 512  # rows of IN read at a time
+_READ_BUFFER = 8 << 20  # bytes read at a time from a column chunk (a file of huge row groups stays bounded)
+_JUDGE_CHUNK_WINDOWS = 8  # rows judged at a time, in windows: enough to keep the judge busy
+
+
+class _Read:
+    """IN's rows, batch by batch, with the columns older files lack set to None."""
+
+    def __init__(self, parquet: pq.ParquetFile) -> None:
+        self.parquet = parquet
+        self.count = 0
+
+    def first(self) -> dict[str, Any] | None:
+        if self.parquet.metadata.num_rows == 0:
+            return None
+        return next(self.parquet.iter_batches(batch_size=1)).to_pylist()[0]
+
+    def rows(self) -> Iterator[dict[str, Any]]:
+        for batch in self.parquet.iter_batches(batch_size=_READ_ROWS):
+            for row in batch.to_pylist():
+                for column in _NEW_COLUMNS:
+                    row.setdefault(column, None)
+                self.count += 1
+                yield row
+
+
+class _Judging:
+    """The judge given to `curate`, asked about the rows that lack its verdict, a chunk of rows at a time."""
+
+    def __init__(self, config: JudgeConfig, record: GenerationRecord, template_dir: str | None, retry: RetryPolicy,
+                 window: int) -> None:
+        self.config, self.retry, self.window = config, retry, window
+        self.prompt = JudgePrompt.build(Templates(template_dir), config.model)
+        self.other = record.judge is None or record.judge.spec != self.prompt.spec  # its verdicts do not count
+        self.model: str | None = None
+        self.asked = False
+
+    def info(self) -> JudgeInfo:
+        return JudgeInfo(self.model, urlsplit(self.config.url).hostname, self.prompt.spec)
+
+    def rows(self, rows: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        while chunk := list(itertools.islice(rows, _JUDGE_CHUNK_WINDOWS * self.window)):
+            self._judge(chunk)
+            yield from chunk
+        if not self.asked:  # nothing to judge: the judge is still probed, and names its model
+            self._judge([])
+
+    def _judge(self, rows: list[dict[str, Any]]) -> None:
+        if self.other:
+            for row in rows:
+                row["judge_correct"] = row["judge_rationale"] = None
+        todo = [r for r in rows if r["judge_correct"] is None and judgeable(r["prediction"], r["golden_answers"])]
+        if rows and not todo:
+            return
+        if todo:
+            log.info("judging %d rows without a verdict", len(todo))
+        items = [JudgeItem(r["question"], r["prediction"], tuple(r["golden_answers"])) for r in todo]
+        judged = judge_all(self.config, self.retry, self.prompt, items, window=self.window)
+        self.asked, self.model = True, judged.model or self.model
+        for row, verdict in zip(todo, judged.verdicts, strict=True):
+            if not isinstance(verdict, Exception):
+                row["judge_correct"], row["judge_rationale"] = verdict.correct, verdict.rationale
 
 
 def _curator(options: CurationOptions, record: GenerationRecord, *, whole: bool) -> Curator:
@@ -118,31 +177,12 @@ def _curator(options: CurationOptions, record: GenerationRecord, *, whole: bool)
     return curator
 
 
-def _judge_rows(rows: list[dict[str, Any]], config: JudgeConfig, record: GenerationRecord, template_dir: str | None,
-                retry: RetryPolicy, window: int) -> _Judged:
-    """Judge the rows that lack a verdict of this judge (every row, when the file was judged by another)."""
-    prompt = JudgePrompt.build(Templates(template_dir), config.model)
-    if record.judge is None or record.judge.spec != prompt.spec:
-        for row in rows:  # verdicts of another judge or prompt do not count for this one
-            row["judge_correct"] = row["judge_rationale"] = None
-    todo = [i for i, r in enumerate(rows) if r["judge_correct"] is None and judgeable(r["prediction"],
-                                                                                     r["golden_answers"])]
-    if todo:
-        log.info("judging %d rows without a verdict", len(todo))
-    items = [JudgeItem(rows[i]["question"], rows[i]["prediction"], tuple(rows[i]["golden_answers"])) for i in todo]
-    judged = judge_all(config, retry, prompt, items, window=window)
-    for i, verdict in zip(todo, judged.verdicts, strict=True):
-        if not isinstance(verdict, Exception):
-            rows[i]["judge_correct"], rows[i]["judge_rationale"] = verdict.correct, verdict.rationale
-    return _Judged(prompt.spec, judged.model)
-
-
-def _schema(schema: pa.Schema, rows: list[dict[str, Any]]) -> pa.Schema:
-    """The output schema (with datasets' features) of rows like these; IN's extra columns are kept."""
-    tools = rows[0]["tools"] if rows else []
+def _schema(schema: pa.Schema, first: dict[str, Any] | None) -> pa.Schema:
+    """The output schema (with datasets' features) of rows like IN's `first`; IN's extra columns are kept."""
+    tools = first["tools"] if first is not None else []
     extra = schema.field("extra_info").type if "extra_info" in schema.names else None
     ours = output_schema(tools, extra)
-    if rows:
+    if first is not None:
         ours = ours.set(ours.get_field_index("tools"), schema.field("tools"))
     for field in schema:
         if field.name not in ours.names:
