@@ -114,13 +114,14 @@ def _out(tmp_path: Path, name: str) -> Path:
     return tmp_path / name / "out.parquet"
 
 
-def test_a_ray_run_writes_the_local_runs_rows(cluster: Cluster, second_node: int, simulators: tuple[str, str],
+def test_a_ray_run_in_parts_writes_the_local_runs_rows(cluster: Cluster, second_node: int, simulators: tuple[str, str],
                                              workload: Path, tmp_path: Path) -> None:
     local, ray = _out(tmp_path, "local"), _out(tmp_path, "ray")
     code, err = _finish(_generate(local, simulators, workload, "--num_rollouts", "2"))
     assert code == 0, err
+    # A window of 8 sends the 600 rollouts to the cluster in two parts (run_on_ray: 64 windows a part).
     code, err = _finish(_generate(ray, simulators, workload, "--num_rollouts", "2", "--engine", "ray",
-                                  ray_address=cluster.address))
+                                  "--concurrency", "8", ray_address=cluster.address))
     assert code == 0, err
     assert [_comparable(r) for r in _rows(ray)] == [_comparable(r) for r in _rows(local)]
     assert [(r["input_index"], r["rollout_index"]) for r in _rows(ray)] == [

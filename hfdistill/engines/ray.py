@@ -3,7 +3,8 @@
 This process, the driver, keeps the run exactly as the local engine does: the output lock, the
 input and its identity by content, the journal, the account and the output are the local code.
 It probes the servers, then sends the rollouts the journal does not hold yet (with the turns an
-earlier attempt left of each unfinished conversation) through Ray Data: `map_batches` over an
+earlier attempt left of each unfinished conversation), a part of 64 windows at a time so that the
+driver holds one part's jobs whatever the input's size, through Ray Data: `map_batches` over an
 async actor class (`worker.RolloutWorker`, one per actor, each with its own window and teacher
 clients over every endpoint) on an `ActorPoolStrategy` pool, and `iter_batches` back here, where
 each finished rollout is journaled and each failure listed. The workers send their finished tool
@@ -17,6 +18,7 @@ answer for a rollout already recorded is dropped, so the output holds every roll
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import math
 import os
@@ -48,6 +50,7 @@ ACTOR_CPUS = 0.5
 _TAKE_SECONDS = 0.5  # how often the driver checkpoints the turn store's new turns (a killed driver loses those)
 _LAST_TURNS_SECONDS = 30  # at the end, how long to wait for the turn store's last turns
 _ACTORS_START_SECONDS = 600  # a cluster that cannot start the pool in this time fails the run, naming why
+_PART_WINDOWS = 64  # rollouts sent to the cluster per Ray Data execution, in windows (see run_on_ray)
 _Slot = tuple[int, int]
 
 
@@ -63,32 +66,43 @@ def run_on_ray(distiller: Distiller, ds: datasets.Dataset, run: Run, plan: Field
                actors: int | None, jobs_per_task: int) -> None:
     """Make every rollout `run` still owes on the Ray cluster, recording each into `run`.
 
-    Once `stop` is requested, the driver stops taking answers and the pool is shut down: rollouts not
-    back yet stay owed (the rerun makes them), as in a local run that was stopped.
+    The rollouts go to the cluster in parts of `_PART_WINDOWS` windows each, one Ray Data execution
+    per part, so the driver holds one part's jobs (and their dispatch table) whatever the input's
+    size. Once `stop` is requested, the driver stops taking answers and the pool is shut down:
+    rollouts not back yet stay owed (the rerun makes them), as in a local run that was stopped.
     """
     import ray
 
     distiller.prepare()  # servers down, wrong model, ...: one line, before any actor starts
-    dispatch = _Dispatch()
-    rows = []
-    for job, prior in _owed(distiller, ds, run, plan):
-        assert job.input_index is not None
-        dispatch.jobs[job.input_index, job.rollout_index] = job
-        rows.append({JOB_COLUMN: encode_job(job, prior)})
-        run.started(job)
-    if not rows:
+    owed = _owed(distiller, ds, run, plan)
+    part = list(itertools.islice(owed, _PART_WINDOWS * distiller.config.window))
+    if not part:
         return
     started_here = not ray.is_initialized()
     if started_here:
         _connect(ray)
+    duplicates = 0
     try:
-        _execute(ray, distiller, run, rows, dispatch, stop, actors=actors, jobs_per_task=jobs_per_task)
+        while part:
+            dispatch = _Dispatch()
+            rows = []
+            for job, prior in part:
+                assert job.input_index is not None
+                dispatch.jobs[job.input_index, job.rollout_index] = job
+                rows.append({JOB_COLUMN: encode_job(job, prior)})
+                run.started(job)
+            del part
+            _execute(ray, distiller, run, rows, dispatch, stop, actors=actors, jobs_per_task=jobs_per_task)
+            duplicates += dispatch.duplicates
+            del rows, dispatch
+            if stop.requested:
+                break
+            part = list(itertools.islice(owed, _PART_WINDOWS * distiller.config.window))
     finally:
         if started_here:
             ray.shutdown()
-    if dispatch.duplicates:
-        log.info("dropped %d duplicate answers of retried Ray tasks (each rollout is recorded once)",
-                 dispatch.duplicates)
+    if duplicates:
+        log.info("dropped %d duplicate answers of retried Ray tasks (each rollout is recorded once)", duplicates)
 
 
 def _owed(distiller: Distiller, ds: datasets.Dataset, run: Run,
