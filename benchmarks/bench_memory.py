@@ -31,6 +31,7 @@ import contextlib
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -199,6 +200,17 @@ class Bench:
                               timeout=self.args.timeout, kill_when=stop)
         return proc, output
 
+    def tidy(self, output: Path, *, keep_output: bool) -> None:
+        """Delete what a measured run left beside its log (journals of gigabytes at 200k questions), and its
+        output unless a later section reads it; `--keep-files` keeps everything."""
+        if self.args.keep_files:
+            return
+        for name in (".hfdistill", "hf", "cache"):
+            shutil.rmtree(output.parent / name, ignore_errors=True)
+        if not keep_output:
+            for path in output.parent.glob(f"{output.stem}*"):
+                path.unlink(missing_ok=True)
+
     def add(self, row: Row) -> None:
         self.rows.append(row)
         p = row.proc
@@ -218,8 +230,10 @@ def section_sizes(bench: Bench) -> None:
                 proc, output = bench.generate(tree, n)
                 rows = pq.read_metadata(output).num_rows if output.exists() else None
                 bench.add(Row(tree, "generate", n, proc, rows))
-                if proc.returncode == 0:
+                keep = proc.returncode == 0 and n == max(bench.args.sizes) and (tree, n) not in bench.outputs
+                if keep:
                     bench.outputs[tree, n] = output
+                bench.tidy(output, keep_output=keep)
 
 
 def section_resume(bench: Bench) -> None:
@@ -235,8 +249,10 @@ def section_resume(bench: Bench) -> None:
         keys = _keys(output) if output.exists() else []
         once = len(keys) == len(set(keys)) == n
         bench.add(Row(tree, "resume", n, resumed, len(keys), note="every rollout once" if once else "NOT exactly once"))
-        if resumed.returncode == 0:
-            bench.outputs.setdefault((tree, n), output)
+        keep = resumed.returncode == 0 and (tree, n) not in bench.outputs
+        if keep:
+            bench.outputs[tree, n] = output
+        bench.tidy(output, keep_output=keep)
 
 
 class _JournalLines:
@@ -278,6 +294,7 @@ def section_curate(bench: Bench) -> None:
         proc = run_client(argv, env, workdir, workdir / "client.log", timeout=bench.args.timeout)
         rows = pq.read_metadata(output).num_rows if output.exists() else None
         bench.add(Row(tree, "curate --select best", n, proc, rows))
+        bench.tidy(output, keep_output=False)
 
 
 # --------------------------------------------------------------------------- trace (in-process)
@@ -306,13 +323,15 @@ def reading():
     traced = tracemalloc.get_traced_memory()[0] if frames else 0
     return (time.perf_counter() - t0, s["VmRSS"], s["RssAnon"], s["RssFile"], traced, sys.getallocatedblocks(),
             pa.total_allocated_bytes(), m.uordblks + m.hblkhd, m.fordblks)
-peak = {"rss": 0, "snapshot": None, "at": 0.0}
+peak = {"rss": 0, "snapshot": None, "at": 0.0, "early": None, "early_at": 0.0}
 timeline, done = [], threading.Event()
 t0 = time.perf_counter()
 def sample():
     while not done.wait(every):
         r = reading()
         timeline.append(r)
+        if frames and peak["early"] is None and r[0] > float(os.environ["BENCH_TRACE_WARM"]):
+            peak["early"], peak["early_at"] = tracemalloc.take_snapshot(), r[0]
         if r[1] > peak["rss"] * 1.03:
             peak["rss"], peak["at"] = r[1], r[0]
             if frames:
@@ -347,6 +366,12 @@ finally:
                 f.write(f"- {s.size / 1e6:.1f} MB in {s.count} blocks\n")
                 for line in s.traceback.format()[-2 * frames:]:
                     f.write("    " + line.rstrip() + "\n")
+            if peak["early"] is not None:
+                f.write(f"\nWhat grew from {peak['early_at']:.0f} s to the peak:\n\n")
+                for d in snap.compare_to(peak["early"], "traceback")[:int(os.environ["BENCH_TRACE_TOP"])]:
+                    f.write(f"- {d.size_diff / 1e6:+.1f} MB in {d.count_diff:+d} blocks\n")
+                    for line in d.traceback.format()[-2 * frames:]:
+                        f.write("    " + line.rstrip() + "\n")
 sys.exit(code)
 """
 
@@ -361,7 +386,7 @@ def section_trace(bench: Bench) -> None:
         with simulators(workdir, bench.args.python) as (teacher, retrieval):
             env = client_env(path, workdir, teacher, retrieval, input_file, workdir / "out.parquet")
             env.update(BENCH_TRACE_FRAMES=str(bench.args.trace_frames), BENCH_TRACE_OUT=str(report),
-                       BENCH_TRACE_EVERY="1", BENCH_TRACE_TOP="15")
+                       BENCH_TRACE_EVERY="1", BENCH_TRACE_TOP="15", BENCH_TRACE_WARM="20")
             proc = run_client([bench.args.python, "-c", _TRACER, "generate", "-q"], env, workdir,
                               workdir / "client.log", timeout=bench.args.timeout)
         print(f"## Trace of `{tree}` at {n} questions (exit {proc.returncode}, peak RSS {proc.peak_mb:.0f} MB)\n")
@@ -426,7 +451,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="trace: frames kept per allocation by tracemalloc (0: no tracemalloc, RSS and allocators only)")
     p.add_argument("--python", default=sys.executable, help="interpreter for clients and simulators")
     p.add_argument("--timeout", type=float, default=3600, help="seconds before a client is killed")
-    p.add_argument("--workdir", help="keep inputs, logs and outputs here (default: a temporary dir)")
+    p.add_argument("--workdir", help="keep inputs and logs here (default: a temporary dir)")
+    p.add_argument("--keep-files", action="store_true", help="keep every run's journal and output too")
     p.add_argument("--json", help="also write the measurements to this JSON file")
     args = p.parse_args(argv)
     args.sizes = sorted(int(n) for n in args.sizes.split(",") if n.strip())
