@@ -7,6 +7,8 @@ import pickle
 import subprocess
 import sys
 import textwrap
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import datasets
@@ -15,6 +17,9 @@ from datasets.fingerprint import Hasher
 
 from hfdistill import DistillConfig, Distiller
 from hfdistill.core.errors import ConfigError
+from hfdistill.engines.runtime import batch_budget
+from hfdistill.run.inputs import InputRow
+from hfdistill.run.recorder import Collector
 from tests.conftest import QUESTIONS, write_verl_parquet
 from tests.fakes import FakeRetriever, FakeTeacher, Served
 from tests.verl_rules import check_output
@@ -24,6 +29,9 @@ import os
 from datasets import load_dataset
 from hfdistill import DistillConfig, Distiller
 from hfdistill.core.errors import ConfigError
+from hfdistill.engines.runtime import batch_budget
+from hfdistill.run.inputs import InputRow
+from hfdistill.run.recorder import Collector
 
 ds = load_dataset("parquet", data_files=os.environ["INPUT_FILE"], split="train")
 distiller = Distiller(DistillConfig(vllm_url=os.environ["VLLM_URL"], retrieval_url=os.environ["RETRIEVAL_URL"]))
@@ -102,6 +110,28 @@ def test_no_barrier_between_map_batches(teacher: tuple[FakeTeacher, Served],
     later_batch_done = max(t for t, kind, q in fake.events if kind == "end" and q in questions[2:])
     # batch two (questions 2 and 3) ran both turns to completion while batch one's slow row was still waiting
     assert later_batch_done < first_end_of_slow
+
+
+def test_stream_reads_its_input_as_the_window_frees_up(teacher: tuple[FakeTeacher, Served],
+                                                        retriever: tuple[FakeRetriever, Served]) -> None:
+    fake, served = teacher
+    fake.behaviour.delay = 0.02
+    pulled: list[float] = []
+
+    def rows() -> Iterator[InputRow]:
+        for i in range(200):
+            pulled.append(time.monotonic())
+            yield InputRow(i, f"Question number {i}?", ("Paris",))
+
+    with Distiller(_config(served, retriever[1], concurrency=4)) as distiller:
+        recorder = Collector(distiller.tools)
+        distiller.stream(rows(), recorder=recorder, batch_size=2)
+    assert len(pulled) == 200 and not recorder.failures
+    assert sum(1 for t, kind, _ in fake.events if kind == "end") == 2 * 200  # a search turn, then the answer
+    first_answer = min(t for t, kind, _ in fake.events if kind == "end")
+    # Before anything finished, only the batches that keep the window busy were read (batch_budget: 8 of 2 rows)
+    assert sum(t < first_answer for t in pulled) <= batch_budget(4, 2) * 2
+    assert fake.max_in_flight == 4
 
 
 @pytest.mark.parametrize("concurrency", [None, 7])

@@ -67,3 +67,25 @@ def test_the_first_rows_only_when_samples_are_capped(tmp_path: Path, max_samples
 def test_other_datasets_are_read_through_datasets(tmp_path: Path, make) -> None:
     ds = make(tmp_path)
     assert _read(ds, ["question"], 2) == ds.select_columns(["question"]).to_list()
+
+
+def _file_pages_mb() -> float:
+    """This process's resident file-backed pages (memory maps included), from /proc."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssFile:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no RssFile in /proc/self/status")
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
+def test_a_pass_over_the_input_leaves_none_of_it_resident(tmp_path: Path) -> None:
+    path = tmp_path / "big.parquet"
+    text = "y" * 2000
+    pq.write_table(pa.table({"question": [f"Q{i}? {text}" for i in range(30_000)]}), path)  # 60 MB as Arrow
+    ds = load_input(str(path))
+    before = _file_pages_mb()
+    assert sum(len(b["question"]) for b in column_batches(ds, ["question"], 1000)) == 30_000
+    ours = _file_pages_mb() - before
+    assert sum(len(b["question"]) for b in ds.iter(batch_size=1000)) == 30_000  # through the memory map
+    mapped = _file_pages_mb() - before - ours
+    assert ours < 10 < 40 < mapped, (ours, mapped)
