@@ -12,7 +12,7 @@ Sections:
   the ratio of the largest to the smallest size, and bytes per question of the growth.
 - `resume`: a run of the largest size killed with SIGKILL once half its rollouts are journaled, then
   the same command again (the resume): its peak RSS and wall, and every rollout exactly once.
-- `curate`: `hfdistill curate` of the largest size's output (`--select best`, every row read).
+- `curate`: `hfdistill curate` of the largest size's output (default options: every row read and written).
 - `trace` (on request): one run in-process under `tracemalloc`, sampling RSS, Python's traced
   memory and Arrow's pool, and printing the largest allocation sites (by traceback) at the peak.
 
@@ -281,7 +281,7 @@ def _keys(output: Path) -> list[tuple[int, int]]:
 def section_curate(bench: Bench) -> None:
     n = max(bench.args.sizes)
     for tree in bench.trees:
-        source = bench.outputs.get((tree, n))
+        source = bench.outputs.get((tree, n)) or bench.args.curate_input.get(tree)
         if source is None:
             print(f"> curate skipped for {tree}: no complete output of {n} questions", file=sys.stderr)
             continue
@@ -289,11 +289,10 @@ def section_curate(bench: Bench) -> None:
         workdir = Path(tempfile.mkdtemp(prefix=f"curate-{tree}-", dir=bench.args.workdir))
         output = workdir / "curated.parquet"
         env = client_env(bench.trees[tree], workdir, "http://127.0.0.1:9", "http://127.0.0.1:9", source, output)
-        argv = [bench.args.python, "-m", "hfdistill", "curate", "-q", str(source), "-o", str(output),
-                "--select", "best"]
+        argv = [bench.args.python, "-m", "hfdistill", "curate", "-q", str(source), "-o", str(output)]
         proc = run_client(argv, env, workdir, workdir / "client.log", timeout=bench.args.timeout)
         rows = pq.read_metadata(output).num_rows if output.exists() else None
-        bench.add(Row(tree, "curate --select best", n, proc, rows))
+        bench.add(Row(tree, "curate", n, proc, rows))
         bench.tidy(output, keep_output=False)
 
 
@@ -453,9 +452,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--timeout", type=float, default=3600, help="seconds before a client is killed")
     p.add_argument("--workdir", help="keep inputs and logs here (default: a temporary dir)")
     p.add_argument("--keep-files", action="store_true", help="keep every run's journal and output too")
+    p.add_argument("--curate-input", action="append", default=[],
+                   help="TREE=PATH: an output of the largest size for `curate` (when `sizes` does not run)")
     p.add_argument("--json", help="also write the measurements to this JSON file")
     args = p.parse_args(argv)
     args.sizes = sorted(int(n) for n in args.sizes.split(",") if n.strip())
+    args.curate_input = dict(spec.split("=", 1) for spec in args.curate_input)
     args.only = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = set(args.only) - set(SECTIONS)
     if unknown:
