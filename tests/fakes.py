@@ -86,6 +86,7 @@ OVERFLOW_MESSAGE = ("This model's maximum context length is 4096 tokens. However
                     "4097 input tokens, which exceeds this limit even without any output tokens. Please reduce "
                     "the length of the input prompt. (parameter=input_tokens, value=4097)")
 AT_LIMIT_MESSAGE = "max_tokens must be at least 1, got 0. (parameter=max_tokens, value=0)"
+FORCE_ANSWER = "You have now reached the maximum context length"  # how hfdistill's force_answer.j2 begins
 
 
 @dataclass
@@ -109,6 +110,9 @@ class TeacherBehaviour:
     hermes_fails: bool = False  # native server leaves <tool_call> text in content, no tool_calls
     default_script: list[Step] = field(default_factory=lambda: [Search(["capital of France"]), Answer("Paris")])
     delay: float = 0.0  # seconds per completion
+    max_model_len: int | None = None  # listed at /v1/models, as vLLM lists its context window
+    # The reply to hfdistill's request for the final answer at the context limit (None: no answer either).
+    forced_answer: str | None = "Paris"
 
 
 class FakeTeacher:
@@ -144,7 +148,10 @@ class FakeTeacher:
     async def _models(self, request: web.Request) -> web.Response:
         with self._lock:
             self.models_calls += 1
-        return web.json_response({"object": "list", "data": [{"id": self.model, "object": "model"}]})
+        model: dict[str, Any] = {"id": self.model, "object": "model"}
+        if self.behaviour.max_model_len is not None:
+            model["max_model_len"] = self.behaviour.max_model_len
+        return web.json_response({"object": "list", "data": [model]})
 
     def _take_fault(self) -> Fault | None:
         with self._lock:
@@ -183,6 +190,9 @@ class FakeTeacher:
         script = self.scripts.get(question, self.behaviour.default_script)
         turn = _tool_results(body["messages"])
         step = script[min(turn, len(script) - 1)]
+        if str(body["messages"][-1].get("content", "")).startswith(FORCE_ANSWER):
+            forced = self.behaviour.forced_answer
+            step = Answer(forced, think="Time to answer.") if forced is not None else Say("I still cannot tell.")
         if isinstance(step, Overflow):
             message = AT_LIMIT_MESSAGE if step.exact else OVERFLOW_MESSAGE
             return web.json_response({"error": {"message": message, "type": "BadRequestError", "param": None,

@@ -124,6 +124,12 @@ def _teacher_options(t: argparse._ArgumentGroup) -> None:
          help="send vLLM a request priority so continuing conversations are served before new ones (vLLM "
               "--scheduling-policy priority): on, off, or auto (default: on, off for a server that refuses it)")
     flag(t, "concurrency", type=int, help="rollouts in flight (default: 512 per teacher endpoint)")
+    flag(t, "max_context_tokens", type=int, metavar="N",
+         help="when a conversation's next turn would need more prompt tokens than N, ask the teacher for its final "
+              "answer (force_answer.j2, as Tongyi's runner does; the row ends forced_answer) (default: the server's "
+              "max_model_len less --max_tokens)")
+    t.add_argument("--no-force-answer", "--no_force_answer", dest="force_answer", action="store_false",
+                   help="never ask for the answer at the context limit: such a conversation ends as context")
     flag(t, "request_timeout", type=float, default=1800.0, help="seconds per HTTP request (default 1800)")
     flag(t, "max_retries", type=int, default=4, help="retries of a transient HTTP failure (default 4)")
     flag(t, "retry_backoff", type=float, default=1.0,
@@ -233,7 +239,8 @@ def _config(args: argparse.Namespace, seed: dict[str, Any]) -> DistillConfig:
         num_rollouts=args.num_rollouts, concurrency=args.concurrency, question_field=args.question_field,
         answer_field=args.answer_field,
         retry=RetryPolicy(attempts=args.max_retries + 1, timeout=args.request_timeout, backoff=args.retry_backoff),
-        judge=curation.judge_from_args(args, os.environ),
+        judge=curation.judge_from_args(args, os.environ), force_answer=args.force_answer,
+        max_context_tokens=args.max_context_tokens,
     )
 
 

@@ -66,6 +66,11 @@ class DistillConfig:
     answer_field: str | None = None
     retry: RetryPolicy = dataclasses.field(default_factory=RetryPolicy)
     judge: JudgeConfig | None = None  # judges each rollout's answer when set (see curation)
+    # At the context limit the teacher is asked for its final answer (as Tongyi's runner does) instead of
+    # the conversation being lost; the limit is this many prompt tokens, or (None) the server's
+    # max_model_len less max_tokens.
+    force_answer: bool = True
+    max_context_tokens: int | None = None
 
     def __post_init__(self) -> None:
         self._check_urls()
@@ -75,6 +80,8 @@ class DistillConfig:
         _positive("num_rollouts", self.num_rollouts)
         if self.concurrency is not None:
             _positive("concurrency", self.concurrency)
+        if self.max_context_tokens is not None:
+            _positive("max context tokens", self.max_context_tokens)
         if not 0 <= self.temperature <= 2:
             raise ConfigError(f"--temperature must be between 0 and 2, got {self.temperature}")
         if self.top_p is not None and not 0 < self.top_p <= 1:

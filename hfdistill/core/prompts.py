@@ -21,6 +21,7 @@ class Prompts:
     tools: list[dict[str, Any]]  # their schemas: the `tools` column of every row
     system: str  # stored with every conversation (tools live in the `tools` column)
     tools_section: str  # appended to the system prompt on the wire in the text protocol
+    force_answer: str  # the user turn asking for the final answer at the context limit
 
     @classmethod
     def build(cls, templates: Templates, tools: Sequence[Tool]) -> Prompts:
@@ -28,7 +29,8 @@ class Prompts:
         templates.check(schemas)
         return cls(templates=templates, toolset={tool.name: tool for tool in tools}, tools=schemas,
                    system=templates.render("system_prompt.j2", tools=schemas),
-                   tools_section=templates.render("tools_section.j2", tools=schemas))
+                   tools_section=templates.render("tools_section.j2", tools=schemas),
+                   force_answer=templates.render("force_answer.j2", tools=schemas))
 
     @property
     def uses_golden_answers(self) -> bool:

@@ -8,6 +8,10 @@ sees; broken infrastructure raises (and the row goes to the failures file).
 Every finished tool turn is a `TurnStep`: what it added to the stored conversation and to what the
 teacher sees. The loop reports each one (`on_turn`), and continues from recorded steps
 (`resume`), so a conversation cut off by a kill goes on from its last finished turn.
+
+When the next turn would not fit the context budget, the teacher is asked for its final answer
+instead (`RolloutSpec.force_answer`, as Tongyi-DeepResearch's own runner does): the conversation
+ends as `forced_answer` rather than being lost as `context`.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from hfdistill.core.toolcalls import CallError, ParsedTurn, ToolRequest, extract
 from hfdistill.core.tools import ToolContext
 from hfdistill.core.types import Message, TeacherReply, ToolCall, Trajectory, Usage
 
-__all__ = ["ChatFn", "RolloutSpec", "TurnStep", "rollout", "tool_response"]
+__all__ = ["ChatFn", "RolloutSpec", "TurnStep", "estimated_tokens", "rollout", "tool_response"]
 
 ChatFn = Callable[[list[dict[str, Any]]], Awaitable[TeacherReply]]
 
@@ -35,6 +39,9 @@ class RolloutSpec:
     prompts: Prompts
     max_turns: int
     text_protocol: bool
+    # Prompt tokens the next turn may use (the model's context less the turn's max_tokens); past it the
+    # teacher is asked for its answer. None: no budget known, or --no-force-answer.
+    context_budget: int | None = None
 
 
 @dataclass(frozen=True)
@@ -79,9 +86,14 @@ async def rollout(question: str, golden_answers: Sequence[str], *, chat: ChatFn,
         {"role": "system", "content": spec.prompts.system_on_wire(spec.text_protocol)},
         {"role": "user", "content": user},
     ]
+    used = 0  # tokens of the conversation after the last reply: its prompt and what it generated
     for step in resume:
         _apply(step, traj, wire)
+        used = step.usage.prompt_tokens + step.usage.completion_tokens
     for turn in range(len(resume) + 1, spec.max_turns + 1):
+        if turn > 1 and spec.context_budget is not None and used + estimated_tokens(wire[-1]) > spec.context_budget:
+            await _forced_answer(traj, wire, chat, spec, turn)
+            break
         try:
             reply = await chat(wire)
         except ContextLengthError:
@@ -100,11 +112,46 @@ async def rollout(question: str, golden_answers: Sequence[str], *, chat: ChatFn,
         except ServiceError as e:  # a tool's server (the retriever) failed for good
             raise RolloutError(str(e), cause=e.cause, turn=turn) from e
         _apply(step, traj, wire)
+        used = reply.usage.prompt_tokens + reply.usage.completion_tokens
         if on_turn is not None:
             on_turn(step)
     final = next((m for m in reversed(traj.messages) if m.role == "assistant"), None)
     traj.prediction = (extract_answer(final.content) or "") if final is not None else ""
     return traj
+
+
+def estimated_tokens(message: dict[str, Any]) -> int:
+    """An upper estimate of the tokens a message adds to the prompt, without the model's tokenizer.
+
+    Qwen's tokenizer averages about four bytes of English per token; three errs on the side of asking
+    for the answer a little early rather than having the server refuse the prompt. The constant covers
+    the chat template's markers around the message.
+    """
+    return len(str(message.get("content") or "").encode()) // 3 + 16
+
+
+async def _forced_answer(traj: Trajectory, wire: list[dict[str, Any]], chat: ChatFn, spec: RolloutSpec,
+                         turn: int) -> None:
+    """Ask for the final answer now. The conversation ends `forced_answer` when the reply gives one, else
+    as it would have without the request: `context` (or `length` when the reply was cut by max_tokens)."""
+    ask = spec.prompts.force_answer
+    traj.messages.append(Message("user", ask))
+    wire.append({"role": "user", "content": ask})
+    try:
+        reply = await chat(wire)
+    except ContextLengthError:
+        traj.stop_reason = "context"
+        return
+    except TeacherError as e:
+        raise RolloutError(str(e), cause=e.cause, turn=turn) from e
+    parsed = interpret_turn(reply.content, reply.reasoning, reply.tool_calls, tools=spec.prompts.toolset,
+                            call_id=f"call_{turn}")
+    stop = _stop_reason(reply, parsed)
+    if stop == "answer":
+        stop = "forced_answer"
+    elif stop not in ("length", "context"):  # asked for its answer, it gave none: the context ran out all the same
+        stop = "context"
+    _finish(traj, reply, parsed, stop)
 
 
 def _finish(traj: Trajectory, reply: TeacherReply, parsed: ParsedTurn, stop: str) -> None:

@@ -32,6 +32,7 @@ _SAMPLE_CONTEXT: dict[str, dict[str, Any]] = {
     "tool_observation.j2": {"results": [{"query": "capital of France", "documents": [_SAMPLE_DOC]}]},
     "tool_observation_verl.j2": {"results": [{"query": "capital of France", "documents": [_SAMPLE_DOC]}]},
     "tool_error.j2": {"error": "unknown tool 'browse'", "tool_name": "search", "query_arg": "query_list"},
+    "force_answer.j2": {},
 }
 
 
@@ -106,7 +107,8 @@ class Templates:
     @property
     def names(self) -> tuple[str, ...]:
         """Templates a run uses, in a stable order."""
-        return ("system_prompt.j2", "user_prompt.j2", "tools_section.j2", self.observation, "tool_error.j2")
+        return ("system_prompt.j2", "user_prompt.j2", "tools_section.j2", self.observation, "tool_error.j2",
+                "force_answer.j2")
 
     def _get(self, name: str) -> jinja2.Template:
         if name not in self._cache:

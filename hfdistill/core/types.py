@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
+    "ANSWERED",
     "Document",
     "Message",
     "RolloutJob",
@@ -15,6 +16,11 @@ __all__ = [
     "Trajectory",
     "Usage",
 ]
+
+# The stop reasons of a conversation that ended with an answer: the model's own, or the one it was asked
+# for at the context limit.
+ANSWERED = ("answer", "forced_answer")
+
 
 @dataclass(frozen=True, slots=True)
 class ToolCall:

@@ -129,6 +129,18 @@ class Distiller:
         return self.clients.served.judge_model
 
     @property
+    def context_budget(self) -> int | None:
+        """Prompt tokens a turn may use before the teacher is asked for its answer (None: never asked):
+        --max-context-tokens, else the teacher's context window (as the server lists it) less max_tokens."""
+        c = self.config
+        if not c.force_answer:
+            return None
+        if c.max_context_tokens is not None:
+            return c.max_context_tokens
+        window = self.clients.served.max_model_len
+        return window - c.max_tokens if window is not None and window > c.max_tokens else None
+
+    @property
     def teacher_stats(self) -> TeacherStats:
         return self.clients.teacher_stats
 
@@ -181,7 +193,7 @@ class Distiller:
         """Take what another process found when it probed the servers (an engine's driver), instead of
         probing them again from here."""
         self.clients.served.model, self.clients.served.protocol = served.model, served.protocol
-        self.clients.served.judge_model = served.judge_model
+        self.clients.served.judge_model, self.clients.served.max_model_len = served.judge_model, served.max_model_len
         self.clients.prepared = True
 
     async def run_jobs(self, jobs: Sequence[RolloutJob], recorder: Recorder) -> None:
@@ -304,7 +316,8 @@ class Distiller:
         return self._recorder.finished(job, result, model=self.model, protocol=self.mode, reused=False)
 
     async def _generate(self, runtime: Runtime, job: RolloutJob, resume: Sequence[TurnStep]) -> RolloutResult | None:
-        spec = RolloutSpec(self.prompts, self.config.max_assistant_turns, runtime.teacher.mode == "text")
+        spec = RolloutSpec(self.prompts, self.config.max_assistant_turns, runtime.teacher.mode == "text",
+                           context_budget=self.context_budget)
         turns = iter(range(len(resume) + 1, spec.max_turns + 1))
 
         def on_turn(step: TurnStep) -> None:

@@ -21,6 +21,7 @@ from huggingface_hub import DatasetCardData
 
 from hfdistill.core.errors import ConfigError, InputError
 from hfdistill.core.templates import card_template_path, render_file
+from hfdistill.core.types import ANSWERED
 from hfdistill.curation.funnel import funnel_context
 from hfdistill.publish.render import load_rows, render_conversation
 from hfdistill.run.output import read_record
@@ -69,6 +70,7 @@ _REDACTED = "REDACTED"
 
 STOP_REASON_MEANINGS = {
     "answer": "ended with an `<answer>`",
+    "forced_answer": "reached the context limit and answered when asked to (`force_answer.j2`)",
     "max_turns": "reached the assistant-turn limit",
     "length": "a reply was cut at `max_tokens`",
     "context": "the conversation outgrew the model's context",
@@ -301,7 +303,7 @@ def load_card_inputs(path: str | Path) -> tuple[GenerationRecord, dict[str, Any]
     if table.num_rows == 0:
         return record, None
     rows = table.to_pylist()
-    ranks = [(r["stop_reason"] == "answer") * 2 + bool(r["exact_match"] and r["num_tool_calls"]) * 4
+    ranks = [(r["stop_reason"] in ANSWERED) * 2 + bool(r["exact_match"] and r["num_tool_calls"]) * 4
              + bool(r["num_tool_calls"]) for r in rows]
     best = max(range(len(rows)), key=lambda i: (ranks[i], -i))
     return record, load_rows(path, best, 1)[0]

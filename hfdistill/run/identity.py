@@ -82,7 +82,8 @@ def rollout_options(config: DistillConfig, *, templates: dict[str, str], corpus:
         model=c.model, tool_call_mode=c.tool_call_mode, temperature=c.temperature, top_p=c.top_p,
         presence_penalty=c.presence_penalty, max_tokens=c.max_tokens, seed=c.seed,
         max_assistant_turns=c.max_assistant_turns, topk=c.topk, query_arg=c.query_arg,
-        observation_format=c.observation_format, corpus=corpus, templates=templates)
+        observation_format=c.observation_format, corpus=corpus, templates=templates, force_answer=c.force_answer,
+        max_context_tokens=c.max_context_tokens)
 
 
 @dataclass(frozen=True)

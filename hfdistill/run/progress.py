@@ -20,6 +20,8 @@ from typing import Any, TextIO
 
 from tqdm import tqdm
 
+from hfdistill.core.types import ANSWERED
+
 __all__ = ["Monitor", "Rate", "RunStats", "format_duration"]
 
 
@@ -55,7 +57,7 @@ class RunStats:
         self.tool_errors += row["num_tool_errors"]
         self.prompt_tokens += row["usage"]["prompt_tokens"]
         self.completion_tokens += row["usage"]["completion_tokens"]
-        self.answered += row["stop_reason"] == "answer"
+        self.answered += row["stop_reason"] in ANSWERED
         if row["exact_match"] is not None:
             self.scored += 1
             self.correct += bool(row["exact_match"])

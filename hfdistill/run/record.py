@@ -42,6 +42,8 @@ class RolloutOptions:
     observation_format: str = "seed"
     corpus: str | None = None
     templates: dict[str, str] = field(default_factory=dict)
+    force_answer: bool = True
+    max_context_tokens: int | None = None  # None: the server's context window less max_tokens
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

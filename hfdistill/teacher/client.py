@@ -113,7 +113,7 @@ class Teacher:
         """Check every endpoint answers, learn the model id, and settle the protocol (auto mode)."""
         served = await asyncio.gather(*(self._served_models(e) for e in self.pool.endpoints))
         if self.model is None:
-            ids = {models[0] for models in served}
+            ids = {next(iter(models)) for models in served}
             if len(ids) > 1:
                 raise ConfigError(f"the teacher endpoints serve different models ({', '.join(sorted(ids))}); "
                                   "pass --model")
@@ -123,6 +123,8 @@ class Teacher:
                 if self.model not in models:
                     raise ConfigError(f"model {self.model!r} is not served at {endpoint.url} (it serves "
                                       f"{', '.join(models)}); fix --model or VLLM_URL")
+        windows = [w for models in served if (w := models[self.model]) is not None]
+        self.served.max_model_len = min(windows) if len(windows) == len(served) else None
         if self.mode is None:
             self.mode = "text" if await self._refusing_tools() else "native"
             log.info("tool-call protocol: %s", self.mode)
@@ -137,7 +139,8 @@ class Teacher:
         if self.config.priority != "off":
             await self._settle_priority()
 
-    async def _served_models(self, endpoint: Endpoint) -> list[str]:
+    async def _served_models(self, endpoint: Endpoint) -> dict[str, int | None]:
+        """The models an endpoint serves, each with its context window when the server lists one (vLLM does)."""
         try:
             async with self.session.get(endpoint.models_url, timeout=aiohttp.ClientTimeout(total=30)) as response:
                 payload = await response.read()
@@ -333,11 +336,12 @@ def _stalled(endpoint: Endpoint) -> TeacherError:
                         transient=True, cause="stalled")
 
 
-def _model_ids(payload: bytes) -> list[str] | None:
-    """The ids of an OpenAI `GET /v1/models` answer, or None when it is not one."""
+def _model_ids(payload: bytes) -> dict[str, int | None] | None:
+    """The ids of an OpenAI `GET /v1/models` answer with vLLM's `max_model_len` of each (None where not
+    listed), or None when it is not such an answer."""
     try:
         data = orjson.loads(payload).get("data")
-        return [str(m["id"]) for m in data]
+        return {str(m["id"]): m["max_model_len"] if isinstance(m.get("max_model_len"), int) else None for m in data}
     except (orjson.JSONDecodeError, AttributeError, TypeError, KeyError):
         return None
 
