@@ -114,7 +114,8 @@ def _generate(config: DistillConfig, options: GenerateOptions, output: Path, sto
     assert distiller.plan is not None
     items = scan_items(ds, distiller.plan, with_golden=distiller.prompts.uses_golden_answers)
     identity = identify(rollout_options(config, templates=distiller.prompts.templates.digest(),
-                                        corpus=distiller.corpus_digest()), output)
+                                        corpus=distiller.corpus_digest(),
+                                        retriever=distiller.retriever_identity()), output)
     done = identity.existing(items.digest, _view(distiller, options), options.overwrite)
     if done is not None:  # a finished command needs no server
         log.info("%s is already complete (%s rows, same input and options); nothing to do. Pass --overwrite to "
@@ -285,7 +286,7 @@ def _record(distiller: Distiller, identity: RunIdentity, options: GenerateOption
         "teacher": {"model": distiller.model or models.get("model"),
                     "hosts": [urlsplit(u).hostname for u in c.endpoints],
                     "protocol": distiller.mode or models.get("protocol")},
-        "retrieval": {"corpus": os.path.basename(c.corpus)} if c.corpus else
+        "retrieval": {"corpus": os.path.basename(c.corpus), "retriever": c.retriever} if c.corpus else
                      {"host": urlsplit(c.retrieval_url).hostname},
         "generation_options": identity.options,
         "run_options": {"keep": options.keep, "keep_malformed": options.keep_malformed,

@@ -45,6 +45,8 @@ __all__ = [
     "size_category",
 ]
 
+_RETRIEVER_NAMES = {"bm25": "BM25", "dense": "dense retrieval", "hybrid": "hybrid (BM25 + dense, RRF)"}
+
 # A license id the Hub accepts that says "not chosen yet": the data's license depends on the input's
 # and on the teacher's terms, which only the user knows.
 LICENSE_PLACEHOLDER = "other"
@@ -179,7 +181,8 @@ def _options(record: Mapping[str, Any]) -> list[tuple[str, Any]]:
         ("documents per search (topk)", g.get("topk")),
         ("observation format", g.get("observation_format")),
         ("query argument", g.get("query_arg")),
-        ("retrieval", f"embedded BM25 over {retrieval['corpus']}" if retrieval.get("corpus")
+        ("retrieval", f"embedded {_RETRIEVER_NAMES.get(retrieval.get('retriever', 'bm25'), 'BM25')} over "
+                      f"{retrieval['corpus']}" if retrieval.get("corpus")
          else "Search-R1 retrieval server"),
         ("rollouts per question", r.get("num_rollouts")),
         ("rows kept (--keep)", r.get("keep")),

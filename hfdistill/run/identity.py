@@ -79,20 +79,26 @@ def scan_items(ds: datasets.Dataset, plan: FieldPlan, *, with_golden: bool) -> I
     return InputItems(ids, digest.hexdigest())
 
 
-def rollout_options(config: DistillConfig, *, templates: dict[str, str], corpus: str | None) -> dict[str, Any]:
+def rollout_options(config: DistillConfig, *, templates: dict[str, str], corpus: str | None,
+                    retriever: dict[str, Any] | None = None) -> dict[str, Any]:
     """Every option that changes what one rollout produces.
 
     URLs are left out (a server that moved is the same server), and so is the model id the server
     reports when --model is not given: each journal record names the model that made it instead.
-    The corpus is its content hash, so a moved or copied corpus is the same corpus.
+    The corpus is its content hash, so a moved or copied corpus is the same corpus. A dense or hybrid
+    retriever adds its identity (kind, the index's vectors, the encoder); BM25 has none beyond the
+    corpus, so runs made before dense retrieval existed keep their fingerprint.
     """
     c = config
-    return {
+    options = {
         "model": c.model, "tool_call_mode": c.tool_call_mode, "temperature": c.temperature,
         "top_p": c.top_p, "presence_penalty": c.presence_penalty, "max_tokens": c.max_tokens, "seed": c.seed,
         "max_assistant_turns": c.max_assistant_turns, "topk": c.topk, "query_arg": c.query_arg,
         "observation_format": c.observation_format, "corpus": corpus, "templates": templates,
     }
+    if retriever is not None:
+        options["retriever"] = retriever
+    return options
 
 
 @dataclass(frozen=True)
