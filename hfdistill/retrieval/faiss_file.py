@@ -30,7 +30,7 @@ FLAT_L2 = b"IxF2"
 METRIC_INNER_PRODUCT = 0
 _HEADER = struct.Struct("<4siqqqBi")  # fourcc, d, ntotal, dummy, dummy, is_trained, metric_type
 _COUNT = struct.Struct("<Q")
-_PLACEHOLDER = 1 << 20  # what faiss writes in the two unused header fields
+_PLACEHOLDER = 1 << 20  # what faiss writes in the two unused header fields (a signature, in effect)
 # Index types by fourcc, for messages (faiss/impl/index_write.cpp).
 KINDS = {b"IxFI": "Flat (inner product)", b"IxF2": "Flat (L2)", b"IHNf": "HNSW", b"IwPQ": "IVF-PQ",
          b"IwFl": "IVF-Flat", b"IxSQ": "scalar quantizer", b"IxPq": "PQ"}
@@ -92,8 +92,8 @@ def read_header(path: str | os.PathLike[str]) -> FaissHeader:
         raise ConfigError(f"--index {path} cannot be read: {e.strerror or e}") from None
     if len(raw) < _HEADER.size:
         raise ConfigError(f"--index {path} is not a faiss index: it is only {size} bytes long")
-    fourcc, dim, ntotal, _, _, _, metric = _HEADER.unpack(raw)
-    if not fourcc.isalnum() or dim < 1 or ntotal < 0:
+    fourcc, dim, ntotal, dummy1, dummy2, trained, metric = _HEADER.unpack(raw)
+    if not fourcc.isalnum() or dim < 1 or ntotal < 0 or (dummy1, dummy2) != (_PLACEHOLDER,) * 2 or trained > 1:
         raise ConfigError(f"--index {path} is not a faiss index (it starts with {raw[:8]!r})")
     if metric != METRIC_INNER_PRODUCT:
         raise ConfigError(f"--index {path} ranks by L2 distance (metric {metric}); dense retrieval here, as in "
