@@ -62,15 +62,33 @@ def test_a_batch_never_exceeds_max_queries_by_more_than_a_request() -> None:
     assert max(len(b) for b in work.batches) <= 8
 
 
-def test_a_lone_query_waits_no_longer_than_the_window() -> None:
-    batcher = Batcher(Recorder(), max_wait_s=0.003)
+def test_a_lone_client_does_not_wait_for_company() -> None:
+    batcher = Batcher(Recorder(), max_wait_s=0.5)
     try:
-        batcher.submit(["warm"], 1).result()
+        batcher.submit(["warm"], 1).result()  # the first request may wait: nothing is known yet
         t0 = time.perf_counter()
-        assert batcher.submit(["alone"], 1).result() == [["alone#0"]]
-        assert time.perf_counter() - t0 < 0.05
+        for i in range(5):
+            assert batcher.submit([f"alone{i}"], 1).result() == [[f"alone{i}#0"]]
+        assert time.perf_counter() - t0 < 0.5  # far less than one wait
     finally:
         batcher.close()
+
+
+def test_requests_arriving_together_wait_for_company_at_most_the_window() -> None:
+    work = Recorder()
+    batcher = Batcher(work, max_wait_s=0.05)
+    try:
+        first = [batcher.submit([f"a{i}"], 1) for i in range(3)]
+        [f.result() for f in first]
+        t0 = time.perf_counter()
+        late = batcher.submit(["b0"], 1)
+        time.sleep(0.01)
+        also = batcher.submit(["b1"], 1)
+        assert late.result() == [["b0#0"]] and also.result() == [["b1#0"]]
+        assert time.perf_counter() - t0 < 0.5
+    finally:
+        batcher.close()
+    assert work.batches[-1] == ["b0", "b1"]  # the wait joined a request that came 10 ms later
 
 
 def test_an_error_reaches_every_caller_of_the_batch_and_the_worker_goes_on() -> None:

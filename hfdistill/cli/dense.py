@@ -4,13 +4,17 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from hfdistill.cli.parsers import common_options, flag
 from hfdistill.core.encoders import DEVICES, POOLINGS, RETRIEVER_KINDS, DenseOptions, EncoderOverrides
+from hfdistill.core.errors import ConfigError
 
-__all__ = ["add_dense_commands", "add_retriever_options", "retriever_from_args"]
+__all__ = ["add_dense_commands", "add_retriever_options", "cpu_threads", "retriever_from_args"]
 
 log = logging.getLogger("hfdistill")
 
@@ -37,6 +41,9 @@ def add_retriever_options(g: argparse._ArgumentGroup | argparse.ArgumentParser) 
          help="dense: how long a lone query waits for others to batch with (default 2 ms)")
     flag(g, "max_batch", type=int, default=512, help="dense: queries encoded and searched together at most (512)")
     flag(g, "no_batching", action="store_true", help="dense: answer one request at a time (for comparison)")
+    flag(g, "threads", type=int, metavar="N",
+         help="dense: CPU threads for encoding and faiss (default: one per core; on a machine shared with other "
+              "work, fewer threads than cores can be much faster)")
 
 
 def _query_settings(g: argparse._ArgumentGroup | argparse.ArgumentParser) -> None:
@@ -60,6 +67,39 @@ def retriever_from_args(args: argparse.Namespace) -> tuple[str, DenseOptions | N
                               batching=not args.no_batching)
 
 
+@contextlib.contextmanager
+def cpu_threads(n: int | None) -> Iterator[None]:
+    """torch's (and faiss's) thread count set to `n` for the command, and restored after it (process-wide
+    state: the CLI's to change, never the library's)."""
+    if n is None:
+        yield
+        return
+    if n < 1:
+        raise ConfigError(f"--threads must be >= 1, got {n}")
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    faiss = _faiss_or_none()
+    faiss_previous = faiss.omp_get_max_threads() if faiss is not None else None
+    if faiss is not None:
+        faiss.omp_set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+        if faiss is not None:
+            faiss.omp_set_num_threads(faiss_previous)
+
+
+def _faiss_or_none() -> Any:
+    try:
+        import faiss
+    except ImportError:  # a GPU search needs no faiss
+        return None
+    return faiss
+
+
 def add_dense_commands(sub: argparse._SubParsersAction) -> None:
     _add_index(sub)
     _add_download(sub)
@@ -81,6 +121,7 @@ def _add_index(sub: argparse._SubParsersAction) -> None:
                                                             "else fp32 on CPU")
     flag(p, "batch_size", type=int, help="passages per forward pass (default 512 on a GPU, 32 on CPU)")
     flag(p, "shard_rows", type=int, default=8192, help="passages per resumable shard (default 8192)")
+    flag(p, "threads", type=int, metavar="N", help="CPU threads for encoding (default: one per core)")
     s = p.add_argument_group("encoder conventions (default: Search-R1's for the model's family)")
     _query_settings(s)
     flag(s, "passage_prefix", metavar="TEXT", help="text put before each passage (default by family: e5 'passage: ')")
@@ -103,11 +144,10 @@ def _cmd_index(args: argparse.Namespace) -> int:
                            shard_rows=args.shard_rows)
     corpus = Path(args.corpus)
     if not corpus.is_file():
-        from hfdistill.core.errors import ConfigError
-
         raise ConfigError(f"--corpus {corpus} is not a file; pass a Search-R1 JSONL corpus")
     log.info("encoding %s with %s", corpus, spec.describe())
-    manifest = build_dense_index(corpus, Path(args.out), spec, options)
+    with cpu_threads(args.threads):
+        manifest = build_dense_index(corpus, Path(args.out), spec, options)
     print(Path(args.out) / manifest["index_file"])
     return 0
 

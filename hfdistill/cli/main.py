@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from hfdistill.cli.dense import add_dense_commands, add_retriever_options, retriever_from_args
+from hfdistill.cli.dense import add_dense_commands, add_retriever_options, cpu_threads, retriever_from_args
 from hfdistill.cli.parsers import add_other_commands, common_options, flag
 from hfdistill.core.config import OBSERVATION_FORMATS, PRIORITY_MODES, TOOL_CALL_MODES, DistillConfig, RetryPolicy
 from hfdistill.core.errors import ConfigError, HfdistillError
@@ -261,7 +261,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         check_push_target(args.push_to_hub, license=args.license, token=args.hf_token)
     stop = StopRequest()
     # process-wide settings are the CLI's to change (and restore)
-    with run_settings(stop):
+    with run_settings(stop), cpu_threads(args.threads if config.dense is not None else None):
         result = generate(config, options, stop=stop)
     if not result.skipped_as_done:
         _print_summary(result)

@@ -53,12 +53,13 @@ def _add_serve_retriever(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_serve_retriever(args: argparse.Namespace) -> int:
-    from hfdistill.cli.dense import retriever_from_args
+    from hfdistill.cli.dense import cpu_threads, retriever_from_args
     from hfdistill.retrieval.server import serve
 
     retriever, dense = retriever_from_args(args)
-    serve(args.corpus, host=args.host, port=args.port, index_dir=args.index_dir, topk=args.topk, retriever=retriever,
-          dense=dense)
+    with cpu_threads(args.threads if dense is not None else None):
+        serve(args.corpus, host=args.host, port=args.port, index_dir=args.index_dir, topk=args.topk,
+              retriever=retriever, dense=dense)
     return 0
 
 

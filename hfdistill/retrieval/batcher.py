@@ -2,10 +2,13 @@
 waiting for it (from concurrent rollouts, or concurrent HTTP requests at the server), runs them as one
 batch, and hands each caller its own results.
 
-Batching costs a lone query almost nothing: a request that finds the worker idle waits at most
-`max_wait_s` (a few milliseconds) for company; requests that arrive while a batch runs simply join
-the next one. The work runs on the worker thread, never on an event loop, and any number of event
-loops (or plain threads) may submit. With `merge=False` each request is run alone, one at a time:
+Batching costs a lone query nothing: requests that arrive while a batch runs simply join the next
+one, and a request that finds the worker idle waits for company (at most `max_wait_s`, a few
+milliseconds) only while requests have been arriving together, i.e. when the last batch held more
+than one; a single client is answered at once.
+
+The work runs on the worker thread, never on an event loop, and any number of event loops (or
+plain threads) may submit. With `merge=False` each request is run alone, one at a time:
 the comparison the benchmark makes.
 """
 
@@ -62,6 +65,7 @@ class Batcher(Generic[R]):
         self.stats = BatcherStats()
         self._queue: queue.SimpleQueue[_Job[R] | None] = queue.SimpleQueue()
         self._closed = False
+        self._together = True  # the last batch held several requests: worth waiting for company
         self._lock = threading.Lock()  # a request is queued before close()'s sentinel, or refused
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
@@ -108,7 +112,7 @@ class Batcher(Generic[R]):
         """`first` plus whatever arrives until the batch is full or `max_wait_s` has passed."""
         jobs: list[_Job[R] | None] = [first]
         size = len(first.queries)
-        deadline = time.monotonic() + self.max_wait_s
+        deadline = time.monotonic() + (self.max_wait_s if self._together else 0.0)
         while size < self.max_queries:
             try:
                 job = self._queue.get_nowait()
@@ -139,6 +143,7 @@ class Batcher(Generic[R]):
             for job in jobs:
                 job.future.set_exception(e)
             return
+        self._together = len(jobs) > 1
         self.stats.batches += 1
         self.stats.requests += len(jobs)
         self.stats.queries += len(queries)

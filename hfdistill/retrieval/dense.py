@@ -145,11 +145,14 @@ class DenseRetriever:
         return {"kind": "dense", **self.target.identity()}
 
     def search_now(self, queries: list[str], k: int) -> list[list[Document]]:
-        """Encode and search on the calling thread (the batcher's worker, or a warm-up)."""
-        vectors = self.encoder.encode_queries(queries)
+        """Encode and search on the calling thread (the batcher's worker, or a warm-up). A query asked twice
+        in one batch (rollouts of one question often start alike) is encoded and searched once."""
+        unique = list(dict.fromkeys(queries))
+        vectors = self.encoder.encode_queries(unique)
         scores, rows = self.searcher.search(vectors, k)
-        return [[self.rows.document(int(r), float(s)) for r, s in zip(rs, ss, strict=True) if r >= 0]
-                for rs, ss in zip(rows.tolist(), scores.tolist(), strict=True)]
+        found = {q: [self.rows.document(int(r), float(s)) for r, s in zip(rs, ss, strict=True) if r >= 0]
+                 for q, rs, ss in zip(unique, rows.tolist(), scores.tolist(), strict=True)}
+        return [list(found[q]) for q in queries]
 
     async def search(self, queries: Sequence[str], topk: int) -> list[list[Document]]:
         """Top `topk` passages per query, best first, with scores; batched with concurrent searches."""

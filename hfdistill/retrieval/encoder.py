@@ -4,7 +4,7 @@ truncation, the model, masked mean (or CLS / pooler) pooling, L2 normalisation.
 The steps are Search-R1's (`retrieval_server.py` `Encoder.encode`, `index_builder.py` `encode_all`), so
 vectors match those of its published index; pooling is done in float32 (Search-R1 pools in the model's
 dtype, which differs only in the last bits under fp16). Half precision on a GPU, float32 on CPU.
-Passages are encoded in batches of similar length, so little compute goes to padding.
+Texts are encoded in batches of similar length, so little compute goes to padding.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ __all__ = ["Encoder", "encoder_dim", "resolve_device"]
 
 log = logging.getLogger(__name__)
 
-QUERY_BATCH = 512  # queries per forward pass; the batcher sends at most its max_batch anyway
+QUERY_BATCH = 512  # queries per forward pass on a GPU; the batcher sends at most its max_batch anyway
+CPU_QUERY_BATCH = 64  # on CPU, smaller batches of similar length waste less on padding (and cost no more)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -77,29 +78,28 @@ class Encoder:
 
     @torch.inference_mode()
     def encode_queries(self, queries: Sequence[str]) -> torch.Tensor:
-        """float32 vectors on this encoder's device, one row per query."""
-        texts = [self.spec.query_prefix + q for q in queries]
-        parts = [self._forward(texts[i:i + QUERY_BATCH], self.spec.query_max_length)
-                 for i in range(0, len(texts), QUERY_BATCH)]
-        return torch.cat(parts) if parts else torch.empty((0, self.dim), device=self.device)
+        """float32 vectors on this encoder's device, one row per query, in order."""
+        batch = QUERY_BATCH if self.device.type == "cuda" else CPU_QUERY_BATCH
+        return self._encode_sorted([self.spec.query_prefix + q for q in queries], self.spec.query_max_length, batch)
 
     @torch.inference_mode()
     def encode_passages(self, passages: Sequence[str], batch_size: int) -> np.ndarray:
-        """float32 vectors in input order; batches are formed longest first, of similar lengths.
+        """float32 vectors, one row per passage, in order."""
+        texts = [self.spec.passage_prefix + p for p in passages]
+        return self._encode_sorted(texts, self.spec.passage_max_length, batch_size).cpu().numpy()
 
-        Results stay on the device until the end, so the CPU tokenizes the next batch while the GPU
-        runs this one.
-        """
-        order = sorted(range(len(passages)), key=lambda i: -len(passages[i]))
-        texts = [self.spec.passage_prefix + passages[i] for i in order]
-        parts = [self._forward(texts[i:i + batch_size], self.spec.passage_max_length)
-                 for i in range(0, len(texts), batch_size)]
-        if not parts:
-            return np.empty((0, self.dim), dtype=np.float32)
-        sorted_vectors = torch.cat(parts).cpu().numpy()
-        out = np.empty_like(sorted_vectors)
-        out[np.asarray(order)] = sorted_vectors
-        return out
+    def _encode_sorted(self, texts: list[str], max_length: int, batch: int) -> torch.Tensor:
+        """Encode in batches of similar lengths (longest first), so little compute goes to padding; the
+        vectors come back in input order. Results stay on the device until the caller copies them, so the
+        CPU tokenizes the next batch while a GPU runs this one."""
+        if not texts:
+            return torch.empty((0, self.dim), device=self.device)
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        parts = [self._forward([texts[i] for i in order[start:start + batch]], max_length)
+                 for start in range(0, len(order), batch)]
+        inverse = torch.empty(len(order), dtype=torch.long)
+        inverse[torch.tensor(order)] = torch.arange(len(order))
+        return torch.cat(parts).index_select(0, inverse.to(self.device))
 
     def _forward(self, texts: list[str], max_length: int) -> torch.Tensor:
         inputs = self.tokenizer(texts, max_length=max_length, padding=True, truncation=True, return_tensors="pt")
