@@ -11,9 +11,9 @@ Needs only torch, transformers, numpy and tqdm (no faiss, no network): run it fr
    weights (`BertConfig`), over passages of ~100-170 tokens like wiki-18's (a made-up vocabulary of whole
    words, so tokens are counted exactly), at two batch sizes.
 2. Search: queries/s of `TorchSearcher` over a wiki-18-sized index (21,015,324 x 768, fp16, random unit
-   vectors made on the GPU) at batch sizes 1 to 4,096, for each k-selection: `torch.topk` per chunk (the
-   baseline), and the two-stage group selection at group sizes 256 and 1,024; and whether each returns the
-   baseline's top-k.
+   vectors made on the GPU) at batch sizes 1 to 4,096, for each k-selection: `torch.topk` per chunk of 1M rows
+   (the baseline), the two-stage group selection at group sizes 256 and 1,024, and at 256 over chunks of 4M;
+   and whether each returns the baseline's top-10.
 3. Serving: 256 concurrent clients (closed loop, 1-3 queries a request) through the batcher (encode with the
    e5-base-shaped encoder, then search the full index): queries/s, p50 and p99 latency, for the baseline and
    the default selection.
@@ -64,7 +64,8 @@ TINY_SHAPES = {
     "all-MiniLM-L6": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 4, "intermediate_size": 64},
 }
 SELECTIONS = {"topk": {"selection": "topk"}, "group-256": {"selection": "group", "group": 256},
-              "group-1024": {"selection": "group", "group": 1024}}
+              "group-1024": {"selection": "group", "group": 1024},
+              "group-256-chunk-4M": {"selection": "group", "group": 256, "chunk_rows": 1 << 22}}
 
 
 @dataclass

@@ -18,7 +18,8 @@ def test_the_gpu_benchmark_runs_tiny_on_cpu(tmp_path: Path) -> None:
     report = json.loads((tmp_path / "r.json").read_text())
     assert {r["encoder"] for r in report["build"]} == {"e5-base", "all-MiniLM-L6"}
     assert all(r["passages_per_s"] > 0 and 100 < r["mean_tokens"] <= 180 for r in report["build"])
-    assert {r["selection"] for r in report["search"]} == {"topk", "group-256", "group-1024"}
+    assert {r["selection"] for r in report["search"]} == {"topk", "group-256", "group-1024",
+                                                              "group-256-chunk-4M"}
     assert all(r["same_top10_as_topk"] == 1.0 for r in report["search"])  # float32 on CPU: no ties to break
     assert all(r["mean_batch"] > 1 and r["p99_ms"] >= r["p50_ms"] for r in report["serve"])  # the batcher batched
     [load] = report["load"]

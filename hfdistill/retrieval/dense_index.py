@@ -164,10 +164,9 @@ def _encode_all(rows: CorpusRows, encoder: Encoder, shards: _Shards, batch: int)
               mininterval=0.5 if interactive else 30, smoothing=0.1) as bar:
         for i in range(done, -(-total // per)):
             first, last = i * per, min(total, (i + 1) * per)
-            vectors = encoder.encode_passages(rows.contents(first, last), batch)
+            vectors = encoder.encode_passages(rows.contents(first, last), batch, progress=bar.update)
             shards.save(i, vectors)
             digest.update(vectors.tobytes())
-            bar.update(last - first)
     return digest.hexdigest()
 
 

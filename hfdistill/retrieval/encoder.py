@@ -10,7 +10,7 @@ Texts are encoded in batches of similar length, so little compute goes to paddin
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -83,20 +83,25 @@ class Encoder:
         return self._encode_sorted([self.spec.query_prefix + q for q in queries], self.spec.query_max_length, batch)
 
     @torch.inference_mode()
-    def encode_passages(self, passages: Sequence[str], batch_size: int) -> np.ndarray:
-        """float32 vectors, one row per passage, in order."""
+    def encode_passages(self, passages: Sequence[str], batch_size: int,
+                        progress: Callable[[int], object] | None = None) -> np.ndarray:
+        """float32 vectors, one row per passage, in order; `progress(n)` after each batch of n."""
         texts = [self.spec.passage_prefix + p for p in passages]
-        return self._encode_sorted(texts, self.spec.passage_max_length, batch_size).cpu().numpy()
+        return self._encode_sorted(texts, self.spec.passage_max_length, batch_size, progress).cpu().numpy()
 
-    def _encode_sorted(self, texts: list[str], max_length: int, batch: int) -> torch.Tensor:
+    def _encode_sorted(self, texts: list[str], max_length: int, batch: int,
+                       progress: Callable[[int], object] | None = None) -> torch.Tensor:
         """Encode in batches of similar lengths (longest first), so little compute goes to padding; the
         vectors come back in input order. Results stay on the device until the caller copies them, so the
         CPU tokenizes the next batch while a GPU runs this one."""
         if not texts:
             return torch.empty((0, self.dim), device=self.device)
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
-        parts = [self._forward([texts[i] for i in order[start:start + batch]], max_length)
-                 for start in range(0, len(order), batch)]
+        parts = []
+        for start in range(0, len(order), batch):
+            parts.append(self._forward([texts[i] for i in order[start:start + batch]], max_length))
+            if progress is not None:
+                progress(min(batch, len(order) - start))
         inverse = torch.empty(len(order), dtype=torch.long)
         inverse[torch.tensor(order)] = torch.arange(len(order))
         return torch.cat(parts).index_select(0, inverse.to(self.device))
