@@ -15,9 +15,12 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import datasets
 import pytest
 
+from hfdistill import DistillConfig, Distiller
 from hfdistill.cli.main import main
+from hfdistill.core.encoders import DenseOptions
 from hfdistill.run.output import read_record
 from tests.conftest import write_verl_parquet
 from tests.corpus_util import write_jsonl
@@ -124,6 +127,20 @@ def test_the_fingerprint_changes_with_the_retriever(scripted: tuple[FakeTeacher,
     rc = main([*common, "--output_file", str(tmp_path / "dense.parquet"), "--index", str(index), "--retriever",
                "hybrid"])
     assert rc == 2
+
+
+def test_concurrent_rollouts_search_together_in_process(scripted: tuple[FakeTeacher, Served],
+                                                        built: tuple[Path, Path], tmp_path: Path) -> None:
+    corpus, index = built
+    config = DistillConfig(vllm_url=f"{scripted[1].url}/v1", corpus=str(corpus), retriever="dense",
+                           dense=DenseOptions(index=str(index), batch_wait_ms=50))
+    ds = datasets.load_dataset("parquet", split="train", data_files=str(
+        write_verl_parquet(tmp_path / "in.parquet", [(q, [a]) for q, a in ASKED])))
+    distiller = Distiller(config)
+    out = distiller.map(ds, batch_size=len(ASKED))
+    stats = distiller.clients.embedded().batcher.stats  # type: ignore[attr-defined]
+    assert out.num_rows == len(ASKED) and stats.queries == 2 * len(ASKED)
+    assert stats.largest > 2  # the searches of several rollouts went through one encoder pass
 
 
 @pytest.mark.parametrize(("args", "message"), [
