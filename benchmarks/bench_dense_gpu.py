@@ -36,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from dataclasses import dataclass
 from itertools import product
 from pathlib import Path
@@ -320,35 +321,50 @@ def main() -> None:
     s = sizes(args.tiny)
     skip = set(filter(None, args.skip.split(",")))
     report: dict[str, Any] = {"device": torch.cuda.get_device_name() if s.device.type == "cuda" else "cpu",
-                              "torch": torch.__version__, "index_rows": s.index_rows, "dim": s.dim}
+                              "torch": torch.__version__, "index_rows": s.index_rows, "dim": s.dim, "failed": []}
     t_start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         tokenizer, words = make_tokenizer(workdir)
-        if "build" not in skip:
-            report["build"] = bench_build(s, tokenizer, words)
+        _section(report, args.json, "build", skip, lambda: bench_build(s, tokenizer, words))
         if not {"search", "serve"} <= skip:
             vectors = random_index(s)
-            if "search" not in skip:
-                report["search"] = bench_search(s, vectors)
-            if "serve" not in skip:
-                report["serve"] = bench_serving(s, vectors, tokenizer, words)
+            _section(report, args.json, "search", skip, lambda: bench_search(s, vectors))
+            _section(report, args.json, "serve", skip, lambda: bench_serving(s, vectors, tokenizer, words))
             del vectors
         if s.device.type == "cuda":
             report["peak_gpu_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 1)
             torch.cuda.empty_cache()
-        if "load" not in skip:
-            report["load"] = [bench_load(s, workdir)]
+        _section(report, args.json, "load", skip, lambda: [bench_load(s, workdir)])
     report["seconds"] = round(time.perf_counter() - t_start)
     report["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    _save(report, args.json)
     print(f"# dense retrieval on {report['device']} (torch {report['torch']}), index {s.index_rows:,} x {s.dim}, "
           f"{report['seconds']} s")
     for section in ("build", "search", "serve", "load"):
         if section in report:
             print(f"\n## {section}\n\n{markdown(report[section])}")
     print(f"\npeak GPU memory: {report.get('peak_gpu_gib', '-')} GiB; peak host memory: {report['peak_rss_mib']} MiB")
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=1))
+    if report["failed"]:
+        raise SystemExit(f"sections that failed: {', '.join(report['failed'])} (tracebacks above)")
+
+
+def _section(report: dict[str, Any], path: Path | None, name: str, skip: set[str], run: Any) -> None:
+    """Run one section; a failure is recorded and printed, and the other sections still run (one shot on a GPU
+    should bring back all it can). The report is saved after each section, so a timeout keeps what finished."""
+    if name in skip:
+        return
+    try:
+        report[name] = run()
+    except Exception:  # noqa: BLE001 - recorded, printed, and the exit status says so
+        traceback.print_exc()
+        report["failed"].append(name)
+    _save(report, path)
+
+
+def _save(report: dict[str, Any], path: Path | None) -> None:
+    if path is not None:
+        path.write_text(json.dumps(report, indent=1))
 
 
 if __name__ == "__main__":
