@@ -38,7 +38,8 @@ def add_retriever_options(g: argparse._ArgumentGroup | argparse.ArgumentParser) 
     flag(g, "device", choices=DEVICES, default="auto",
          help="where queries are encoded and a flat index searched (default auto: the GPU when one is visible)")
     flag(g, "batch_wait_ms", type=float, default=2.0,
-         help="dense: how long a lone query waits for others to batch with (default 2 ms)")
+         help="dense: how long a request that finds the encoder idle waits for others to batch with, while "
+              "requests arrive together (default 2 ms; a lone client never waits)")
     flag(g, "max_batch", type=int, default=512, help="dense: queries encoded and searched together at most (512)")
     flag(g, "no_batching", action="store_true", help="dense: answer one request at a time (for comparison)")
     flag(g, "threads", type=int, metavar="N",
