@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hfdistill.cli.dense import add_dense_commands, add_retriever_options, cpu_threads, retriever_from_args
 from hfdistill.cli.parsers import add_other_commands, common_options, flag
 from hfdistill.core.config import OBSERVATION_FORMATS, PRIORITY_MODES, TOOL_CALL_MODES, DistillConfig, RetryPolicy
 from hfdistill.core.errors import ConfigError, HfdistillError
@@ -76,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_generate(sub)
     add_other_commands(sub)
+    add_dense_commands(sub)
     _add_curate(sub)
     return parser
 
@@ -138,8 +140,9 @@ def _teacher_options(t: argparse._ArgumentGroup) -> None:
 
 def _retrieval_options(r: argparse._ArgumentGroup) -> None:
     flag(r, "corpus", metavar="CORPUS.jsonl",
-         help="search this Search-R1 JSONL corpus with the embedded BM25 retriever instead of RETRIEVAL_URL")
-    flag(r, "index_dir", help="where the corpus index lives (default: next to the corpus)")
+         help="search this Search-R1 JSONL corpus in-process (BM25, or dense with --index) instead of RETRIEVAL_URL")
+    flag(r, "index_dir", help="where the corpus's BM25 index lives (default: next to the corpus)")
+    add_retriever_options(r)
     flag(r, "topk", type=int, default=3, help="documents per query (default 3)")
     flag(r, "query_arg", choices=("query_list", "query"), default="query_list",
          help="argument name of the search tool's query array (default query_list, as verl)")
@@ -228,9 +231,10 @@ def _config(args: argparse.Namespace, seed: dict[str, Any]) -> DistillConfig:
         raise ConfigError(f"--retry-backoff must be >= 0 seconds, got {args.retry_backoff}")
     if args.corpus and not Path(args.corpus).is_file():
         raise ConfigError(f"--corpus {args.corpus} is not a file; pass a Search-R1 JSONL corpus")
+    retriever, dense = retriever_from_args(args)
     return DistillConfig(
         vllm_url=seed["vllm_url"], retrieval_url=seed["retrieval_url"], corpus=args.corpus,
-        index_dir=args.index_dir, model=args.model,
+        index_dir=args.index_dir, retriever=retriever, dense=dense, model=args.model,
         api_key=args.api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY",
         max_assistant_turns=seed["max_assistant_turns"], temperature=seed["temperature"],
         max_tokens=seed["max_tokens"], top_p=args.top_p, presence_penalty=args.presence_penalty, seed=args.seed,
@@ -267,7 +271,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         check_push_target(args.push_to_hub, license=args.license, token=args.hf_token)
     stop = StopRequest()
     # process-wide settings are the CLI's to change (and restore)
-    with run_settings(stop):
+    with run_settings(stop), cpu_threads(args.threads if config.dense is not None else None):
         result = generate(config, options, stop=stop)
     if not result.skipped_as_done:
         _print_summary(result)

@@ -138,7 +138,8 @@ def _generate(config: DistillConfig, options: GenerateOptions, output: Path, sto
     binding = distiller.bind(ds.features)  # a missing field fails here, before any server is contacted
     source = _Input(ds, binding, scan_items(ds, binding.plan, with_golden=distiller.prompts.uses_golden_answers))
     identity = identify(rollout_options(config, templates=distiller.prompts.templates.digest(),
-                                        corpus=distiller.corpus_digest()), output)
+                                        corpus=distiller.corpus_digest(),
+                                        retriever=distiller.retriever_identity()), output)
     done = identity.existing(source.items.digest, _view(distiller, options), options.overwrite)
     if done is not None:  # a finished command needs no server
         log.info("%s is already complete (%d rows, same input and options); nothing to do. Pass --overwrite to "
@@ -334,7 +335,7 @@ def _record(distiller: Distiller, identity: RunIdentity, options: GenerateOption
         view=_view(distiller, options), curation=options.curate.view(), funnel=funnel, judge=judge,
         teacher=TeacherInfo(distiller.model or seen.model, tuple(str(urlsplit(u).hostname) for u in c.endpoints),
                             distiller.mode or seen.protocol),
-        retrieval=RetrievalInfo(corpus=os.path.basename(c.corpus)) if c.corpus else
+        retrieval=RetrievalInfo(corpus=os.path.basename(c.corpus), retriever=c.retriever) if c.corpus else
         RetrievalInfo(host=urlsplit(c.retrieval_url).hostname),
         generation_options=identity.options,
         run_options=RunOptions(keep=options.keep, keep_malformed=options.keep_malformed, num_rollouts=c.num_rollouts,

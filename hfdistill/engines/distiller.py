@@ -177,8 +177,14 @@ class Distiller:
         """The content hash of the embedded retriever's corpus (loading its index), or None without one."""
         if self.config.corpus is None:
             return None
-        retriever = self.clients.retriever()
-        return str(retriever.manifest["full_hash"])  # type: ignore[attr-defined]
+        return self.clients.embedded().corpus_hash
+
+    def retriever_identity(self) -> dict[str, Any] | None:
+        """What names a dense or hybrid retriever in the run's fingerprint (kind, vectors, encoder); None for
+        BM25 and HTTP, which the corpus hash or nothing names."""
+        if self.config.corpus is None:
+            return None
+        return self.clients.embedded().identity()
 
     def prepare(self) -> None:
         """Probe the teacher (model id, protocol), the retriever and the judge now, outside any `map`."""

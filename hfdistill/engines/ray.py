@@ -17,6 +17,7 @@ answer for a rollout already recorded is dropped, so the output holds every roll
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import os
@@ -315,9 +316,15 @@ def pool_size(actors: int | None, cluster_cpus: float, tasks: int) -> tuple[int,
                   f"fails; lower --ray-actors to {max(1, int(cluster_cpus / ACTOR_CPUS))} or add nodes")
 
 
-def _absolute_paths(distiller: Distiller) -> dict[str, str]:
+def _absolute_paths(distiller: Distiller) -> dict[str, Any]:
     """Paths the workers open, made absolute: a worker's working directory is not the driver's. They must
     name the same files on every node (shared storage), as docs/ray.md says."""
     c = distiller.config
     paths = {"corpus": c.corpus, "index_dir": c.index_dir, "template_dir": c.template_dir}
-    return {name: os.path.abspath(path) for name, path in paths.items() if path is not None}
+    absolute: dict[str, Any] = {name: os.path.abspath(path) for name, path in paths.items() if path is not None}
+    if c.dense is not None:
+        encoder = c.dense.encoder
+        if encoder is not None and os.path.isdir(encoder):  # a local model directory, not a Hub id
+            encoder = os.path.abspath(encoder)
+        absolute["dense"] = dataclasses.replace(c.dense, index=os.path.abspath(c.dense.index), encoder=encoder)
+    return absolute

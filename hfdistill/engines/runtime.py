@@ -17,7 +17,7 @@ from hfdistill.core.tools import ToolContext
 from hfdistill.judge.client import Judge, JudgeStats
 from hfdistill.judge.prompt import parse_verdict
 from hfdistill.retrieval.http import HttpRetriever
-from hfdistill.retrieval.protocol import Retriever
+from hfdistill.retrieval.protocol import EmbeddedRetriever, Retriever
 from hfdistill.teacher.client import Teacher, TeacherStats
 from hfdistill.teacher.served import Served
 
@@ -71,7 +71,7 @@ class Clients:
         self.judge_stats = JudgeStats()
         self.prepared = False  # the servers were probed (once, not per loop)
         self._runtimes: list[Runtime] = []
-        self._embedded: Retriever | None = None
+        self._embedded: EmbeddedRetriever | None = None
 
     def new_judge(self) -> Judge | None:
         """A judge client for the running event loop (None without --judge-url)."""
@@ -82,10 +82,15 @@ class Clients:
     def retriever(self) -> Retriever:
         if self.config.corpus is None:
             return HttpRetriever(self.config.retrieval_url, self.config.retry)
-        if self._embedded is None:
-            from hfdistill.retrieval.bm25 import BM25Retriever
+        return self.embedded()
 
-            self._embedded = BM25Retriever.load(self.config.corpus, self.config.index_dir)
+    def embedded(self) -> EmbeddedRetriever:
+        """The in-process retriever every loop shares (so concurrent rollouts' searches batch together)."""
+        if self._embedded is None:
+            from hfdistill.retrieval.embedded import open_embedded
+
+            c = self.config
+            self._embedded = open_embedded(c.corpus or "", c.retriever, index_dir=c.index_dir, dense=c.dense)
         return self._embedded
 
     async def get(self) -> Runtime:

@@ -47,6 +47,8 @@ __all__ = [
     "size_category",
 ]
 
+_RETRIEVER_NAMES = {"bm25": "BM25", "dense": "dense retrieval", "hybrid": "hybrid (BM25 + dense, RRF)"}
+
 # A license id the Hub accepts that says "not chosen yet": the data's license depends on the input's
 # and on the teacher's terms, which only the user knows.
 LICENSE_PLACEHOLDER = "other"
@@ -180,7 +182,8 @@ def _options(record: GenerationRecord) -> list[tuple[str, Any]]:
         ("documents per search (topk)", g.topk),
         ("observation format", g.observation_format),
         ("query argument", g.query_arg),
-        ("retrieval", f"embedded BM25 over {corpus}" if corpus else "Search-R1 retrieval server"),
+        ("retrieval", f"embedded {_RETRIEVER_NAMES.get(record.retrieval.retriever or 'bm25', 'BM25')} over {corpus}"
+         if corpus else "Search-R1 retrieval server"),
         ("rollouts per question", r.num_rollouts),
         ("rows kept (--keep)", r.keep),
         ("max_samples", r.max_samples),

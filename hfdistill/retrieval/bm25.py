@@ -97,6 +97,15 @@ class BM25Retriever:
     def __len__(self) -> int:
         return len(self._spans)
 
+    @property
+    def corpus_hash(self) -> str:
+        """The content hash of the corpus file (what a run's fingerprint names it by)."""
+        return str(self.manifest["full_hash"])
+
+    def identity(self) -> dict[str, Any] | None:
+        """None: a run over BM25 is named by its corpus alone (as before dense retrieval existed)."""
+        return None
+
     def search_batch(self, queries: list[str], topk: int) -> list[list[Document]]:
         """Top `topk` passages per query, best first, with scores; no matching term -> `[]`."""
         if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:

@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 from hfdistill.core.types import Document
 
-__all__ = ["Retriever", "document_from_json", "parse_search_response"]
+__all__ = ["EmbeddedRetriever", "Retriever", "document_from_json", "parse_search_response"]
 
 
 class Retriever(Protocol):
@@ -21,6 +21,18 @@ class Retriever(Protocol):
     async def search(self, queries: Sequence[str], topk: int) -> list[list[Document]]: ...
 
     async def aclose(self) -> None: ...
+
+
+class EmbeddedRetriever(Retriever, Protocol):
+    """A retriever over a local corpus (BM25, dense, hybrid): also what names it in a run's fingerprint."""
+
+    corpus_hash: str  # the corpus file's content hash
+
+    def __len__(self) -> int: ...
+
+    def identity(self) -> dict[str, Any] | None: ...  # None: the corpus hash alone names it
+
+    def close(self) -> None: ...
 
 
 def document_from_json(doc: dict[str, Any], score: float | None = None) -> Document:

@@ -44,6 +44,7 @@ class RolloutOptions:
     templates: dict[str, str] = field(default_factory=dict)
     force_answer: bool = True
     max_context_tokens: int | None = None  # None: the server's context window less max_tokens
+    retriever: dict[str, Any] | None = None  # a dense or hybrid retriever's identity (None: BM25 or a server)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -75,6 +76,7 @@ class RetrievalInfo:
 
     corpus: str | None = None
     host: str | None = None
+    retriever: str | None = None  # the embedded retriever: bm25, dense or hybrid (None: bm25, or a server)
 
 
 @dataclass(frozen=True)
