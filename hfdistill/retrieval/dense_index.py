@@ -75,6 +75,7 @@ def build_dense_index(corpus: Path, out: Path, spec: EncoderSpec, options: Build
         require_faiss(f"--index-type {options.index_type}")
     _check_out(out)
     rows = CorpusRows.load(corpus, out)
+    encoder: Encoder | None = None
     try:
         fingerprint = CorpusFingerprint.of(corpus)
         encoder = Encoder.load(spec, options.device)
@@ -89,6 +90,8 @@ def build_dense_index(corpus: Path, out: Path, spec: EncoderSpec, options: Build
         atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=1))  # last: marks the index complete
     finally:
         rows.close()
+        if encoder is not None:
+            encoder.close()  # its tokenizer's worker processes
     shutil.rmtree(out / ".build", ignore_errors=True)
     log.info("indexed %d passages of %s in %.0fs -> %s", len(rows), corpus.name, time.monotonic() - t0,
              out / manifest["index_file"])

@@ -10,7 +10,9 @@ Texts are encoded in batches of similar length, so little compute goes to paddin
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,6 +20,7 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer
 
 from hfdistill.core.encoders import EncoderSpec
 from hfdistill.core.errors import ConfigError, first_line
+from hfdistill.retrieval.tokenizing import TokenizerPool, TokenizerSettings, encode_arrays
 
 __all__ = ["Encoder", "encoder_dim", "resolve_device"]
 
@@ -58,6 +61,11 @@ class Encoder:
         self.tokenizer = tokenizer
         self.device = device
         self.dtype = next(model.parameters()).dtype
+        self._tokenize: dict[int, _Tokenize] = {}  # by max_length
+        # Passages are tokenized in this many worker processes while the GPU encodes (see `tokenizing`);
+        # 0: in this process (on CPU the model itself keeps the cores busy).
+        self.tokenizer_workers = min(8, max((os.cpu_count() or 1) - 2, 0)) if device.type == "cuda" else 0
+        self._pool: TokenizerPool | None = None
 
     @classmethod
     def load(cls, spec: EncoderSpec, device: str = "auto") -> Encoder:
@@ -87,27 +95,52 @@ class Encoder:
                         progress: Callable[[int], object] | None = None) -> np.ndarray:
         """float32 vectors, one row per passage, in order; `progress(n)` after each batch of n."""
         texts = [self.spec.passage_prefix + p for p in passages]
-        return self._encode_sorted(texts, self.spec.passage_max_length, batch_size, progress).cpu().numpy()
+        pool = self._passage_pool()
+        return self._encode_sorted(texts, self.spec.passage_max_length, batch_size, progress, pool).cpu().numpy()
+
+    def close(self) -> None:
+        """Stop the tokenizer's worker processes, if any were started."""
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
+    def _passage_pool(self) -> TokenizerPool | None:
+        if self._pool is None and self.tokenizer_workers > 0:
+            settings = TokenizerSettings.of(self.tokenizer, self.spec.passage_max_length)
+            if settings is not None:
+                self._pool = TokenizerPool(settings, self.tokenizer_workers)
+        return self._pool
 
     def _encode_sorted(self, texts: list[str], max_length: int, batch: int,
-                       progress: Callable[[int], object] | None = None) -> torch.Tensor:
+                       progress: Callable[[int], object] | None = None,
+                       pool: TokenizerPool | None = None) -> torch.Tensor:
         """Encode in batches of similar lengths (longest first), so little compute goes to padding; the
         vectors come back in input order. Results stay on the device until the caller copies them, so the
-        CPU tokenizes the next batch while a GPU runs this one."""
+        CPU (or the `pool`'s processes) tokenizes the next batches while a GPU runs this one."""
         if not texts:
             return torch.empty((0, self.dim), device=self.device)
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        batches = ([texts[i] for i in order[start:start + batch]] for start in range(0, len(order), batch))
+        if pool is not None:
+            inputs = ({k: torch.from_numpy(v) for k, v in arrays.items()} for arrays in pool.map(batches))
+        else:
+            tokenize = self._tokenizer(max_length)
+            inputs = (tokenize(chunk) for chunk in batches)
         parts = []
-        for start in range(0, len(order), batch):
-            parts.append(self._forward([texts[i] for i in order[start:start + batch]], max_length))
+        for tokens in inputs:
+            parts.append(self._model(tokens))
             if progress is not None:
-                progress(min(batch, len(order) - start))
+                progress(len(tokens["input_ids"]))
         inverse = torch.empty(len(order), dtype=torch.long)
         inverse[torch.tensor(order)] = torch.arange(len(order))
         return torch.cat(parts).index_select(0, inverse.to(self.device))
 
-    def _forward(self, texts: list[str], max_length: int) -> torch.Tensor:
-        inputs = self.tokenizer(texts, max_length=max_length, padding=True, truncation=True, return_tensors="pt")
+    def _tokenizer(self, max_length: int) -> _Tokenize:
+        if max_length not in self._tokenize:
+            self._tokenize[max_length] = _Tokenize(self.tokenizer, max_length)
+        return self._tokenize[max_length]
+
+    def _model(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         if self.device.type == "cuda":
             # From pinned memory the copy is queued behind the running batch instead of waiting for it, so the
             # CPU goes on to tokenize the next one.
@@ -115,6 +148,23 @@ class Encoder:
         output = self.model(**inputs, return_dict=True)
         vectors = _pool(output, inputs["attention_mask"], self.spec.pooling)
         return torch.nn.functional.normalize(vectors, dim=-1) if self.spec.normalize else vectors
+
+
+class _Tokenize:
+    """`tokenizer(texts, max_length=n, padding=True, truncation=True, return_tensors="pt")`, the same ids, in
+    this process: a fast tokenizer's own Rust copy, configured once, for the whole batch (the `transformers`
+    wrapper configures it again on every call); a slow tokenizer is called as it is."""
+
+    def __init__(self, tokenizer: Any, max_length: int) -> None:
+        self.tokenizer, self.max_length = tokenizer, max_length
+        self.settings = TokenizerSettings.of(tokenizer, max_length)
+        self._fast = self.settings.build() if self.settings is not None else None
+
+    def __call__(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        if self._fast is None or self.settings is None:
+            return dict(self.tokenizer(texts, max_length=self.max_length, padding=True, truncation=True,
+                                       return_tensors="pt"))
+        return {k: torch.from_numpy(v) for k, v in encode_arrays(self._fast, texts, self.settings.type_ids).items()}
 
 
 def _pool(output: object, mask: torch.Tensor, method: str) -> torch.Tensor:
