@@ -204,7 +204,7 @@ def excerpt(payload: bytes, limit: int = 200) -> str:
 
 def _reason(e: BaseException) -> str:
     """The first line of what went wrong, from the innermost exception that says something."""
-    for candidate in (e.__cause__, e.__context__, e):
+    for candidate in (e, e.__cause__, e.__context__):
         if candidate is not None and str(candidate).strip():
             return str(candidate).strip().splitlines()[0]
     return type(e).__name__
