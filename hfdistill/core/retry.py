@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import email.utils
 import logging
+import math
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -61,7 +62,7 @@ async def with_retries(op: Callable[[int], Awaitable[T]], policy: RetryPolicy, *
     """Await `op(n)` (n counts the tries) until it succeeds, fails for good, or `policy.attempts` failures
     are spent; rate-limited tries wait without spending them, within `policy.throttle_wait`."""
     n = failures = throttles = 0
-    throttled_since: float | None = None
+    first_throttle = math.inf  # when the first rate-limited try came back
     while True:
         n += 1
         try:
@@ -69,8 +70,9 @@ async def with_retries(op: Callable[[int], Awaitable[T]], policy: RetryPolicy, *
         except ServiceError as e:
             if not e.transient:
                 raise
-            if e.throttled and (throttled_since is None or time.monotonic() - throttled_since < policy.throttle_wait):
-                throttled_since = time.monotonic() if throttled_since is None else throttled_since
+            if e.throttled:
+                first_throttle = min(first_throttle, time.monotonic())
+            if e.throttled and time.monotonic() - first_throttle < policy.throttle_wait:
                 throttles += 1
                 delay = policy.delay(throttles, random.random(), e.retry_after)
             else:
