@@ -132,10 +132,11 @@ class Edge:
             async with self._get_session().request("GET" if body is None else "POST", url, data=body,
                                                    timeout=limit) as response:
                 payload = await response.read()
-                status, retry_after = response.status, response.headers.get("Retry-After")
         except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as e:
             raise _translated(server, e, limit.total) from None
+        status = response.status
         if not 200 <= status < 300:
+            retry_after = response.headers.get("Retry-After")
             error = (refuse(server, status, payload, retry_after) if refuse is not None else None) \
                 or status_fault(server, status, payload, retry_after)
             if error.retry_after is not None:
@@ -158,15 +159,13 @@ class Edge:
 
         return await with_retries(attempt, policy or self.policy, what=f"{server.kind} call")
 
-    async def health(self, server: Server, url: URL, *, timeout: float) -> int | None:
+    async def health(self, url: URL, *, timeout: float) -> int | None:
         """The HTTP status `GET url` answers within `timeout`, or None when the server answers nothing."""
         try:
             async with self._get_session().get(url, timeout=aiohttp.ClientTimeout(total=timeout)) as response:
                 await response.read()
                 return response.status
-        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as e:
-            if fault_of(server, e) is None:
-                raise
+        except (aiohttp.ClientError, OSError, asyncio.TimeoutError):  # (every one a fault: no answer)
             return None
 
     async def _gate(self, server: Server) -> None:

@@ -215,13 +215,12 @@ def test_call_retries_with_the_policy_and_counts_the_retries(upstream: Served) -
 
 def test_health_is_any_status_or_none() -> None:
     failing = Served(_status_app(500, b"broken"))
-    server = Server("teacher", failing.url, TeacherError)
 
     async def go() -> tuple[int | None, int | None]:
         edge = Edge(POLICY)
         try:
-            return (await edge.health(server, f"{failing.url}/health", timeout=1.0),
-                    await edge.health(server, "http://127.0.0.1:9/health", timeout=1.0))
+            return (await edge.health(f"{failing.url}/health", timeout=1.0),
+                    await edge.health("http://127.0.0.1:9/health", timeout=1.0))
         finally:
             await edge.aclose()
 

@@ -232,7 +232,7 @@ class Teacher:
 
     async def _answers(self, endpoint: Endpoint) -> bool:
         """Whether the server answers `GET /v1/models` (any HTTP status) within the probe interval."""
-        if await self.edge.health(endpoint.server, endpoint.models_url, timeout=self.config.retry.stall_probe) is None:
+        if await self.edge.health(endpoint.models_url, timeout=self.config.retry.stall_probe) is None:
             return False
         endpoint.stalled = False
         return True
