@@ -193,8 +193,8 @@ class _Stopped:
 
 
 def test_a_server_that_stops_answering_fails_its_rollouts_quickly(retriever: tuple[FakeRetriever, Served]) -> None:
-    # the start-up probes (plain, tools=, priority) are answered, then silence
-    stopped = _Stopped(FakeTeacher(TeacherBehaviour()), after=3)
+    # the start-up probes (tools=, priority) are answered, then silence
+    stopped = _Stopped(FakeTeacher(TeacherBehaviour()), after=2)
     served = Served(stopped.app())
     try:
         retry = RetryPolicy(attempts=2, backoff=0.01, timeout=600, stall_probe=0.3)

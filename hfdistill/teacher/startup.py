@@ -1,10 +1,12 @@
-"""The teacher's start-up probes, before any rollout: every endpoint lists its models and answers a plain
-one-token chat request, and is asked once whether it takes each field we add to that request (`tools=`,
-vLLM's `priority`).
+"""The teacher's start-up probes, before any rollout: every endpoint lists its models, is asked once whether it
+takes each field we add to a plain one-token chat request (`tools=`, vLLM's `priority`), and has answered a
+chat request.
 
 A server that answers only faults (down, HTML, the wrong JSON, 5xx) fails here, in one line, after the
-probe's few retries. A field is refused when the plain request succeeds and the same request with the
-field fails for good, whatever the server's wording: vLLM's 400 and a hosted endpoint's read the same.
+probe's few retries. A field is refused when the request with it fails for good and the same request
+without it succeeds, whatever the server's wording: vLLM's 400 and a hosted endpoint's read the same. The
+plain request is sent only to tell a refused field from a server that refuses everything (a wrong API
+key), or to an endpoint no field was asked of.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import orjson
 
 from hfdistill.core.errors import ConfigError, ServiceError, TeacherError
 from hfdistill.core.retry import is_transient, with_retries
-from hfdistill.edge import Server, server_words
+from hfdistill.edge import Refuse, Server, server_words
 from hfdistill.teacher.pool import Endpoint
 from hfdistill.teacher.replies import model_ids, refusal
 
@@ -35,13 +37,13 @@ async def prepare(teacher: Teacher) -> None:
     endpoints = teacher.pool.endpoints
     served = await asyncio.gather(*(_served_models(teacher, e) for e in endpoints))
     _settle_model(teacher, endpoints, served)
-    for endpoint in endpoints:
-        await _probe(teacher, endpoint, {})  # every fault but a refusal raises: the server cannot serve a run
+    answered: set[Endpoint] = set()  # endpoints that answered a chat request
     if teacher.mode is None:
-        teacher.mode = "text" if await _refusing(teacher, {"tools": teacher.tools}, "tools=") else "native"
+        refusing = await _refusing(teacher, {"tools": teacher.tools}, "tools=", answered)
+        teacher.mode = "text" if refusing else "native"
         log.info("tool-call protocol: %s", teacher.mode)
     elif teacher.mode == "native":
-        refusing = await _refusing(teacher, {"tools": teacher.tools}, "tools=")
+        refusing = await _refusing(teacher, {"tools": teacher.tools}, "tools=", answered)
         if refusing:
             # Every rollout would fail the same way, and no rerun could fix it: a usage error, now.
             endpoint, said = refusing[0]
@@ -49,7 +51,10 @@ async def prepare(teacher: Teacher) -> None:
                               f"refuses them ({said}); start vLLM with --enable-auto-tool-choice --tool-call-parser "
                               "hermes, or use --tool-call-mode text (or auto)")
     if teacher.config.priority != "off":
-        await _settle_priority(teacher)
+        await _settle_priority(teacher, answered)
+    for endpoint in endpoints:
+        if endpoint not in answered:  # every fault but a refusal raises: the server cannot serve a run
+            await _probe(teacher, endpoint, {}, refusal)
 
 
 def _settle_model(teacher: Teacher, endpoints: list[Endpoint], served: list[list[str]]) -> None:
@@ -75,12 +80,12 @@ async def _served_models(teacher: Teacher, endpoint: Endpoint) -> list[str]:
     return ids
 
 
-async def _settle_priority(teacher: Teacher) -> None:
+async def _settle_priority(teacher: Teacher, answered: set[Endpoint]) -> None:
     """Ask each server once whether it takes request priorities. vLLM refuses them under its default
     fcfs policy, a hosted endpoint may not know the field, and learning that from rollouts costs a
     refused request for every continuing turn sent before the first refusal is back: a whole window
     of them when a rerun resumes its conversations."""
-    for endpoint, said in await _refusing(teacher, {"priority": -1}, "priority"):
+    for endpoint, said in await _refusing(teacher, {"priority": -1}, "priority", answered):
         if teacher.config.priority == "on":
             raise ConfigError(f"--priority on needs a teacher that schedules by priority, and {endpoint.url} "
                               f"refuses request priorities ({said}); start vLLM with --scheduling-policy priority, "
@@ -88,33 +93,32 @@ async def _settle_priority(teacher: Teacher) -> None:
         teacher.send_no_priority(endpoint)
 
 
-async def _refusing(teacher: Teacher, extra: dict[str, Any], field: str) -> list[tuple[Endpoint, str]]:
-    """The endpoints that refuse the plain probe with `extra` added, each with what it said."""
+async def _refusing(teacher: Teacher, extra: dict[str, Any], field: str,
+                    answered: set[Endpoint]) -> list[tuple[Endpoint, str]]:
+    """The endpoints that refuse the probe with `extra` while they answer it without, each with what it said."""
     refusing = []
     for endpoint in teacher.pool.endpoints:
-        said = await _probe(teacher, endpoint, extra)
-        if said is not None:
-            log.info("%s refuses %s (%s)", endpoint.url, field, said)
-            refusing.append((endpoint, said))
+        try:
+            await _probe(teacher, endpoint, extra, _refused_field)
+        except TeacherError as e:
+            if e.transient:
+                raise
+            await _probe(teacher, endpoint, {}, refusal)  # the same without `extra`; raises when refused too
+            log.info("%s refuses %s (%s)", endpoint.url, field, e)
+            refusing.append((endpoint, str(e)))
+        answered.add(endpoint)
     return refusing
 
 
-async def _probe(teacher: Teacher, endpoint: Endpoint, extra: dict[str, Any]) -> str | None:
-    """Send the one-token probe with `extra` (retrying faults in passing): None when it is answered, what the
-    server said when it refuses `extra` for good. Without `extra`, a refusal raises like any fault."""
+async def _probe(teacher: Teacher, endpoint: Endpoint, extra: dict[str, Any], refuse: Refuse) -> None:
+    """The one-token probe with `extra`; faults in passing are retried, the rest raise."""
     body = orjson.dumps({"model": teacher.model, "messages": [{"role": "user", "content": "Say OK."}],
                          "max_tokens": 1, **extra})
 
     async def once(_n: int) -> None:
-        await teacher.send(endpoint, body, refuse=_refused_field if extra else refusal)
+        await teacher.send(endpoint, body, refuse=refuse)
 
-    try:
-        await with_retries(once, teacher.config.retry.for_probe(), what="teacher probe")
-    except TeacherError as e:
-        if not extra or e.transient:
-            raise
-        return str(e)
-    return None
+    await with_retries(once, teacher.config.retry.for_probe(), what="teacher probe")
 
 
 def _refused_field(server: Server, status: int, payload: bytes, retry_after: str | None) -> ServiceError | None:
