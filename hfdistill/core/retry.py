@@ -82,7 +82,7 @@ async def with_retries(op: Callable[[int], Awaitable[T]], policy: RetryPolicy, *
                     e.args = (f"{e} (gave up after {n} attempts{waited})",)
                     raise
                 delay = policy.delay(failures, random.random(), e.retry_after)
-            log.debug("%s failed (try %d, %d failures of %d): %s; retrying in %.1fs", what, n, failures,
+            log.debug("%s call failed (try %d, %d failures of %d): %s; retrying in %.1fs", what, n, failures,
                       policy.attempts, e, delay)
             await asyncio.sleep(delay)
 

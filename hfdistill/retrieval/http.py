@@ -4,7 +4,7 @@ which names and retries every fault; this module knows the API and what a refusa
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from urllib.parse import urlsplit
 
 import orjson
@@ -30,20 +30,27 @@ class HttpRetriever:
                              fix="start it or fix RETRIEVAL_URL / --retrieval_url")
         self._edge = Edge(policy, headers={"Content-Type": "application/json"})
         self._timeout = min(policy.timeout, _TIMEOUT)
+        self._parsers: dict[int, Callable[[bytes], list[list[Document]]]] = {}  # by query count, made once each
 
     async def aclose(self) -> None:
         await self._edge.aclose()
 
     async def search(self, queries: Sequence[str], topk: int) -> list[list[Document]]:
         body = orjson.dumps({"queries": list(queries), "topk": topk, "return_scores": True})
-        parse = functools.partial(_documents, n_queries=len(queries))
-        return await self._edge.call(self.server, self.url, body, parse=parse, refuse=_refusal, timeout=self._timeout)
+        return await self._edge.call(self.server, self.url, body, parse=self._parser(len(queries)), refuse=_refusal,
+                                     timeout=self._timeout)
 
     async def probe(self) -> None:
         """Fail early, with the URL and what to check, when the server is down or speaks another API."""
         body = orjson.dumps({"queries": ["test"], "topk": 1, "return_scores": True})
-        await self._edge.call(self.server, self.url, body, parse=functools.partial(_documents, n_queries=1),
-                              refuse=_refusal, timeout=self._timeout, policy=self.policy.for_probe())
+        await self._edge.call(self.server, self.url, body, parse=self._parser(1), refuse=_refusal,
+                              timeout=self._timeout, policy=self.policy.for_probe())
+
+    def _parser(self, n_queries: int) -> Callable[[bytes], list[list[Document]]]:
+        parse = self._parsers.get(n_queries)
+        if parse is None:
+            parse = self._parsers[n_queries] = functools.partial(_documents, n_queries=n_queries)
+        return parse
 
 
 def _documents(payload: bytes, n_queries: int) -> list[list[Document]]:

@@ -144,7 +144,7 @@ class Teacher:
             self._count(endpoint, reply)
             return reply
 
-        return await with_retries(attempt, self.config.retry, what="teacher call")
+        return await with_retries(attempt, self.config.retry, what="teacher")
 
     def _refused_priority(self, e: TeacherError) -> bool:
         """Whether a final refusal may be of the `priority` field (a server restarted with vLLM's fcfs policy
