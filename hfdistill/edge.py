@@ -9,14 +9,15 @@ the OS's and JSON's faults known. Each becomes a `ServiceError` of the server's 
     <kind>_http_<n>      HTTP status n (429 is the server's rate limit: `throttled`, Retry-After kept)
     <kind>_bad_response  a 2xx whose body the caller's parser refused (not JSON, or not its shape)
 
-All but a status the caller refuses, or a 4xx, are transient: `Edge.call` retries them with the
-run's `RetryPolicy` (core/retry.py), and what still fails names the server's URL. The caller keeps
-the meaning of a refusal (`refuse`: the teacher knows vLLM's context-length 400, the retrieval
-client what a 404 on vLLM's port means); the edge owns everything else.
+Every fault but a final status (a 4xx other than 408, 425 and 429, or a refusal the caller names)
+is transient: `Edge.call` retries it with the run's `RetryPolicy` (core/retry.py), where a 429 waits
+without spending the retries, and what still fails names the server's URL. The caller keeps the
+meaning of a refusal (`refuse`: the teacher knows vLLM's context-length 400, the retrieval client
+what a 404 on vLLM's port means); the edge owns everything else.
 
-aiohttp is the transport today; the translation (`fault_of`, `status_fault`, `bad_reply`) does not
-depend on it, so a client on another transport (MCP over httpx) maps its own exceptions to the same
-faults.
+The transport is aiohttp, and only `fault_of` knows its exceptions: a client on another transport
+(MCP over httpx) adds its library's exceptions there and gets the same faults, messages and retries.
+A server's health (a launcher waiting for vLLM, the teacher's watchdog) is `Edge.health`.
 """
 
 from __future__ import annotations
