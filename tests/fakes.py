@@ -113,6 +113,9 @@ class TeacherBehaviour:
     max_model_len: int | None = None  # listed at /v1/models, as vLLM lists its context window
     # The reply to hfdistill's request for the final answer at the context limit (None: no answer either).
     forced_answer: str | None = "Paris"
+    # Ids and token counts from the conversation rather than from the requests seen so far, so that two runs
+    # (one through a fault-injecting proxy) can be compared row for row.
+    stable: bool = False
 
 
 class FakeTeacher:
@@ -164,7 +167,7 @@ class FakeTeacher:
                 self.probes.append(body)
             if "tools" in body and not self.behaviour.native:
                 return _tools_refused()
-            return web.json_response(self._completion(Say("OK"), native=False, max_tokens=1))
+            return web.json_response(self._completion(Say("OK"), native=False, max_tokens=1, serial=0))
         with self._lock:
             self.requests.append(body)
         if self.on_request is not None:
@@ -199,9 +202,11 @@ class FakeTeacher:
                                                 "code": 400}}, status=400)
         with self._lock:
             self.chat_calls += 1
-        return web.json_response(self._completion(step, native="tools" in body, max_tokens=body.get("max_tokens")))
+            serial = len(json.dumps(body["messages"])) // 50 if self.behaviour.stable else len(self.requests)
+        return web.json_response(self._completion(step, native="tools" in body, max_tokens=body.get("max_tokens"),
+                                                  serial=serial))
 
-    def _completion(self, step: Step, *, native: bool, max_tokens: int | None) -> dict[str, Any]:
+    def _completion(self, step: Step, *, native: bool, max_tokens: int | None, serial: int) -> dict[str, Any]:
         think, content, calls, finish = "", "", [], "stop"
         if isinstance(step, Search):
             think, content = step.think, step.say
@@ -220,13 +225,13 @@ class FakeTeacher:
                 content = step.text
             elif self.behaviour.reasoning:  # the reasoning parser returns the open block as reasoning
                 return self._reply({"role": "assistant", "content": None, self.behaviour.reasoning: f"\n{step.think}"},
-                                   finish, max_tokens, cut_short=step.at_context)
+                                   finish, max_tokens, cut_short=step.at_context, serial=serial)
             else:
                 content = f"<think>\n{step.think}"
         message: dict[str, Any] = {"role": "assistant", "content": content}
         if calls and native and not self.behaviour.hermes_fails:
             message["tool_calls"] = [
-                {"id": f"chatcmpl-tool-{i}{len(self.requests)}", "type": "function",
+                {"id": f"chatcmpl-tool-{i}{serial}", "type": "function",
                  "function": {"name": n, "arguments": json.dumps(a)}} for i, (n, a) in enumerate(calls)]
             finish = "tool_calls"
         elif calls:
@@ -240,18 +245,18 @@ class FakeTeacher:
         elif think:
             message["content"] = f"<think>\n{think}\n</think>\n\n{message['content']}"
         cut_short = isinstance(step, Cut) and step.at_context
-        return self._reply(message, finish, max_tokens, cut_short=cut_short)
+        return self._reply(message, finish, max_tokens, cut_short=cut_short, serial=serial)
 
     def _reply(self, message: dict[str, Any], finish: str, max_tokens: int | None, *,
-               cut_short: bool) -> dict[str, Any]:
-        prompt_tokens = 100 + 50 * len(self.requests)
+               cut_short: bool, serial: int) -> dict[str, Any]:
+        prompt_tokens = 100 + 50 * serial
         if finish == "length" and max_tokens:
             # Near the limit vLLM shortens max_tokens instead of refusing: fewer tokens than asked come back.
             completion_tokens = max_tokens // 4 if cut_short else max_tokens
         else:
             completion_tokens = 20 + len(message["content"] or "") // 4
         return {
-            "id": f"chatcmpl-{len(self.requests)}", "object": "chat.completion", "created": int(time.time()),
+            "id": f"chatcmpl-{serial}", "object": "chat.completion", "created": int(time.time()),
             "model": self.model,
             "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": None}],
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,

@@ -59,9 +59,9 @@ def test_transient_teacher_failures_are_retried(env: dict[str, str], tmp_path: P
 @pytest.mark.parametrize(
     ("status", "body", "cause"),
     [
-        pytest.param(400, "invalid request: bad value", "http_400", id="400"),
-        pytest.param(401, "invalid api key", "http_401", id="401"),
-        pytest.param(404, "The model `x` does not exist.", "http_404", id="404"),
+        pytest.param(400, "invalid request: bad value", "teacher_http_400", id="400"),
+        pytest.param(401, "invalid api key", "teacher_http_401", id="401"),
+        pytest.param(404, "The model `x` does not exist.", "teacher_http_404", id="404"),
     ],
 )
 def test_non_transient_errors_are_not_retried(env: dict[str, str], tmp_path: Path,
@@ -274,7 +274,7 @@ def test_a_teacher_that_dies_mid_run_fails_rows_not_the_run_and_a_moved_one_resu
     owed = sum(2 - (f["turn"] - 1) for f in _failures(out))
     assert done and failed
     assert sorted(done + failed) == [(i, 0) for i in range(n)]  # every row in one place, exactly once
-    assert {f["cause"] for f in _failures(out)} == {"connection"}
+    assert {f["cause"] for f in _failures(out)} == {"teacher_connection"}
     assert "gave up after 3 attempts" in _failures(out)[0]["error"]
     assert "the run is incomplete" in capsys.readouterr().err
 

@@ -285,14 +285,19 @@ def test_native_mode_against_a_server_without_a_tool_parser_fails_at_start(
         pytest.skip("this server has a tool parser")
     inp = write_jsonl(tmp_path / "in.jsonl", [{"question": "[answer] What is the capital of France?"}])
     out = tmp_path / "out.parquet"
-    before = len(server.prompts())
+    before = _rollout_prompts(server)
     rc = main(["generate", "--vllm_url", f"{server.url}/v1", "--corpus", str(_corpus(tmp_path)),
                "--input_file", str(inp), "--output_file", str(out), "--tool-call-mode", "native",
                "--api-key", config.api_key or "EMPTY"])
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert rc == 2 and len(errors) == 1
     assert "--enable-auto-tool-choice --tool-call-parser hermes" in errors[0] and "--tool-call-mode text" in errors[0]
-    assert not out.exists() and len(server.prompts()) == before  # no rollout reached the model
+    # no rollout reached the model (only the probe without tools=, which tells a refused field from a refused key)
+    assert not out.exists() and _rollout_prompts(server) == before
+
+
+def _rollout_prompts(server: Engine) -> int:
+    return sum("Say OK.<|im_end|>" not in p["prompt"] for p in server.prompts())
 
 
 def test_a_wrong_api_key_is_one_line_at_start(engine: tuple[str, ServerConfig, Engine], tmp_path: Path,

@@ -17,8 +17,8 @@
     ├── ClusterError            the Ray cluster cannot be reached or cannot run the work
     └── Interrupted             the run was stopped by a signal; finished work is kept
 
-Messages name the bad value and the fix. Foreign exceptions (openai, aiohttp, OSError)
-are translated into these at the module that talks to the outside world.
+Messages name the bad value and the fix. Foreign exceptions are translated into these where they
+enter: HTTP's (aiohttp, asyncio, OSError, JSON) in hfdistill/edge.py only.
 """
 
 from __future__ import annotations
@@ -78,18 +78,20 @@ class ServiceError(HfdistillError):
     """A server (teacher or retrieval) failed or refused a request.
 
     `transient` tells the retry policy whether trying again may help; `cause` is a short
-    machine-readable label used to count failures by kind in the summary; `retry_after` is the
-    server's Retry-After in seconds, when it sent one.
+    machine-readable label used to count failures by kind in the summary (`<server>_<fault>`, see
+    hfdistill/edge.py); `retry_after` is the server's Retry-After in seconds, when it sent one;
+    `throttled` marks the server's rate limit (HTTP 429), which waits without spending the retries.
     """
 
     default_cause = "service"
 
     def __init__(self, message: str, *, transient: bool = False, cause: str | None = None,
-                 retry_after: float | None = None) -> None:
+                 retry_after: float | None = None, throttled: bool = False) -> None:
         super().__init__(message)
         self.transient = transient
         self.cause = cause or self.default_cause
         self.retry_after = retry_after
+        self.throttled = throttled
 
 
 class TeacherError(ServiceError):
@@ -102,7 +104,7 @@ class ContextLengthError(TeacherError):
     """The conversation exceeds the model's context window (vLLM answers HTTP 400)."""
 
     def __init__(self, message: str) -> None:
-        super().__init__(message, transient=False, cause="context")
+        super().__init__(message, transient=False, cause="context")  # a stop reason, not a server fault
 
 
 class RetrievalError(ServiceError):

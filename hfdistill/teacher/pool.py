@@ -13,6 +13,9 @@ from typing import Any
 import orjson
 import yarl
 
+from hfdistill.core.errors import TeacherError
+from hfdistill.edge import Server
+
 __all__ = ["Endpoint", "EndpointPool", "Route"]
 
 log = logging.getLogger(__name__)
@@ -27,6 +30,7 @@ class Endpoint:
     chat_url: yarl.URL  # parsed once: aiohttp would parse a string on every request
     models_url: yarl.URL
     name: str  # host:port, for statistics (never credentials)
+    server: Server  # as the HTTP edge names it in causes and messages (and its rate-limit gate)
     outstanding: int = 0
     down_until: float = 0.0
     priority: bool = True  # takes vLLM's `priority` field (--priority auto learns otherwise from a refusal)
@@ -40,7 +44,9 @@ class Endpoint:
     def at(cls, url: str) -> Endpoint:
         base = yarl.URL(url)
         name = f"{base.host}:{base.explicit_port}" if base.explicit_port else str(base.host)
-        return cls(url, base / "chat/completions", base / "models", name)
+        server = Server("teacher", url, TeacherError,
+                        fix="start vLLM (vllm serve <model>) or fix VLLM_URL / --vllm_url")
+        return cls(url, base / "chat/completions", base / "models", name, server)
 
     def healthy(self, now: float) -> bool:
         return self.down_until <= now
