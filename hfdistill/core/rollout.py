@@ -94,15 +94,11 @@ async def rollout(question: str, golden_answers: Sequence[str], *, chat: ChatFn,
         if turn > 1 and spec.context_budget is not None and used + estimated_tokens(wire[-1]) > spec.context_budget:
             await _forced_answer(traj, wire, chat, spec, turn)
             break
-        try:
-            reply = await chat(wire)
-        except ContextLengthError:
+        answered = await _teacher_turn(chat, wire, spec, turn)
+        if answered is None:
             traj.stop_reason = "context"
             break
-        except TeacherError as e:
-            raise RolloutError(str(e), cause=e.cause, turn=turn) from e
-        parsed = interpret_turn(reply.content, reply.reasoning, reply.tool_calls, tools=spec.prompts.toolset,
-                                call_id=f"call_{turn}")
+        reply, parsed = answered
         stop = _stop_reason(reply, parsed)
         if stop is not None:
             _finish(traj, reply, parsed, stop)
@@ -118,6 +114,20 @@ async def rollout(question: str, golden_answers: Sequence[str], *, chat: ChatFn,
     final = next((m for m in reversed(traj.messages) if m.role == "assistant"), None)
     traj.prediction = (extract_answer(final.content) or "") if final is not None else ""
     return traj
+
+
+async def _teacher_turn(chat: ChatFn, wire: list[dict[str, Any]], spec: RolloutSpec,
+                        turn: int) -> tuple[TeacherReply, ParsedTurn] | None:
+    """The teacher's next turn and what it wrote, read; None when the conversation no longer fits its
+    context. A teacher that failed for good fails the rollout at this turn."""
+    try:
+        reply = await chat(wire)
+    except ContextLengthError:
+        return None
+    except TeacherError as e:
+        raise RolloutError(str(e), cause=e.cause, turn=turn) from e
+    return reply, interpret_turn(reply.content, reply.reasoning, reply.tool_calls, tools=spec.prompts.toolset,
+                                 call_id=f"call_{turn}")
 
 
 def estimated_tokens(message: dict[str, Any]) -> int:
@@ -137,15 +147,11 @@ async def _forced_answer(traj: Trajectory, wire: list[dict[str, Any]], chat: Cha
     ask = spec.prompts.force_answer
     traj.messages.append(Message("user", ask))
     wire.append({"role": "user", "content": ask})
-    try:
-        reply = await chat(wire)
-    except ContextLengthError:
+    answered = await _teacher_turn(chat, wire, spec, turn)
+    if answered is None:
         traj.stop_reason = "context"
         return
-    except TeacherError as e:
-        raise RolloutError(str(e), cause=e.cause, turn=turn) from e
-    parsed = interpret_turn(reply.content, reply.reasoning, reply.tool_calls, tools=spec.prompts.toolset,
-                            call_id=f"call_{turn}")
+    reply, parsed = answered
     stop = _stop_reason(reply, parsed)
     if stop == "answer":
         stop = "forced_answer"
