@@ -58,7 +58,8 @@ _FIXED_FIELDS = [
     ("stop_reason", pa.string()),
     ("assistant_turns", pa.int32()),
     ("num_tool_calls", pa.int32()),
-    ("tool_calls_by_name", pa.list_(pa.struct([("name", pa.string()), ("calls", pa.int32())]))),  # sums to the above
+    # the calls run by tool, in the order first called (they sum to num_tool_calls)
+    ("tool_calls_by_name", pa.list_(pa.struct([("name", pa.string()), ("calls", pa.int32())]))),
     ("num_tool_errors", pa.int32()),
     ("num_queries", pa.int32()),
     ("quality_flags", pa.list_(pa.string())),

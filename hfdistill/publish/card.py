@@ -71,6 +71,7 @@ _SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD", re.I)
 _SECRET_FLAGS = ("--api-key", "--api_key", "--token", "--hf-token", "--hf_token", "--judge-api-key",
                  "--judge_api_key", "--mcp-header", "--mcp_header")
 _REDACTED = "REDACTED"
+_SECRET_QUERY = re.compile(r"([?&][^=&\s]*(?:key|token|secret|password)[^=&\s]*=)[^&\s]+", re.I)
 
 STOP_REASON_MEANINGS = {
     "answer": "ended with an `<answer>`",
@@ -156,7 +157,8 @@ def redact_command(command: str) -> str:
         elif eq and (name in _SECRET_FLAGS or (re.fullmatch(r"[A-Z_][A-Z0-9_]*", name) and _SECRET_NAME.search(name))):
             out.append(f"{name}={_REDACTED}")
         else:
-            out.append(shlex.quote(re.sub(r"://[^/@\s]+@", "://", word)))  # credentials inside URLs
+            word = re.sub(r"://[^/@\s]+@", "://", word)  # credentials inside URLs
+            out.append(shlex.quote(_SECRET_QUERY.sub(rf"\1{_REDACTED}", word)))  # and in their query (?api_key=)
     return " ".join(out)
 
 
