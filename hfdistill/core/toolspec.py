@@ -24,9 +24,10 @@ _SECRET = re.compile(r"(?i)(api[-_]?key|token|secret|password|passwd|auth|creden
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP token (RFC 9110)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class McpServerSpec:
-    """One MCP server: a command hfdistill starts and talks to over stdio, or a streamable HTTP URL."""
+    """One MCP server: a command hfdistill starts and talks to over stdio, or a streamable HTTP URL. (Its repr
+    masks secrets, as its identity does: a configuration may be logged.)"""
 
     command: tuple[str, ...] = ()
     url: str | None = None
@@ -42,6 +43,9 @@ class McpServerSpec:
         elif self.headers:
             raise ConfigError("--mcp-header applies to --mcp-url servers; a stdio server (--mcp) takes its keys "
                               "on its command line or from `env NAME=VALUE COMMAND`")
+
+    def __repr__(self) -> str:
+        return f"McpServerSpec({self.describe()!r})"
 
     @classmethod
     def stdio(cls, command_line: str) -> McpServerSpec:
@@ -101,10 +105,12 @@ class ToolOptions:
 def parse_header(text: str) -> tuple[str, str]:
     """`--mcp-header "Name: value"` as (name, value)."""
     name, sep, value = text.partition(":")
-    if not sep or not _HEADER_NAME.fullmatch(name.strip()) or not value.strip():
-        raise ConfigError(f"--mcp-header must read \"Name: value\" (e.g. \"Authorization: Bearer KEY\"), got "
-                          f"{_MASK if sep else text!r}")
-    return name.strip(), value.strip()
+    name, value = name.strip(), value.strip()
+    problem = ("the one given has no \":\"" if not sep else f"{name!r} is not a header name"
+               if not _HEADER_NAME.fullmatch(name) else f"the header {name!r} has no value" if not value else None)
+    if problem is not None:  # (never the value itself: it is usually a key)
+        raise ConfigError(f"--mcp-header must read \"Name: value\" (e.g. \"Authorization: Bearer KEY\"); {problem}")
+    return name, value
 
 
 def _masked_words(words: tuple[str, ...]) -> list[str]:

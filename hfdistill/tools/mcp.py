@@ -68,8 +68,8 @@ class McpTool:
             kind = jsonschema.validators.validator_for(self.info.parameters)
             kind.check_schema(self.info.parameters)
         except jsonschema.SchemaError as e:
-            raise ConfigError(f"MCP server {self.server!r}'s tool {self.info.name!r} has an input schema that is not "
-                              f"JSON Schema ({e.message}); leave it out with --tools") from None
+            raise ConfigError(f"the tool {self.info.name!r} of MCP server {self.server!r} has an input schema that is "
+                              f"not JSON Schema ({e.message}); leave it out with --tools") from None
         object.__setattr__(self, "_validator", kind(self.info.parameters))
 
     def schema(self) -> dict[str, Any]:
