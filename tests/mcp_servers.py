@@ -2,7 +2,7 @@
 
 Run as a script it serves over stdio, or over streamable HTTP with `--port`:
 
-    python tests/mcp_servers.py [--name NAME] [--log FILE] [--port PORT]
+    python tests/mcp_servers.py [--name NAME] [--log FILE] [--port PORT [--json-response]]
 
 Tools: `search` over a small corpus, `calculate` (nested JSON arguments), `fail` (a result with isError) and
 `crash` (the process exits: a broken session). With `--log`, every call is appended to FILE as a JSON line, so a
@@ -99,8 +99,10 @@ def free_port() -> int:
 class McpHttpServer:
     """A server over streamable HTTP in a subprocess, at a fixed port (so it can be killed and started again)."""
 
-    def __init__(self, name: str, log: Path | None = None, port: int | None = None) -> None:
+    def __init__(self, name: str, log: Path | None = None, port: int | None = None, *,
+                 json_response: bool = False) -> None:
         self.name, self.log, self.port = name, log, port or free_port()
+        self.json_response = json_response  # answer each call with one JSON body rather than an event stream
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -108,7 +110,8 @@ class McpHttpServer:
         return f"http://127.0.0.1:{self.port}/mcp"
 
     def start(self, timeout: float = 30.0) -> McpHttpServer:
-        args = [sys.executable, str(HERE), "--name", self.name, "--port", str(self.port)]
+        args = [sys.executable, str(HERE), "--name", self.name, "--port", str(self.port),
+                *(["--json-response"] if self.json_response else [])]
         self.proc = subprocess.Popen([*args, *(["--log", str(self.log)] if self.log else [])],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
@@ -133,12 +136,13 @@ def main() -> None:
     parser.add_argument("--name", default="testtools")
     parser.add_argument("--log", type=Path)
     parser.add_argument("--port", type=int)
+    parser.add_argument("--json-response", action="store_true", help="HTTP: one JSON body per call, not a stream")
     args = parser.parse_args()
     server = build(args.name, args.log)
     if args.port is None:
         server.run()
     else:
-        server.run("streamable-http", host="127.0.0.1", port=args.port)
+        server.run("streamable-http", host="127.0.0.1", port=args.port, json_response=args.json_response)
 
 
 if __name__ == "__main__":
