@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -24,6 +25,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from hfdistill.cli.main import main
+from hfdistill.publish.card import build_card, load_card_inputs
 from tests.conftest import record_of, write_jsonl
 from tests.fakes import Answer, CallTool, FakeTeacher, Search, Served, TeacherBehaviour
 from tests.mcp_servers import McpHttpServer, calls, stdio_command
@@ -121,7 +123,12 @@ def test_mcp_tools_over_stdio_and_http_end_to_end(protocol: str, env: dict[str, 
     record = record_of(out)
     assert record.generation_options.tool_names() == names
     assert record.counts.tool_calls == {"calc_calculate": 1, "web_search": 1, "search": 1, "web_fail": 1}
-    assert "tool calls: " in capsys.readouterr().err
+    assert "tool calls: calc_calculate 1, " in capsys.readouterr().err
+    card = build_card(*load_card_inputs(out))  # the card lists the tools, who runs them and their calls
+    assert re.search(r"\| `calc_calculate` \| MCP `calc` \(\S+python\S* \S+mcp_servers.py --name calc .*\) \| 1 \| "
+                     r"Adds or multiplies quantities", card)
+    assert f"| `web_fail` | MCP `web` ({http_server.url}) | 1 | Always fails" in card
+    assert "| `search` | retrieval server | 1 |" in card and "the rows\nhold them as the chat template shows" in card
 
 
 def test_tools_chooses_what_is_offered_and_names_an_unknown_one(env: dict[str, str], tmp_path: Path,
