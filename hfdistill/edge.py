@@ -15,8 +15,16 @@ without spending the retries, and what still fails names the server's URL. The c
 meaning of a refusal (`refuse`: the teacher knows vLLM's context-length 400, the retrieval client
 what a 404 on vLLM's port means); the edge owns everything else.
 
-The transport is aiohttp, and only `fault_of` knows its exceptions: a client on another transport
-(MCP over httpx) adds its library's exceptions there and gets the same faults, messages and retries.
+The transport is aiohttp, and only `fault_of` knows its exceptions. MCP servers are reached through the
+MCP SDK, whose streamable HTTP transport runs on httpx2: the edge makes that client (`mcp_http_client`)
+and `fault_of` knows httpx2's, anyio's and the SDK's transport exceptions too (an exception group's
+first fault among them), so an MCP server's faults read, count and retry as every other server's do:
+
+    <kind>_connection    as above, and: a session the server closed or broke (the SDK's "Connection
+                         closed"), a stdio server that exited or cannot be started
+    <kind>_timeout       as above, and the SDK's request timeout
+    <kind>_error         a JSON-RPC error the server answered (its handler failed)
+
 A server's health (a launcher waiting for vLLM, the teacher's watchdog) is `Edge.health`.
 """
 
@@ -24,10 +32,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiohttp
 import yarl
@@ -35,7 +44,14 @@ import yarl
 from hfdistill.core.errors import ServiceError
 from hfdistill.core.retry import RetryPolicy, is_transient, parse_retry_after, with_retries
 
-__all__ = ["Edge", "Refuse", "Server", "bad_reply", "excerpt", "fault_of", "server_words", "status_fault"]
+if TYPE_CHECKING:
+    import httpx2
+
+__all__ = ["Edge", "Refuse", "Server", "bad_reply", "excerpt", "fault_of", "mcp_http_client", "server_words",
+           "status_fault"]
+
+# The MCP SDK's JSON-RPC error codes for a session that ended and for its own request timeout (mcp_types).
+_MCP_CONNECTION_CLOSED, _MCP_REQUEST_TIMEOUT = -32000, -32001
 
 T = TypeVar("T")
 # The caller's reading of a non-2xx status: (server, status, body, Retry-After) -> its own error, or None
@@ -69,6 +85,10 @@ class Server:
 
 def fault_of(server: Server, e: BaseException, timeout: float | None = None) -> ServiceError | None:
     """A transport's exception as the server's fault, or None when it is not one (a bug: let it rise)."""
+    e = _first_fault(e)
+    foreign = _mcp_fault(server, e, timeout)
+    if foreign is not None:
+        return foreign
     if isinstance(e, (asyncio.TimeoutError, TimeoutError)):  # before OSError: aiohttp's timeouts are both
         after = f" after {timeout:g}s" if timeout is not None else ""
         return server.fail("timeout", f"{server.name} {server.url} timed out{after}")
@@ -77,12 +97,72 @@ def fault_of(server: Server, e: BaseException, timeout: float | None = None) -> 
     if isinstance(e, aiohttp.ClientConnectorError):
         fix = f"; {server.fix}" if server.fix else ""
         return server.fail("connection", f"cannot reach the {server.name} at {server.url} ({_reason(e)}){fix}")
+    if isinstance(e, (FileNotFoundError, PermissionError)):  # a server's command cannot be started (MCP stdio)
+        fix = f"; {server.fix}" if server.fix else ""
+        return server.fail("connection", f"cannot start the {server.name} {server.url} ({_reason(e)}){fix}",
+                           transient=False)
     if isinstance(e, (aiohttp.ClientConnectionError, OSError)):
         return server.fail("connection", f"{server.name} {server.url} dropped the connection ({_reason(e)})")
     if isinstance(e, aiohttp.ClientError):  # the reply is not HTTP (ClientResponseError from the parser)
         return server.fail("protocol", f"{server.name} {server.url} answered something that is not HTTP "
                                        f"({_reason(e)})")
     return None
+
+
+def _first_fault(e: BaseException) -> BaseException:
+    """The exception itself, or, for an exception group (anyio's task groups raise them), its first member
+    that is not itself a group: the fault that brought the others down."""
+    while isinstance(getattr(e, "exceptions", None), tuple) and e.exceptions:  # type: ignore[attr-defined]
+        e = e.exceptions[0]  # type: ignore[attr-defined]
+    return e
+
+
+def _mcp_fault(server: Server, e: BaseException, timeout: float | None) -> ServiceError | None:
+    """The faults of MCP's transports: httpx2's, anyio's streams', the SDK's own. (Read from the modules
+    already imported: a process that never loaded one cannot have raised its exceptions.)"""
+    httpx2_ = sys.modules.get("httpx2")
+    if httpx2_ is not None and isinstance(e, httpx2_.HTTPError):
+        return _httpx2_fault(server, e, httpx2_, timeout)
+    anyio_ = sys.modules.get("anyio")
+    if anyio_ is not None and isinstance(e, (anyio_.BrokenResourceError, anyio_.ClosedResourceError,
+                                             anyio_.EndOfStream)):
+        return server.fail("connection", f"the session with the {server.name} {server.url} broke ({type(e).__name__})")
+    errors = sys.modules.get("mcp.shared.exceptions")
+    if errors is not None and isinstance(e, errors.MCPError):
+        if e.code == _MCP_CONNECTION_CLOSED:
+            return server.fail("connection", f"the {server.name} {server.url} closed the session ({e.message})")
+        if e.code == _MCP_REQUEST_TIMEOUT:
+            after = f" after {timeout:g}s" if timeout is not None else ""
+            return server.fail("timeout", f"{server.name} {server.url} timed out{after}")
+        words = excerpt(e.message.encode())
+        return server.fail("error", f"{server.name} {server.url} answered error {e.code}: {words}")
+    return None
+
+
+def _httpx2_fault(server: Server, e: Any, httpx2_: Any, timeout: float | None) -> ServiceError:
+    if isinstance(e, httpx2_.TimeoutException):
+        after = f" after {timeout:g}s" if timeout is not None else ""
+        return server.fail("timeout", f"{server.name} {server.url} timed out{after}")
+    if isinstance(e, httpx2_.ConnectError):
+        fix = f"; {server.fix}" if server.fix else ""
+        return server.fail("connection", f"cannot reach the {server.name} at {server.url} ({_reason(e)}){fix}")
+    if isinstance(e, httpx2_.NetworkError):
+        return server.fail("connection", f"{server.name} {server.url} dropped the connection ({_reason(e)})")
+    if isinstance(e, httpx2_.HTTPStatusError):
+        response = e.response
+        return status_fault(server, response.status_code, response.content if response.is_stream_consumed else b"",
+                            response.headers.get("Retry-After"))
+    return server.fail("protocol", f"{server.name} {server.url} answered something that is not HTTP ({_reason(e)})")
+
+
+def mcp_http_client(headers: Mapping[str, str], timeout: float) -> httpx2.AsyncClient:
+    """The HTTP client the MCP SDK's streamable HTTP transport sends through (its only transport
+    dependency): `headers` on every request, `timeout` to connect and write; reads may wait longer (the
+    server's event stream stays open between calls, and each call has its own timeout above this)."""
+    import httpx2
+
+    return httpx2.AsyncClient(headers=dict(headers), follow_redirects=False,
+                              timeout=httpx2.Timeout(timeout, read=max(timeout, 300.0)))
 
 
 def status_fault(server: Server, status: int, payload: bytes, retry_after: str | None) -> ServiceError:

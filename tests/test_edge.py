@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -257,3 +258,89 @@ def test_a_servers_words_are_one_line(payload: bytes, words: str) -> None:
 def test_an_excerpt_is_cut_and_on_one_line() -> None:
     assert excerpt(b"a\nb  c" + b"x" * 500, 10) == "a b cxxxxx"
 
+
+
+# ---------------------------------------------------------------- MCP's transports (httpx2, anyio, the SDK)
+
+
+if sys.version_info >= (3, 11):
+    from builtins import ExceptionGroup
+else:  # anyio's own backport
+    from exceptiongroup import ExceptionGroup
+
+MCP_SERVER = Server("mcp_web", "http://127.0.0.1:9/mcp", name="MCP server 'web'", fix="check that it starts")
+
+
+def _httpx2_get(url: str, timeout: float) -> BaseException:
+    import httpx2
+
+    async def go() -> BaseException:
+        async with httpx2.AsyncClient(timeout=timeout) as client:  # (the edge's own waits longer to read)
+            try:
+                await client.get(url)
+            except BaseException as e:  # noqa: BLE001 - what the transport raised is what is tested
+                return e
+        raise AssertionError("the request did not fail")
+
+    return asyncio.run(go())
+
+
+def test_httpx2_faults_are_the_servers_own(tmp_path: Any) -> None:
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    refused = fault_of(MCP_SERVER, _httpx2_get(f"http://127.0.0.1:{port}/mcp", 1.0))
+    assert refused is not None and refused.cause == "mcp_web_connection" and refused.transient
+    assert str(refused).startswith("cannot reach the MCP server 'web' at http://127.0.0.1:9/mcp (")
+    assert str(refused).endswith("; check that it starts")
+    with socket.socket() as silent:  # accepts (the backlog), never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(1)
+        hung = fault_of(MCP_SERVER, _httpx2_get(f"http://127.0.0.1:{silent.getsockname()[1]}/mcp", 0.3), 0.3)
+    assert hung is not None and hung.cause == "mcp_web_timeout" and str(hung).endswith("timed out after 0.3s")
+
+
+def _mcp_error(code: int, message: str) -> BaseException:
+    from mcp import MCPError
+
+    return MCPError(code, message)
+
+
+def _broken() -> BaseException:
+    import anyio
+
+    return anyio.BrokenResourceError()
+
+
+@pytest.mark.parametrize(("make", "cause", "transient", "said"), [
+    pytest.param(lambda: _mcp_error(-32000, "Connection closed"), "mcp_web_connection", True,
+                 "closed the session (Connection closed)", id="the-sdks-connection-closed"),
+    pytest.param(lambda: _mcp_error(-32001, "Request timed out"), "mcp_web_timeout", True, "timed out",
+                 id="the-sdks-request-timeout"),
+    pytest.param(lambda: _mcp_error(-32603, "Internal error"), "mcp_web_error", True,
+                 "answered error -32603: Internal error", id="a-json-rpc-error"),
+    pytest.param(_broken, "mcp_web_connection", True, "the session with the MCP server 'web'",
+                 id="anyio-stream-broke"),
+    pytest.param(lambda: ExceptionGroup("tg", [ExceptionGroup("inner", [_broken()]), ValueError("later")]),
+                 "mcp_web_connection", True, "broke (BrokenResourceError)", id="an-exception-groups-first-fault"),
+    pytest.param(lambda: FileNotFoundError(2, "No such file or directory"), "mcp_web_connection", False,
+                 "cannot start the MCP server 'web'", id="a-command-that-cannot-start"),
+])
+def test_mcp_faults_are_the_servers_own(make: Any, cause: str, transient: bool, said: str) -> None:
+    fault = fault_of(MCP_SERVER, make(), 5.0)
+    assert fault is not None and (fault.cause, fault.transient) == (cause, transient)
+    assert said in str(fault)
+
+
+def test_what_mcp_raises_that_is_no_fault_is_not_hidden() -> None:
+    assert fault_of(MCP_SERVER, ExceptionGroup("tg", [KeyError("bug")])) is None
+
+
+def test_the_mcp_http_client_sends_the_servers_headers_and_follows_no_redirect(upstream: Served) -> None:
+    from hfdistill.edge import mcp_http_client
+
+    async def go() -> tuple[str, bool, float | None]:
+        async with mcp_http_client({"Authorization": "Bearer k"}, 7.0) as client:
+            return client.headers["Authorization"], client.follow_redirects, client.timeout.connect
+
+    assert asyncio.run(go()) == ("Bearer k", False, 7.0)

@@ -69,3 +69,11 @@ def test_hybrid_is_dense_when_bm25_finds_nothing(hybrid: HybridRetriever) -> Non
 
 def test_hybrid_knows_its_corpus(hybrid: HybridRetriever) -> None:
     assert len(hybrid) == len(corpus_rows()) + 1 and hybrid.corpus_hash == hybrid.bm25.corpus_hash
+
+
+def test_hybrid_and_dense_open_documents_of_their_corpus(hybrid: HybridRetriever) -> None:
+    # The open tool's documents come from the corpus rows the dense index numbers (cached beside it).
+    opened = asyncio.run(hybrid.documents().open("q", 1000))
+    assert opened is not None and (opened.title, opened.text) == ("Qelvar", QELVAR["contents"].split("\n", 1)[1])
+    assert hybrid.documents() is hybrid.dense.documents()
+    assert asyncio.run(hybrid.documents().open("mount everest", 1000)).text.startswith("Mount Everest is")

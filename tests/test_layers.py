@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "hfdistill"
 # Bottom to top; a module may import modules of its own layer or of layers below it.
 LAYERS: dict[str, tuple[str, ...]] = {
     "core": ("core",),
-    "clients": ("edge", "teacher", "retrieval", "judge"),
+    "clients": ("edge", "teacher", "retrieval", "judge", "tools"),
     "run": ("run", "curation", "publish"),
     "front": ("engines", "commands", "cli", "__init__", "__main__"),
 }

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from hfdistill.cli.dense import add_dense_commands, add_retriever_options, cpu_threads, retriever_from_args
 from hfdistill.cli.parsers import add_other_commands, common_options, flag
+from hfdistill.cli.tools import add_tool_options, tools_from_args
 from hfdistill.core.config import OBSERVATION_FORMATS, PRIORITY_MODES, TOOL_CALL_MODES, DistillConfig, RetryPolicy
 from hfdistill.core.errors import ConfigError, HfdistillError
 from hfdistill.curation import options as curation
@@ -93,6 +94,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
         flag(seed, name, default=None, metavar=env, help=f"env {env}; default {shown}")
     _teacher_options(p.add_argument_group("teacher"))
     _retrieval_options(p.add_argument_group("retrieval"))
+    add_tool_options(p.add_argument_group("tools (search, open, MCP servers' tools)"))
     _data_options(p.add_argument_group("data"))
     e = p.add_argument_group("engine")
     flag(e, "engine", choices=("local", "ray"), default="local",
@@ -244,7 +246,7 @@ def _config(args: argparse.Namespace, seed: dict[str, Any]) -> DistillConfig:
         answer_field=args.answer_field,
         retry=RetryPolicy(attempts=args.max_retries + 1, timeout=args.request_timeout, backoff=args.retry_backoff),
         judge=curation.judge_from_args(args, os.environ), force_answer=args.force_answer,
-        max_context_tokens=args.max_context_tokens,
+        max_context_tokens=args.max_context_tokens, tools=tools_from_args(args),
     )
 
 

@@ -78,6 +78,9 @@ def _curate(source: Path, out: Path, record: GenerationRecord, options: Curation
     for row in rows:
         for column in _NEW_COLUMNS:
             row.setdefault(column, None)
+        if "tool_calls_by_name" not in row:  # a file from when search was the only tool: its calls were searches
+            row["tool_calls_by_name"] = [{"name": "search", "calls": row["num_tool_calls"]}] if row["num_tool_calls"] \
+                else []
     judged = _judge_rows(rows, judge, record, template_dir, retry, window) if judge is not None else None
     if judged is not None and judge is not None:
         record = record.replace(judge=JudgeInfo(judged.model, urlsplit(judge.url).hostname, judged.spec))

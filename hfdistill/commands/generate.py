@@ -139,7 +139,8 @@ def _generate(config: DistillConfig, options: GenerateOptions, output: Path, sto
     source = _Input(ds, binding, scan_items(ds, binding.plan, with_golden=distiller.prompts.uses_golden_answers))
     identity = identify(rollout_options(config, templates=distiller.prompts.templates.digest(),
                                         corpus=distiller.corpus_digest(),
-                                        retriever=distiller.retriever_identity()), output)
+                                        retriever=distiller.retriever_identity(),
+                                        tools=distiller.tool_identity()), output)
     done = identity.existing(source.items.digest, _view(distiller, options), options.overwrite)
     if done is not None:  # a finished command needs no server
         log.info("%s is already complete (%d rows, same input and options); nothing to do. Pass --overwrite to "

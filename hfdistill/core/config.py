@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 from hfdistill.core.encoders import RETRIEVER_KINDS, DenseOptions
 from hfdistill.core.errors import ConfigError
 from hfdistill.core.retry import RetryPolicy
+from hfdistill.core.toolspec import ToolOptions
 
 __all__ = ["DEFAULT_CONCURRENCY_PER_ENDPOINT", "OBSERVATION_FORMATS", "PRIORITY_MODES", "TOOL_CALL_MODES",
            "DistillConfig", "JudgeConfig"]
@@ -74,10 +75,14 @@ class DistillConfig:
     # max_model_len less max_tokens.
     force_answer: bool = True
     max_context_tokens: int | None = None
+    tools: ToolOptions = dataclasses.field(default_factory=ToolOptions)  # MCP servers, --tools, open's limit
 
     def __post_init__(self) -> None:
         self._check_urls()
         self._check_retriever()
+        if self.tools.offers("open") and self.corpus is None:
+            raise ConfigError("--tools open reads the documents of the embedded corpus: pass --corpus (BM25, dense "
+                              "or hybrid); a retrieval server's documents cannot be opened")
         _positive("max_assistant_turns", self.max_assistant_turns)
         _positive("max_tokens", self.max_tokens)
         _positive("topk", self.topk)

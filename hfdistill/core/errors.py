@@ -8,6 +8,7 @@
     │   ├── TeacherError        the teacher server failed or refused a request
     │   │   └── ContextLengthError  the conversation no longer fits the model's context
     │   ├── RetrievalError      the retrieval server or embedded retriever failed
+    │   ├── ToolServerError     a tool's server (MCP) failed: its cause names it (mcp_<server>_<fault>)
     │   └── JudgeError          the LLM judge failed or answered no verdict (its rollout stays unjudged)
     ├── RolloutError            a rollout stopped on one of the two above; its row is a failure
     ├── CorpusError             a retrieval corpus line cannot be read (exit 2)
@@ -18,7 +19,8 @@
     └── Interrupted             the run was stopped by a signal; finished work is kept
 
 Messages name the bad value and the fix. Foreign exceptions are translated into these where they
-enter: HTTP's (aiohttp, asyncio, OSError, JSON) in hfdistill/edge.py only.
+enter: HTTP's (aiohttp, asyncio, OSError, JSON) and MCP's transports' (httpx2, anyio, the SDK's) in
+hfdistill/edge.py only.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ __all__ = [
     "ServiceError",
     "TeacherError",
     "TemplateError",
+    "ToolServerError",
     "first_line",
 ]
 
@@ -111,6 +114,12 @@ class RetrievalError(ServiceError):
     """The retrieval server failed or answered something that is not the Search-R1 shape."""
 
     default_cause = "retrieval"
+
+
+class ToolServerError(ServiceError):
+    """A tool's server (an MCP server) could not be reached, broke its session, or timed out."""
+
+    default_cause = "tool"
 
 
 class JudgeError(ServiceError):

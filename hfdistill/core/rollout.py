@@ -105,7 +105,7 @@ async def rollout(question: str, golden_answers: Sequence[str], *, chat: ChatFn,
             break
         try:
             step = await _act(parsed.calls[0], reply, parsed, tools, spec)
-        except ServiceError as e:  # a tool's server (the retriever) failed for good
+        except ServiceError as e:  # a tool's server (the retriever, an MCP server) failed for good
             raise RolloutError(str(e), cause=e.cause, turn=turn) from e
         _apply(step, traj, wire)
         used = reply.usage.prompt_tokens + reply.usage.completion_tokens
@@ -175,6 +175,9 @@ def _apply(step: TurnStep, traj: Trajectory, wire: list[dict[str, Any]]) -> None
     traj.usage.add(step.usage)
     traj.assistant_turns += 1
     traj.num_tool_calls += step.tool_calls
+    if step.tool_calls:  # (a call that ran is stored as the turn's one call, under its tool's name)
+        name = step.stored[0].tool_calls[0].name
+        traj.tool_calls_by_name[name] = traj.tool_calls_by_name.get(name, 0) + 1
     traj.num_tool_errors += step.tool_errors
     traj.num_malformed_calls += step.malformed_calls
     traj.num_queries += step.queries
@@ -197,9 +200,9 @@ async def _act(call: ToolRequest | CallError, reply: TeacherReply, parsed: Parse
         output = await spec.prompts.toolset[call.name](call.arguments, tools)
         observation = output.observation
         stored_call: ToolCall | None = ToolCall(call.id, call.name, json.dumps(call.arguments, ensure_ascii=False))
-        counts = {"tool_calls": 1, "queries": output.queries}
+        counts = {"tool_calls": 1, "queries": output.queries, "tool_errors": int(output.error)}
     else:
-        observation = spec.prompts.error(call.message)
+        observation = spec.prompts.error(call.message, call.name)
         stored_call = ToolCall(call.id, call.name, call.arguments) if call.arguments else None
         counts = {"tool_errors": 1, "malformed_calls": int(stored_call is None)}
     if stored_call is not None:

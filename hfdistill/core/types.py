@@ -123,6 +123,7 @@ class Trajectory:
     num_malformed_calls: int = 0  # calls that were not even JSON (their turn is flagged, see rows)
     usage: Usage = field(default_factory=Usage)
     prediction: str = ""
+    tool_calls_by_name: dict[str, int] = field(default_factory=dict)  # the calls run, by tool
 
 
 @dataclass(frozen=True, slots=True)

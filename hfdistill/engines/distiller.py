@@ -30,7 +30,6 @@ from hfdistill.core.records import RolloutResult
 from hfdistill.core.rollout import RolloutSpec, TurnStep, rollout
 from hfdistill.core.rows import build_table, output_features, output_schema
 from hfdistill.core.templates import Templates
-from hfdistill.core.tools import SearchTool
 from hfdistill.core.types import RolloutJob, StopRequest
 from hfdistill.curation.select import with_pass_rates
 from hfdistill.engines.runtime import Clients, Runtime, batch_budget
@@ -42,6 +41,7 @@ from hfdistill.run.recorder import Collector, Recorder, usable
 from hfdistill.teacher.client import TeacherStats
 from hfdistill.teacher.pool import Route
 from hfdistill.teacher.served import Served
+from hfdistill.tools.toolset import discover_servers, offered_tools, toolset_identity
 
 __all__ = ["Binding", "Distiller"]
 
@@ -75,13 +75,18 @@ class Distiller:
 
     def __init__(self, config: DistillConfig) -> None:
         self.config = config
-        templates = Templates(config.template_dir, observation=config.observation_format)
-        tools = [SearchTool(config.query_arg, observation_template=templates.observation)]
+        self.servers = discover_servers(config)  # lists every MCP server's tools: one that is down fails here
+        tools = offered_tools(config, self.servers)
+        templates = Templates(config.template_dir, observation=config.observation_format,
+                              tool_templates=tuple(t.observation_template for t in tools))
         self.prompts = Prompts.build(templates, tools)
         self._bindings: dict[tuple[str, ...], Binding] = {}  # by the input's column names
         judge = config.judge
         self.judge_prompt = JudgePrompt.build(templates, judge.model) if judge is not None else None
-        self.clients = Clients(config, self.tools, self.prompts.render, judged=self.judge_prompt is not None)
+        offered = {getattr(t, "server", None) for t in tools}
+        self.clients = Clients(config, self.prompts.tools, self.prompts.render, judged=self.judge_prompt is not None,
+                               servers=[s for s in self.servers if s.label in offered],
+                               search="search" in self.prompts.toolset, opens="open" in self.prompts.toolset)
         self._collector = Collector(self.tools, judge_spec=self.judge_spec)
         self._recorder: Recorder = self._collector
         self._stop = StopRequest()
@@ -104,7 +109,13 @@ class Distiller:
 
     @property
     def tools(self) -> list[dict[str, Any]]:
-        return self.prompts.tools
+        """The `tools` column of every row (see `core.prompts`: the schemas offered, or [] when parquet cannot
+        hold them as they are)."""
+        return self.prompts.row_tools
+
+    def tool_identity(self) -> tuple[dict[str, Any], ...] | None:
+        """The offered tools as a run's fingerprint and record name them (None: search alone)."""
+        return toolset_identity(list(self.prompts.toolset.values()), self.servers)
 
     @property
     def judge_spec(self) -> str | None:

@@ -1,4 +1,5 @@
-"""The clients a `Distiller` runs with: per event loop, a teacher, a retriever, a judge and the window.
+"""The clients a `Distiller` runs with: per event loop, a teacher, a retriever, a judge, a session with each
+MCP server whose tools are offered, and the window.
 
 Each `Dataset.map` call runs its own event loop, and an HTTP client belongs to the loop it was made
 in, so clients are made lazily inside the loop that uses them. The servers are probed once per
@@ -9,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from hfdistill.core.config import DistillConfig
 from hfdistill.core.tools import ToolContext
@@ -20,6 +22,10 @@ from hfdistill.retrieval.http import HttpRetriever
 from hfdistill.retrieval.protocol import EmbeddedRetriever, Retriever
 from hfdistill.teacher.client import Teacher, TeacherStats
 from hfdistill.teacher.served import Served
+
+if TYPE_CHECKING:
+    from hfdistill.tools.mcp import McpServerTools
+    from hfdistill.tools.mcp_session import McpSession
 
 __all__ = ["Clients", "Runtime", "batch_budget"]
 
@@ -38,12 +44,14 @@ class Runtime:
     tools: ToolContext
     admission: asyncio.Semaphore | None = None  # sized from the first batch (see Distiller.map_batch)
     judge: Judge | None = None
+    sessions: dict[str, McpSession] = field(default_factory=dict)  # by server label (also in `tools.servers`)
 
     async def aclose(self) -> None:
         await self.teacher.aclose()
         await self.retriever.aclose()
         if self.judge is not None:
             await self.judge.aclose()
+        await asyncio.gather(*(s.aclose() for s in self.sessions.values()))
 
 
 def batch_budget(window: int, rollouts_per_batch: int) -> int:
@@ -60,12 +68,14 @@ def batch_budget(window: int, rollouts_per_batch: int) -> int:
 class Clients:
     """The runtimes of every loop a distiller runs in, the embedded retriever they share, and the probe."""
 
-    def __init__(self, config: DistillConfig, tools: list[dict[str, Any]], render: Any, *,
-                 judged: bool) -> None:
+    def __init__(self, config: DistillConfig, tools: list[dict[str, Any]], render: Any, *, judged: bool,
+                 servers: Sequence[McpServerTools] = (), search: bool = True, opens: bool = False) -> None:
         self.config = config
         self.tools = tools
         self.render = render  # the observation renderer the search tool uses
         self.judged = judged
+        self.servers = list(servers)  # the MCP servers whose tools are offered
+        self.search, self.opens = search, opens  # whether search (so the retriever) and open are offered
         self.served = Served.asked(config)
         self.teacher_stats = TeacherStats()  # shared by the teachers of every loop
         self.judge_stats = JudgeStats()
@@ -101,9 +111,12 @@ class Clients:
             retriever = self.retriever()  # first: loading a corpus index may fail, and owns no socket
             teacher = Teacher(self.config, self.tools, self.teacher_stats, self.served)
             topk = self.config.topk
-            tools = ToolContext(search=lambda queries: retriever.search(queries, topk), render=self.render)
+            sessions = self._sessions()
+            opener = self.embedded().documents().open if self.opens else None  # (the first loop builds its tables)
+            tools = ToolContext(search=lambda queries: retriever.search(queries, topk), render=self.render,
+                                open=opener, servers=sessions)
             runtime = Runtime(loop, teacher, retriever, asyncio.Semaphore(self.config.window), asyncio.Lock(), tools,
-                              judge=self.new_judge())
+                              judge=self.new_judge(), sessions=sessions)
             self._runtimes.append(runtime)
         if not self.prepared:
             async with runtime.lock:
@@ -111,11 +124,18 @@ class Clients:
                     await self._probe(runtime)
         return runtime
 
+    def _sessions(self) -> dict[str, McpSession]:
+        if not self.servers:
+            return {}
+        from hfdistill.tools.mcp import open_sessions
+
+        return open_sessions(self.servers, self.config.tools, self.config.retry)
+
     async def _probe(self, runtime: Runtime) -> None:
         """Before the first rollout: every endpoint answers, model and protocol are known, and the
         retrieval server speaks Search-R1. A failure here stops the run before any row."""
         await runtime.teacher.prepare()
-        if isinstance(runtime.retriever, HttpRetriever):
+        if isinstance(runtime.retriever, HttpRetriever) and self.search:  # (not asked unless search is offered)
             await runtime.retriever.probe()
         if runtime.judge is not None:
             await runtime.judge.prepare()

@@ -25,6 +25,7 @@ from hfdistill.core.types import Document
 from hfdistill.retrieval.batcher import Batcher
 from hfdistill.retrieval.corpus_rows import CorpusRows
 from hfdistill.retrieval.dense_index import MANIFEST
+from hfdistill.retrieval.documents import Documents
 from hfdistill.retrieval.encoder import Encoder, encoder_dim, resolve_device
 from hfdistill.retrieval.extras import require_faiss
 from hfdistill.retrieval.faiss_file import FaissHeader, read_header
@@ -103,6 +104,7 @@ class DenseRetriever:
                  options: DenseOptions) -> None:
         self.target, self.rows, self.encoder, self.searcher = target, rows, encoder, searcher
         self.options = options
+        self._documents: Documents | None = None
         self.batcher: Batcher[list[Document]] = Batcher(
             self.search_now, max_wait_s=options.batch_wait_ms / 1000, max_queries=options.max_batch,
             merge=options.batching, name="hfdistill-dense")
@@ -144,6 +146,15 @@ class DenseRetriever:
     def identity(self) -> dict[str, Any]:
         return {"kind": "dense", **self.target.identity()}
 
+    def documents(self) -> Documents:
+        """The corpus's documents by id or title (the open tool's), cached where its passage numbering is."""
+        if self._documents is None:
+            corpus = self.rows.corpus
+            where = self.target.header.path.parent if self.target.manifest is not None else \
+                corpus.with_name(corpus.name + ".rows")
+            self._documents = Documents.load(corpus, self.rows.spans, self.rows.full_hash, where / "documents")
+        return self._documents
+
     def search_now(self, queries: list[str], k: int) -> list[list[Document]]:
         """Encode and search on the calling thread (the batcher's worker, or a warm-up). A query asked twice
         in one batch (rollouts of one question often start alike) is encoded and searched once."""
@@ -166,6 +177,8 @@ class DenseRetriever:
     def close(self) -> None:
         self.batcher.close()
         self.rows.close()
+        if self._documents is not None:
+            self._documents.close()
 
     def __enter__(self) -> DenseRetriever:
         return self

@@ -15,6 +15,7 @@ from typing import Any
 from hfdistill.core.types import Document
 from hfdistill.retrieval.bm25 import BM25Retriever
 from hfdistill.retrieval.dense import DenseRetriever
+from hfdistill.retrieval.documents import Documents
 
 __all__ = ["RRF_K", "HybridRetriever", "fuse"]
 
@@ -52,6 +53,9 @@ class HybridRetriever:
 
     def identity(self) -> dict[str, Any]:
         return {"kind": "hybrid", "fusion": f"rrf-{RRF_K}", "depth": MIN_DEPTH, "dense": self.dense.identity()}
+
+    def documents(self) -> Documents:
+        return self.dense.documents()
 
     async def search(self, queries: Sequence[str], topk: int) -> list[list[Document]]:
         depth = max(topk, MIN_DEPTH)

@@ -8,9 +8,12 @@ and the observation templates see identical documents whichever is used.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from hfdistill.core.types import Document
+
+if TYPE_CHECKING:
+    from hfdistill.retrieval.documents import Documents
 
 __all__ = ["EmbeddedRetriever", "Retriever", "document_from_json", "parse_search_response"]
 
@@ -31,6 +34,8 @@ class EmbeddedRetriever(Retriever, Protocol):
     def __len__(self) -> int: ...
 
     def identity(self) -> dict[str, Any] | None: ...  # None: the corpus hash alone names it
+
+    def documents(self) -> Documents: ...  # the corpus's documents by id or title (the open tool's)
 
     def close(self) -> None: ...
 
