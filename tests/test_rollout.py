@@ -12,6 +12,7 @@ import datasets
 import pytest
 
 from hfdistill import DistillConfig, Distiller
+from hfdistill.core.rollout import CUT_NOTE
 from tests.fakes import (
     FORCE_ANSWER,
     Answer,
@@ -232,6 +233,10 @@ def test_the_teacher_is_asked_for_its_answer_when_the_next_turn_would_not_fit(
     assert asked["role"] == "user" and asked["content"].startswith(FORCE_ANSWER)
     assert asked["content"].endswith("<answer>your answer</answer>")  # the whole of Tongyi's wording
     assert fake.requests[-1]["messages"][-1] == {"role": "user", "content": asked["content"]}
+    # the search result that made it too long is cut so that the request fits (here: all of it), and says so
+    observation = row["messages"][-3]
+    assert observation["role"] == "tool" and observation["content"] == CUT_NOTE
+    assert fake.requests[-1]["messages"][-2]["content"] == CUT_NOTE
 
 
 def test_no_force_answer_keeps_the_conversation_going_to_its_limit(teacher: tuple[FakeTeacher, Served],
@@ -248,3 +253,22 @@ def test_the_budget_is_the_servers_context_window_less_max_tokens(retriever: tup
     with contextlib.closing(Served(fake.app())) as teacher:
         row = distill(teacher, retriever[1])[0]  # max_tokens 2048 (the default) leaves 200 prompt tokens
     assert row["stop_reason"] == "forced_answer" and row["prediction"] == "Paris"
+
+
+@pytest.mark.parametrize("text_protocol", [False, True], ids=["native", "text"])
+def test_the_last_observation_is_cut_to_what_the_budget_leaves(teacher: tuple[FakeTeacher, Served],
+                                                               retriever: tuple[FakeRetriever, Served],
+                                                               text_protocol: bool) -> None:
+    long = [{"id": "9", "contents": '"Paris"\n' + "Paris is the capital of France. " * 60}]
+    fake = FakeRetriever(long)
+    teacher[0].script(Q, Search(["capital of France"]), Search(["more"]), Answer("Lyon"))
+    with contextlib.closing(Served(fake.app())) as served:
+        row = distill(teacher[1], served, max_context_tokens=700,
+                      tool_call_mode="text" if text_protocol else "auto")[0]
+    assert row["stop_reason"] == "forced_answer"
+    observation = row["messages"][-3]["content"]
+    assert observation.endswith(CUT_NOTE) and "Query: capital of France" in observation
+    sent = teacher[0].requests[-1]["messages"]
+    on_wire = sent[-2]["content"]
+    assert on_wire == (f"<tool_response>\n{observation}\n</tool_response>" if text_protocol else observation)
+    assert 0 < observation.count("Paris is the capital of France.") < 60  # part of the passage, not all of it

@@ -16,6 +16,7 @@ ends as `forced_answer` rather than being lost as `context`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -92,7 +93,7 @@ async def rollout(question: str, golden_answers: Sequence[str], *, chat: ChatFn,
         used = step.usage.prompt_tokens + step.usage.completion_tokens
     for turn in range(len(resume) + 1, spec.max_turns + 1):
         if turn > 1 and spec.context_budget is not None and used + estimated_tokens(wire[-1]) > spec.context_budget:
-            await _forced_answer(traj, wire, chat, spec, turn)
+            await _forced_answer(traj, wire, chat, spec, turn, used)
             break
         answered = await _teacher_turn(chat, wire, spec, turn)
         if answered is None:
@@ -141,10 +142,18 @@ def estimated_tokens(message: dict[str, Any]) -> int:
 
 
 async def _forced_answer(traj: Trajectory, wire: list[dict[str, Any]], chat: ChatFn, spec: RolloutSpec,
-                         turn: int) -> None:
+                         turn: int, used: int) -> None:
     """Ask for the final answer now. The conversation ends `forced_answer` when the reply gives one, else
-    as it would have without the request: `context` (or `length` when the reply was cut by max_tokens)."""
+    as it would have without the request: `context` (or `length` when the reply was cut by max_tokens).
+
+    The last observation, which made the conversation too long, is cut so that the request fits the
+    budget: sent whole, it would make the server refuse the request or cut the answer.
+    """
     ask = spec.prompts.force_answer
+    assert spec.context_budget is not None  # (the loop forces only within a budget)
+    room = spec.context_budget - used - estimated_tokens({"content": ask})
+    if estimated_tokens(wire[-1]) > room:
+        _cut_observation(traj, wire, room)
     traj.messages.append(Message("user", ask))
     wire.append({"role": "user", "content": ask})
     answered = await _teacher_turn(chat, wire, spec, turn)
@@ -158,6 +167,23 @@ async def _forced_answer(traj: Trajectory, wire: list[dict[str, Any]], chat: Cha
     elif stop not in ("length", "context"):  # asked for its answer, it gave none: the context ran out all the same
         stop = "context"
     _finish(traj, reply, parsed, stop)
+
+
+CUT_NOTE = "\n[… the rest of this result did not fit the context]"
+
+
+def _cut_observation(traj: Trajectory, wire: list[dict[str, Any]], tokens: int) -> None:
+    """Cut the last observation to about `tokens` (by `estimated_tokens`, so it errs short), alike in the
+    stored conversation and on the wire, and say so in it."""
+    stored = traj.messages[-1]
+    wrapped = stored.content.startswith("<tool_response>\n")  # (the answer to a call that was not JSON)
+    observation = stored.content.removeprefix("<tool_response>\n").removesuffix("\n</tool_response>") \
+        if wrapped else stored.content
+    keep = max(tokens - estimated_tokens({"content": CUT_NOTE}), 0) * 3
+    cut = observation.encode()[:keep].decode(errors="ignore") + CUT_NOTE
+    traj.messages[-1] = dataclasses.replace(stored, content=tool_response(cut) if wrapped else cut)
+    on_wire = wire[-1]["content"]
+    wire[-1] = {**wire[-1], "content": tool_response(cut) if on_wire.startswith("<tool_response>") else cut}
 
 
 def _finish(traj: Trajectory, reply: TeacherReply, parsed: ParsedTurn, stop: str) -> None:
