@@ -191,7 +191,7 @@ def _run_rollouts(distiller: Distiller, source: _Input, run: Run, options: Gener
             run_on_ray(distiller, source.ds, run, source.binding.plan, stop=stop, actors=options.ray_actors,
                        jobs_per_task=options.batch_size, serve=options.serve, progress=options.progress)
         else:
-            with _teacher_servers(distiller, options, run.identity.run_dir, stop):
+            with _teacher_servers(distiller, options, run, stop):
                 # The servers are probed as map starts, before its first rollout: one client per run.
                 distiller.map(source.ds, recorder=run, stop=stop, batch_size=options.batch_size,
                               load_from_cache_file=False, cache_file_name=str(run.identity.run_dir / "map.arrow"),
@@ -207,14 +207,15 @@ def _run_rollouts(distiller: Distiller, source: _Input, run: Run, options: Gener
 
 
 @contextlib.contextmanager
-def _teacher_servers(distiller: Distiller, options: GenerateOptions, log_dir: Path,
-                     stop: StopRequest) -> Iterator[None]:
-    """--serve: the teacher's servers for the length of the rollouts; one given up stops the run (with why)."""
+def _teacher_servers(distiller: Distiller, options: GenerateOptions, run: Run, stop: StopRequest) -> Iterator[None]:
+    """--serve: the teacher's servers for the length of the rollouts (their logs in the run directory); one given
+    up stops the run (with why)."""
     if options.serve is None:
         yield
         return
-    with Fleet(options.serve, log_dir, progress=options.progress, on_lost=stop.because) as fleet:
+    with Fleet(options.serve, run.identity.run_dir, progress=options.progress, on_lost=stop.because) as fleet:
         distiller.use_teacher(fleet.start(), states=fleet.states)
+        run.monitor.clock_from_now()
         yield
 
 

@@ -96,8 +96,8 @@ def _report(line: str) -> None:
     try:
         sys.stdout.write(line + "\n")
         sys.stdout.flush()
-    except (BrokenPipeError, ValueError):  # hfdistill is gone: nobody to tell
-        pass
+    except (BrokenPipeError, ValueError):  # hfdistill is gone: nobody to tell, now or at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def _watch(child: subprocess.Popen[bytes]) -> int | None:
