@@ -192,6 +192,7 @@ def test_a_server_killed_mid_run_is_restarted_and_the_rows_are_exact(setup: Setu
         run.kill()
     assert run.returncode == 0, err
     assert "was killed by SIGKILL" in err and "restarting it (restart 1 of 3" in err and "restarted in" in err
+    assert ", retried 0" in err  # the turns cut off by the death waited for the restart: no retry spent
     rows = _check_rows(setup.work / "killed.parquet")
     reference = _rows(setup.work / "shared-1.parquet")
     assert {k: _comparable(r) for k, r in rows.items()} == {k: _comparable(r) for k, r in reference.items()}

@@ -189,7 +189,7 @@ def _run_rollouts(distiller: Distiller, source: _Input, run: Run, options: Gener
             from hfdistill.engines.ray import run_on_ray
 
             run_on_ray(distiller, source.ds, run, source.binding.plan, stop=stop, actors=options.ray_actors,
-                       jobs_per_task=options.batch_size, serve=options.serve, progress=options.progress)
+                       jobs_per_task=options.batch_size, serve=options.serve)
         else:
             with _teacher_servers(distiller, options, run, stop):
                 # The servers are probed as map starts, before its first rollout: one client per run.

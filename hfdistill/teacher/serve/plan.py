@@ -66,8 +66,8 @@ def check_vllm(python: str) -> str:
     if not Path(python).exists():
         raise ConfigError(f"--vllm-python {python}: no such file; pass the python of an environment with vLLM")
     try:
-        done = subprocess.run([python, "-c", _FIND, *VLLM_MODULES], capture_output=True, text=True, timeout=60,
-                              check=False)
+        done = subprocess.run([python, "-c", _FIND.replace("MODULES", repr(VLLM_MODULES))], capture_output=True,
+                              text=True, timeout=60, check=False)
     except (OSError, subprocess.TimeoutExpired) as e:
         raise ConfigError(f"cannot run {python} ({e}); pass --vllm-python with a working python") from None
     if done.returncode == 3:
@@ -86,7 +86,7 @@ import importlib.util, os, sys
 spec = importlib.util.find_spec("vllm")
 if spec is None:
     sys.exit(3)
-for module in sys.argv[1:]:
+for module in MODULES:
     for root in spec.submodule_search_locations or ():
         if os.path.isfile(os.path.join(root, *module.split(".")[1:]) + ".py"):
             print(module)
