@@ -125,6 +125,17 @@ def test_however_hfdistill_ends_no_server_is_left(workdir: Path, monkeypatch: py
     print(f"{signal.Signals(stop).name}: no server process left {took:.1f}s after hfdistill ended")
 
 
+def test_ctrl_c_while_the_servers_load_ends_the_wait_at_once(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = fake_vllm(monkeypatch, workdir, FAKE_VLLM_DELAY="600")  # a model that loads for ten minutes
+    run = _cli(*_generate("served.parquet", *_serve_args(model_dir(workdir))))
+    wait_until(lambda: fake.starts(), 60, "the server started")
+    run.send_signal(signal.SIGINT)
+    stopped = time.monotonic()
+    _, err = run.communicate(timeout=60)
+    assert run.returncode == 130 and "interrupted while the teacher's servers were starting" in err, err
+    assert time.monotonic() - stopped < 15 and fake.left() == []
+
+
 def test_a_server_that_cannot_start_ends_the_run_before_any_rollout(workdir: Path, monkeypatch: pytest.MonkeyPatch,
                                                                    capsys: pytest.CaptureFixture[str]) -> None:
     oom = "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB."

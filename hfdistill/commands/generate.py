@@ -213,7 +213,8 @@ def _teacher_servers(distiller: Distiller, options: GenerateOptions, run: Run, s
     if options.serve is None:
         yield
         return
-    with Fleet(options.serve, run.identity.run_dir, progress=options.progress, on_lost=stop.because) as fleet:
+    with Fleet(options.serve, run.identity.run_dir, progress=options.progress, on_lost=stop.because,
+               cancelled=lambda: stop.requested) as fleet:
         distiller.use_teacher(fleet.start(), states=fleet.states)
         run.monitor.clock_from_now()
         yield

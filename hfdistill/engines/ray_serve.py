@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hfdistill.core.errors import ClusterError, ServeError, ServerLostError, first_line
+from hfdistill.core.errors import ClusterError, Interrupted, ServeError, ServerLostError, first_line
 from hfdistill.core.types import StopRequest
 from hfdistill.teacher.lifecycle import GONE, ServerStates
 from hfdistill.teacher.serve.fleet import Fleet
@@ -159,7 +159,7 @@ def teacher_on_cluster(ray: Any, plan: ServePlan, log_dir: Path, stop: StopReque
             hosts += [(node, _host(ray, plan, group, i, f"vllm-{n}-{i}", board, log_dir, node.address))
                       for i in range(node.replicas)]
         log.info("starting vLLM on %d node(s) of the Ray cluster: %d server(s)", len(nodes), len(hosts))
-        urls = _started(ray, hosts)
+        urls = _started(ray, hosts, stop)
         by_node: dict[str, tuple[str, ...]] = {}
         for (node, _), url in zip(hosts, urls, strict=True):
             by_node[node.node_id] = (*by_node.get(node.node_id, ()), url)
@@ -201,10 +201,19 @@ def _host(ray: Any, plan: ServePlan, group: Any, index: int, name: str, board: A
                                           max_concurrency=4).remote(plan, name, board, str(log_dir), address)
 
 
-def _started(ray: Any, hosts: list[tuple[NodeReplicas, Any]]) -> list[str]:
-    """Every host's server started, all at once; the first failure is the run's (one line, exit 2)."""
+def _started(ray: Any, hosts: list[tuple[NodeReplicas, Any]], stop: StopRequest) -> list[str]:
+    """Every host's server started, all at once; the first failure is the run's (one line, exit 2); a Ctrl-C ends
+    the wait."""
     refs = [host.start.remote() for _, host in hosts]
     try:
+        pending = list(refs)
+        while pending:
+            done, pending = ray.wait(pending, num_returns=len(pending), timeout=1.0)
+            for ref in done:
+                ray.get(ref)  # a failed start raises now, not after the slowest has loaded
+            if stop.requested and pending:
+                raise Interrupted("interrupted while the teacher's servers were starting; nothing was generated; "
+                                  "rerun the same command to start again")
         return [str(url) for url in ray.get(refs)]
     except ray.exceptions.RayTaskError as e:
         cause = getattr(e, "cause", None)  # what the host raised

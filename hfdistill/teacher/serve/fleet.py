@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from hfdistill.core.errors import ServeError, ServerLostError
+from hfdistill.core.errors import Interrupted, ServeError, ServerLostError
 from hfdistill.core.retry import RetryPolicy
 from hfdistill.edge import Edge
 from hfdistill.teacher.lifecycle import GONE, RESTARTING, UP, ServerStates
@@ -36,7 +36,10 @@ class Fleet:
 
     def __init__(self, plan: ServePlan, log_dir: Path, *, states: ServerStates | None = None, progress: bool = True,
                  names: Sequence[str] | None = None, url_host: str | None = None,
-                 on_lost: Callable[[ServerLostError], None] | None = None) -> None:
+                 on_lost: Callable[[ServerLostError], None] | None = None,
+                 cancelled: Callable[[], bool] = lambda: False) -> None:
+        """`on_lost`: told when a server is given up (from a thread of ours); `cancelled`: asked while the servers
+        start (a Ctrl-C then ends the wait at once, not minutes later)."""
         self.plan = plan
         self.log_dir = Path(log_dir)
         self.states = states if states is not None else ServerStates()
@@ -44,6 +47,7 @@ class Fleet:
         self.names = list(names) if names is not None else [f"vllm-{i}" for i in range(len(plan.replicas))]
         self.url_host = url_host or ("127.0.0.1" if plan.host in _WILDCARD else plan.host)
         self.on_lost = on_lost
+        self.cancelled = cancelled
         self.servers: list[ServerProcess] = []
         self.restarts: dict[str, int] = dict.fromkeys(self.names, 0)  # restarts made (or begun), by server
         self.ready_seconds: dict[str, float] = {}  # how long each server's first start took to answer
@@ -118,7 +122,10 @@ class Fleet:
                  max(self.ready_seconds.values()), ", ".join(self.urls), self.log_dir)
 
     async def _answers(self, server: ServerProcess, edge: Edge, deadline: float, progress: StartProgress) -> None:
-        if not await wait_ready(server, edge, deadline, lambda: self._stopping):
+        if not await wait_ready(server, edge, deadline, lambda: self._stopping or self.cancelled()):
+            if self.cancelled():
+                raise Interrupted("interrupted while the teacher's servers were starting; nothing was generated; "
+                                  "rerun the same command to start again")
             code = server.exit_code
             raise ServeError(server.failure(f"{exit_words(code)} before it answered" if code is not None else
                                             "was stopped before it answered", starting=True))
