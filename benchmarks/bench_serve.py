@@ -8,10 +8,11 @@ Sections (`--only`):
   data parallelism behind one server looks like to the client), the same questions and the same window, run
   alternately, twice each. Utilisation is busy slot-seconds over (all slots x wall).
 - `startup` (a real vLLM, its CPU build, the tiny scripted model of the `vllm` test tier): `generate --serve DIR`
-  against the same run on a server started by hand. The time from the command to the first rollout, split into
-  vLLM's own start (its process spawned -> /health answers) and ours (before the spawn; after /health, the
-  probes); then the rollout phase (first rollout -> end): wall, vLLM's mean running requests (sampled from its
-  /metrics), and whether the rows are the same.
+  against the same run on a server started by hand, alternately. The time from the command to the first
+  rollout, split into vLLM's own start (its process spawned -> /health answers) and ours (before the spawn;
+  after /health: the probes); the rollouts (first -> the last moment vLLM had a request): wall and vLLM's mean
+  running requests (its /metrics, sampled every quarter second); from there to the command's exit (writing the
+  output, and for --serve stopping the server); and whether the rows are the same.
 
     python benchmarks/bench_serve.py                       # both sections (about 8 minutes here)
     python benchmarks/bench_serve.py --only replicas --rows 2000
@@ -89,19 +90,26 @@ class Timeline:
     spawn: float | None = None  # the vLLM API server's process started (from /proc)
     ready: float | None = None  # its /health answered (polled every 0.1 s)
     first: float = 0.0  # the first rollout's prompt reached the model (the scripted model's log)
-    end: float = 0.0
-    running: list[float] = field(default_factory=list)  # vLLM's num_requests_running, sampled
+    end: float = 0.0  # the command ended
+    samples: list[tuple[float, float, float]] = field(default_factory=list)  # (time, running, waiting) in vLLM
     code: int = 0
     output: Path | None = None
+
+    @property
+    def last(self) -> float:
+        """The last moment vLLM had a request (running or waiting), to the sampling's quarter second."""
+        return max((t for t, running, waiting in self.samples if running + waiting), default=self.end)
 
     def cells(self) -> list[str]:
         to_first = self.first - self.command
         vllm = (self.ready - self.spawn) if self.ready and self.spawn else None
         before = (self.spawn - self.command) if self.spawn else None
         after = (self.first - self.ready) if self.ready else to_first
-        mean = sum(self.running) / len(self.running) if self.running else 0.0
+        active = [running for t, running, _ in self.samples if self.first <= t <= self.last]
+        mean = sum(active) / len(active) if active else 0.0
         show = [f"{x:.1f}" if x is not None else "-" for x in (to_first, vllm, before, after)]
-        return [self.name, *show, f"{self.end - self.first:.1f}", f"{mean:.2f}", str(self.code)]
+        return [self.name, *show, f"{self.last - self.first:.1f}", f"{mean:.1f}", f"{self.end - self.last:.1f}",
+                str(self.code)]
 
 
 def _process_start(pid: int) -> float:
@@ -129,7 +137,8 @@ def _get(url: str, timeout: float = 1.0) -> str | None:
         return None
 
 
-_RUNNING = re.compile(r"^vllm:num_requests_running\{[^}]*\} ([\d.]+)", re.MULTILINE)
+_GAUGE = r"^vllm:num_requests_{}\{{[^}}]*\}} ([\d.]+)"
+_RUNNING, _WAITING = (re.compile(_GAUGE.format(name), re.MULTILINE) for name in ("running", "waiting"))
 
 
 class _Watcher(threading.Thread):
@@ -152,15 +161,16 @@ class _Watcher(threading.Thread):
                 self.timeline.ready = time.time()
             time.sleep(0.1)
         while not self.done.wait(0.25):
-            found = _RUNNING.search(_get(f"{self.base}/metrics") or "")
-            if found:
-                self.timeline.running.append(float(found.group(1)))
+            text = _get(f"{self.base}/metrics") or ""
+            running, waiting = _RUNNING.search(text), _WAITING.search(text)
+            if running and waiting:
+                self.timeline.samples.append((time.time(), float(running.group(1)), float(waiting.group(1))))
 
 
 def _run(name: str, model: Path, work: Path, env: dict[str, str], extra: list[str], base: str | None) -> Timeline:
     prompts = Path(env["SCRIPT_PROMPT_LOG"])
     prompts.unlink(missing_ok=True)
-    out = work / f"{name.split()[0]}.parquet"
+    out = work / f"{re.sub(r'[^a-z0-9]+', '-', name.lower()).strip('-')}.parquet"
     timeline = Timeline(name, output=out)
     watcher = _Watcher(timeline, model, base)
     argv = [sys.executable, "-m", "hfdistill", "generate", "--input_file", str(work / "in.jsonl"), "--corpus",
@@ -177,7 +187,6 @@ def _run(name: str, model: Path, work: Path, env: dict[str, str], extra: list[st
         print(done.stderr[-3000:], file=sys.stderr)
     seen = [json.loads(line) for line in prompts.read_text().splitlines()] if prompts.exists() else []
     timeline.first = min((p["t"] for p in seen if p["scenario"]), default=timeline.end)
-    timeline.running = [r for r in timeline.running if r > 0] or timeline.running
     return timeline
 
 
@@ -201,24 +210,31 @@ def section_startup(args: argparse.Namespace) -> str:
     env = {k: v for k, v in os.environ.items() if k not in (*bt.SEED_ENV, "PYTHONHOME", "VIRTUAL_ENV")}
     env.update(PYTHONPATH=str(FIXTURE_DIR), SCRIPT_PROMPT_LOG=str(work / "prompts.jsonl"), VLLM_CPU_KVCACHE_SPACE="1",
                VLLM_CPU_OMP_THREADS_BIND="nobind", HF_HUB_OFFLINE="1", VLLM_NO_USAGE_STATS="1")
-    served = _run("--serve (hfdistill starts vLLM)", model, work, env,
-                  ["--serve", str(model), "--vllm-python", str(python), "--serve-args", SERVE_ARGS], None)
-    started = time.time()
-    engine = start_engine(python, model, work / "by-hand", (*TABLE_FLAGS, "--max-model-len", "4096"))
-    by_hand_start = time.time() - started
-    try:
-        hand = _run("by-hand (vLLM started by hand)", model, work, {**env, "SCRIPT_PROMPT_LOG": str(engine.prompt_log)},
-                    ["--vllm_url", f"{engine.url}/v1"], engine.url)
-    finally:
-        engine.stop()
-    same = served.output and hand.output and _comparable(served.output) == _comparable(hand.output)
+    runs: list[Timeline] = []
+    starts: list[float] = []
+    for round_ in range(1, args.rounds + 1):  # one server at a time: this machine has 2 cores
+        runs.append(_run(f"--serve (hfdistill starts vLLM), run {round_}", model, work, env,
+                         ["--serve", str(model), "--vllm-python", str(python), "--serve-args", SERVE_ARGS], None))
+        started = time.time()
+        engine = start_engine(python, model, work / f"by-hand-{round_}", (*TABLE_FLAGS, "--max-model-len", "4096"))
+        starts.append(time.time() - started)
+        try:
+            runs.append(_run(f"by hand (vLLM started by hand), run {round_}", model, work,
+                             {**env, "SCRIPT_PROMPT_LOG": str(engine.prompt_log)}, ["--vllm_url", f"{engine.url}/v1"],
+                             engine.url))
+        finally:
+            engine.stop()
+    reference = _comparable(runs[1].output) if runs[1].output else None
+    same = all(r.output is not None and _comparable(r.output) == reference for r in runs)
     head = ["run", "command -> first rollout (s)", "of which vLLM's start (s)", "ours before the spawn (s)",
-            "ours after /health (s)", "rollout phase (s)", "vLLM running requests (mean)", "exit"]
-    table = bt.render(tuple((h, lambda t, i=i: t.cells()[i]) for i, h in enumerate(head)), [served, hand])
+            "ours after /health (s)", "rollouts: first -> last request done (s)", "vLLM running requests (mean)",
+            "last request -> exit (s)", "exit"]
+    table = bt.render(tuple((h, lambda t, i=i: t.cells()[i]) for i, h in enumerate(head)), runs)
     return (f"## generate --serve against a server started by hand (a real vLLM 0.32, CPU build)\n\n"
             f"{args.startup_rows} questions of the scripted scenarios {', '.join(SCENARIOS)}; tiny Qwen3-MoE, "
-            f"--max_tokens {MAX_TOKENS}. The server started by hand took {by_hand_start:.1f}s to answer (not in its "
-            f"row).\n\n{table}\n\nrows the same (tool-call ids aside, which vLLM draws at random): {same}\n")
+            f"--max_tokens {MAX_TOKENS}; alternately, one server at a time. The servers started by hand took "
+            f"{', '.join(f'{t:.1f}' for t in starts)}s to answer (not in their rows).\n\n{table}\n\n"
+            f"every run's rows the same (tool-call ids aside, which vLLM draws at random): {same}\n")
 
 
 # --------------------------------------------------------------------------- main
@@ -234,7 +250,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tpot", type=float, default=0.0007)
     p.add_argument("--prefill", type=float, default=0.02)
     p.add_argument("--prefill-per-1k", type=float, default=0.0004)
-    p.add_argument("--startup-rows", type=int, default=60, help="startup: questions")
+    p.add_argument("--startup-rows", type=int, default=300, help="startup: questions")
+    p.add_argument("--rounds", type=int, default=2, help="startup: runs of each kind, alternately")
     p.add_argument("--python", default=sys.executable)
     p.add_argument("--timeout", type=float, default=3600)
     p.add_argument("--workdir", help="keep workloads, logs and outputs here (default: a temporary dir)")

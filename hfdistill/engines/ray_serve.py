@@ -257,13 +257,13 @@ class _Watch:
                 log.warning("cannot read the teacher servers' states (%s)", first_line(e))
 
     def _look(self) -> None:
-        for url, host in list(self.hosts.items()):
-            ready, _ = self.ray.wait([host.alive.remote()], timeout=10)
-            if not ready:
-                continue  # busy: look again next time
+        pings = {host.alive.remote(): url for url, host in self.hosts.items()}
+        answered, _ = self.ray.wait(list(pings), num_returns=len(pings), timeout=10)  # a busy one: next time
+        for ref in answered:
             try:
-                self.ray.get(ready[0])
+                self.ray.get(ref)
             except self.ray.exceptions.RayActorError:
+                url = pings[ref]
                 del self.hosts[url]
                 self.board.set.remote(url, GONE, f"its Ray node was lost: {url}")
                 log.warning("teacher server %s was lost with its Ray node; its rollouts go on on the other servers",

@@ -54,6 +54,7 @@ class Fleet:
         self.failure: ServerLostError | None = None
         self._lock = threading.Lock()
         self._stopping = False
+        self._serving = False  # every server answered once: from then on a death is restarted
 
     def __enter__(self) -> Fleet:
         return self
@@ -80,6 +81,8 @@ class Fleet:
             raise
         for server in self.servers:
             self.states.set(server.url, UP)
+        with self._lock:
+            self._serving = True
         return self.urls
 
     def stop(self) -> None:
@@ -141,8 +144,8 @@ class Fleet:
     def _count_death(self, server: ServerProcess, why: str) -> bool:
         """Mark the server RESTARTING (True), or GONE when it may not be restarted again (False)."""
         with self._lock:
-            if self._stopping or server not in self.servers:
-                return False
+            if self._stopping or not self._serving or server not in self.servers:
+                return False  # (a death during the first start fails the start instead)
             lost = self.restarts[server.name] >= self.plan.max_restarts
             if not lost:
                 self.restarts[server.name] += 1

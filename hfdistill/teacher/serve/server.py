@@ -29,7 +29,7 @@ __all__ = ["SUPERVISOR", "ServerProcess", "exit_words", "wait_ready"]
 log = logging.getLogger(__name__)
 
 SUPERVISOR = Path(__file__).with_name("supervisor.py")
-_PROBE_SECONDS = 1.0  # how often a starting server's /health is asked
+_PROBE_SECONDS = 0.5  # how often a starting server's /health is asked
 _STOP_MARGIN = 15.0  # seconds beyond the grace a supervisor may take to report the group stopped
 
 
