@@ -113,7 +113,7 @@ def test_a_server_killed_mid_run_is_restarted_and_the_rows_are_unchanged(workdir
 ])
 def test_however_hfdistill_ends_no_server_is_left(workdir: Path, monkeypatch: pytest.MonkeyPatch, stop: int,
                                                   code: int) -> None:
-    fake = fake_vllm(monkeypatch, workdir, FAKE_VLLM_SLOW="2")
+    fake = fake_vllm(monkeypatch, workdir, FAKE_VLLM_SLOW="1")
     run = _cli(*_generate("served.parquet", *_serve_args(model_dir(workdir), "--serve-gpus", "0,1")))
     wait_until(lambda: len(fake.chats()) >= 4, 60, "rollouts under way")
     servers = fake.starts()
