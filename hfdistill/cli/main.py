@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from hfdistill.cli.dense import add_dense_commands, add_retriever_options, cpu_threads, retriever_from_args
 from hfdistill.cli.parsers import add_other_commands, common_options, flag
+from hfdistill.cli.serve import add_serve_options, add_serve_teacher, serve_plan
 from hfdistill.cli.tools import add_tool_options, tools_from_args
 from hfdistill.core.config import OBSERVATION_FORMATS, PRIORITY_MODES, TOOL_CALL_MODES, DistillConfig, RetryPolicy
 from hfdistill.core.errors import ConfigError, HfdistillError
@@ -50,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
-    args.argv = argv
+    args.argv, args.environ = argv, os.environ
     _setup_logging(args.verbose - args.quiet)
     try:
         return int(args.func(args) or 0)
@@ -77,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"hfdistill {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_generate(sub)
+    add_serve_teacher(sub)
     add_other_commands(sub)
     add_dense_commands(sub)
     _add_curate(sub)
@@ -93,6 +95,10 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
         shown = default if default is not None else "<input name>_distilled.parquet"
         flag(seed, name, default=None, metavar=env, help=f"env {env}; default {shown}")
     _teacher_options(p.add_argument_group("teacher"))
+    served = p.add_argument_group("serving the teacher (hfdistill starts vLLM for the run, and stops it after)")
+    flag(served, "serve", metavar="MODEL", help="start the teacher's vLLM servers (a Hugging Face model id or a local "
+                                                "directory) before the first rollout, instead of VLLM_URL's")
+    add_serve_options(served, port=0)
     _retrieval_options(p.add_argument_group("retrieval"))
     add_tool_options(p.add_argument_group("tools (search, open, MCP servers' tools)"))
     _data_options(p.add_argument_group("data"))
@@ -261,12 +267,13 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         from hfdistill.commands.generate import GenerateOptions, generate
         from hfdistill.core.types import StopRequest
 
+        plan = _serve_plan(args)
         options = GenerateOptions(input_file=seed["input_file"], output_file=seed["output_file"],
                                   max_samples=seed["max_samples"], batch_size=seed["batch_size"], keep=args.keep,
                                   keep_malformed=args.keep_malformed, overwrite=args.overwrite,
                                   command=_command_line(args.argv), progress=not args.quiet,
                                   log_interval=args.log_interval, engine=args.engine, ray_actors=args.ray_actors,
-                                  curation=curation.curation_from_args(args))
+                                  curation=curation.curation_from_args(args), serve=plan)
     if args.push_to_hub:
         from hfdistill.publish.hub import check_push_target
 
@@ -286,6 +293,17 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         log.warning("not pushing an incomplete run; rerun the same command to finish it (it pushes then), or "
                     "push what there is with `hfdistill push %s --repo-id %s`", result.output, args.push_to_hub)
     return result.exit_code
+
+
+def _serve_plan(args: argparse.Namespace) -> Any:
+    """--serve: the servers to start (every option checked now, before the input is read); None without it."""
+    if args.serve is None:
+        return None
+    named = "--vllm_url" if args.vllm_url is not None else "VLLM_URL" if os.environ.get("VLLM_URL", "").strip() \
+        else None
+    if named:
+        raise ConfigError(f"--serve starts the teacher's servers, and {named} names others; drop one of them")
+    return serve_plan(args, os.environ, args.serve, ray=args.engine == "ray")
 
 
 def _command_line(argv: Sequence[str]) -> str:

@@ -8,6 +8,7 @@ of every rollout the input owes. Rerunning the same command resumes; a finished 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import logging
@@ -24,7 +25,7 @@ import datasets
 
 from hfdistill import __version__
 from hfdistill.core.config import DistillConfig
-from hfdistill.core.errors import ConfigError, Interrupted, JournalError
+from hfdistill.core.errors import ConfigError, Interrupted, JournalError, ServerLostError
 from hfdistill.core.rows import MALFORMED_CALL
 from hfdistill.core.types import StopRequest
 from hfdistill.curation.pipeline import CurationOptions, Curator
@@ -49,6 +50,8 @@ from hfdistill.run.record import (
     TeacherInfo,
     TemplatesInfo,
 )
+from hfdistill.teacher.serve.fleet import Fleet
+from hfdistill.teacher.serve.plan import ServePlan
 
 __all__ = ["EXIT_INCOMPLETE", "GenerateOptions", "GenerateResult", "generate"]
 
@@ -75,6 +78,9 @@ class GenerateOptions:
     log_interval: float = 30.0  # seconds between progress lines when stderr is not a terminal
     engine: str = "local"  # where rollouts are made: this process, or a Ray cluster (see `engines`)
     ray_actors: int | None = None  # --engine ray: actors in the pool (None: from the cluster's CPUs)
+    # --serve: the teacher's vLLM servers, started before the first rollout (their logs in the run directory)
+    # and stopped after the last; None: the servers VLLM_URL names
+    serve: ServePlan | None = None
 
     def __post_init__(self) -> None:
         check_engine(self.engine, self.ray_actors)
@@ -165,8 +171,11 @@ def _generate(config: DistillConfig, options: GenerateOptions, output: Path, sto
         write_jsonl(skipped_path(output), [{"input_index": i, "reason": "blank question"}
                                            for i, item in enumerate(source.items.ids) if item is None])
         if distiller.stopping:
-            raise Interrupted(f"interrupted: {len(run.journal)} rollouts are recorded in {identity.run_dir}; "
-                              "rerun the same command to resume")
+            recorded = f"{len(run.journal)} rollouts are recorded in {identity.run_dir}; rerun the same command to " \
+                       "resume"
+            if isinstance(stop.reason, ServerLostError):  # a server hfdistill ran was given up
+                raise ServerLostError(f"{stop.reason}; {recorded}")
+            raise Interrupted(f"interrupted: {recorded}")
         live.wall_seconds = time.monotonic() - started
         return _write_output(distiller, source, run, options, _Counts(live, account), curator)
 
@@ -181,12 +190,13 @@ def _run_rollouts(distiller: Distiller, source: _Input, run: Run, options: Gener
             from hfdistill.engines.ray import run_on_ray
 
             run_on_ray(distiller, source.ds, run, source.binding.plan, stop=stop, actors=options.ray_actors,
-                       jobs_per_task=options.batch_size)
+                       jobs_per_task=options.batch_size, serve=options.serve)
         else:
-            # The servers are probed as map starts, before its first rollout: one client per run.
-            distiller.map(source.ds, recorder=run, stop=stop, batch_size=options.batch_size,
-                          load_from_cache_file=False, cache_file_name=str(run.identity.run_dir / "map.arrow"),
-                          desc="hfdistill")
+            with _teacher_servers(distiller, options, run, stop):
+                # The servers are probed as map starts, before its first rollout: one client per run.
+                distiller.map(source.ds, recorder=run, stop=stop, batch_size=options.batch_size,
+                              load_from_cache_file=False, cache_file_name=str(run.identity.run_dir / "map.arrow"),
+                              desc="hfdistill")
     finally:
         stats = run.monitor.finish()
         teacher = distiller.teacher_stats
@@ -195,6 +205,20 @@ def _run_rollouts(distiller: Distiller, source: _Input, run: Run, options: Gener
         for cache in run.identity.run_dir.glob("map*.arrow"):  # map's own (empty) output
             cache.unlink(missing_ok=True)
     return stats
+
+
+@contextlib.contextmanager
+def _teacher_servers(distiller: Distiller, options: GenerateOptions, run: Run, stop: StopRequest) -> Iterator[None]:
+    """--serve: the teacher's servers for the length of the rollouts (their logs in the run directory); one given
+    up stops the run (with why)."""
+    if options.serve is None:
+        yield
+        return
+    with Fleet(options.serve, run.identity.run_dir, progress=options.progress, on_lost=stop.because,
+               cancelled=lambda: stop.requested) as fleet:
+        distiller.use_teacher(fleet.start(), states=fleet.states)
+        run.monitor.clock_from_now()
+        yield
 
 
 def _judge_journal(distiller: Distiller, source: _Input, run: Run) -> None:

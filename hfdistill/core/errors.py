@@ -16,6 +16,8 @@
     │   └── RunLockedError      another process is writing the same output
     ├── HubError                pushing to or reading from the Hugging Face Hub failed
     ├── ClusterError            the Ray cluster cannot be reached or cannot run the work
+    ├── ServeError              a teacher server hfdistill starts (--serve) did not start (exit 2)
+    ├── ServerLostError         a teacher server hfdistill started kept dying; the run stopped for it
     └── Interrupted             the run was stopped by a signal; finished work is kept
 
 Messages name the bad value and the fix. Foreign exceptions are translated into these where they
@@ -39,6 +41,8 @@ __all__ = [
     "RetrievalError",
     "RolloutError",
     "RunLockedError",
+    "ServeError",
+    "ServerLostError",
     "ServiceError",
     "TeacherError",
     "TemplateError",
@@ -155,6 +159,18 @@ class HubError(HfdistillError):
 
 class ClusterError(HfdistillError):
     """The Ray cluster cannot be reached (RAY_ADDRESS) or failed to run the work."""
+
+
+class ServeError(HfdistillError):
+    """A vLLM server hfdistill starts itself could not start: no vLLM, a model that does not load, a GPU out of
+    memory. The message names the server's log and quotes its last error line."""
+
+    exit_code = 2
+
+
+class ServerLostError(HfdistillError):
+    """A vLLM server hfdistill started died more often than it may be restarted: the run stopped for it (its
+    finished rollouts are recorded, and a rerun resumes)."""
 
 
 def first_line(e: BaseException) -> str:

@@ -139,6 +139,12 @@ class RolloutJob:
 
 @dataclass(slots=True)
 class StopRequest:
-    """Set by whoever owns the process's signals (the CLI): a run starts no new rollout once it is set."""
+    """Set by whoever owns the process's signals (the CLI): a run starts no new rollout once it is set. A stop
+    that is no signal's (a teacher server hfdistill runs was given up) says why: the run ends with `reason`."""
 
     requested: bool = False
+    reason: Exception | None = None
+
+    def because(self, reason: Exception) -> None:
+        self.reason = self.reason or reason
+        self.requested = True

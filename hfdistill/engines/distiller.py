@@ -16,7 +16,7 @@ import functools
 import logging
 import sys
 import traceback
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +39,7 @@ from hfdistill.judge.prompt import JudgePrompt
 from hfdistill.run.inputs import FieldPlan, InputRow, plan_fields, rows_of
 from hfdistill.run.recorder import Collector, Recorder, usable
 from hfdistill.teacher.client import TeacherStats
+from hfdistill.teacher.lifecycle import ServerStates
 from hfdistill.teacher.pool import Route
 from hfdistill.teacher.served import Served
 from hfdistill.tools.toolset import discover_servers, offered_tools, toolset_identity
@@ -205,6 +206,17 @@ class Distiller:
         """Live teacher numbers for the progress line: calls, completion tokens, open requests."""
         return {"calls": self.teacher_stats.calls, "tokens": self.teacher_stats.completion_tokens,
                 "requests": self.clients.in_flight}
+
+    def use_teacher(self, urls: Sequence[str] | None = None, *, states: ServerStates | None = None,
+                    near: Collection[str] = ()) -> None:
+        """Send the teacher's turns to these servers (hfdistill started them, `--serve`), whose `states` say
+        which are up or being restarted; `near` ones first (a Ray actor's own node's). Before any rollout."""
+        if self.clients.has_runtimes:
+            raise RuntimeError("use_teacher() after the clients were made")
+        if urls is not None:
+            self.config = self.config.replace(vllm_url=",".join(urls))
+            self.clients.config = self.config
+        self.clients.states, self.clients.near = states, frozenset(near)
 
     def assume_teacher(self, served: Served) -> None:
         """Take what another process found when it probed the servers (an engine's driver), instead of

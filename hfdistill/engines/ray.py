@@ -32,11 +32,13 @@ from hfdistill.core.errors import ClusterError, HfdistillError, first_line
 from hfdistill.core.rollout import TurnStep
 from hfdistill.core.types import RolloutJob, StopRequest
 from hfdistill.engines.distiller import Distiller
+from hfdistill.engines.ray_serve import Serving
 from hfdistill.engines.turns import Taken, TurnStore
 from hfdistill.engines.worker import EVENT_COLUMN, JOB_COLUMN, Event, RolloutWorker, decode_event, encode_job
 from hfdistill.run.account import Run
 from hfdistill.run.inputs import FieldPlan, input_rows
 from hfdistill.run.recorder import Prior, usable
+from hfdistill.teacher.serve.plan import ServePlan
 
 __all__ = ["ACTOR_CPUS", "MAX_DEFAULT_ACTORS", "pool_size", "run_on_ray"]
 
@@ -61,15 +63,58 @@ class _Dispatch:
 
 
 def run_on_ray(distiller: Distiller, ds: datasets.Dataset, run: Run, plan: FieldPlan, *, stop: StopRequest,
-               actors: int | None, jobs_per_task: int) -> None:
+               actors: int | None, jobs_per_task: int, serve: ServePlan | None = None) -> None:
     """Make every rollout `run` still owes on the Ray cluster, recording each into `run`.
 
     Once `stop` is requested, the driver stops taking answers and the pool is shut down: rollouts not
-    back yet stay owed (the rerun makes them), as in a local run that was stopped.
+    back yet stay owed (the rerun makes them), as in a local run that was stopped. With `serve`, the
+    teacher's servers are started on the cluster's nodes first (`engines.ray_serve`) and stopped after.
     """
     import ray
 
-    distiller.prepare()  # servers down, wrong model, ...: one line, before any actor starts
+    if serve is None:
+        distiller.prepare()  # servers down, wrong model, ...: one line, before any actor starts
+        dispatch, rows = _dispatch(distiller, ds, run, plan)
+        if not rows:
+            return
+    started_here = not ray.is_initialized()
+    if started_here:
+        _connect(ray)
+    try:
+        with _teacher(ray, distiller, serve, run, stop) as serving:
+            if serve is not None:
+                distiller.prepare()
+                dispatch, rows = _dispatch(distiller, ds, run, plan)
+                if not rows:
+                    return
+            _execute(ray, distiller, run, rows, dispatch, stop, actors=actors, jobs_per_task=jobs_per_task,
+                     serving=serving)
+    finally:
+        if started_here:
+            ray.shutdown()
+    if dispatch.duplicates:
+        log.info("dropped %d duplicate answers of retried Ray tasks (each rollout is recorded once)",
+                 dispatch.duplicates)
+
+
+@contextlib.contextmanager
+def _teacher(ray: Any, distiller: Distiller, serve: ServePlan | None, run: Run,
+             stop: StopRequest) -> Iterator[Serving | None]:
+    """--serve: the teacher's servers on the cluster's nodes for the length of the rollouts; else nothing."""
+    if serve is None:
+        yield None
+        return
+    from hfdistill.engines.ray_serve import teacher_on_cluster
+
+    with teacher_on_cluster(ray, serve, run.identity.run_dir.resolve(), stop) as teacher:
+        distiller.use_teacher(teacher.urls, states=teacher.states)
+        run.monitor.clock_from_now()
+        yield teacher.serving
+
+
+def _dispatch(distiller: Distiller, ds: datasets.Dataset, run: Run,
+              plan: FieldPlan) -> tuple[_Dispatch, list[dict[str, str]]]:
+    """The jobs to send (each started in `run`), as rows of the jobs dataset."""
     dispatch = _Dispatch()
     rows = []
     for job, prior in _owed(distiller, ds, run, plan):
@@ -77,19 +122,7 @@ def run_on_ray(distiller: Distiller, ds: datasets.Dataset, run: Run, plan: Field
         dispatch.jobs[job.input_index, job.rollout_index] = job
         rows.append({JOB_COLUMN: encode_job(job, prior)})
         run.started(job)
-    if not rows:
-        return
-    started_here = not ray.is_initialized()
-    if started_here:
-        _connect(ray)
-    try:
-        _execute(ray, distiller, run, rows, dispatch, stop, actors=actors, jobs_per_task=jobs_per_task)
-    finally:
-        if started_here:
-            ray.shutdown()
-    if dispatch.duplicates:
-        log.info("dropped %d duplicate answers of retried Ray tasks (each rollout is recorded once)",
-                 dispatch.duplicates)
+    return dispatch, rows
 
 
 def _owed(distiller: Distiller, ds: datasets.Dataset, run: Run,
@@ -119,7 +152,7 @@ def _connect(ray: Any) -> None:
 
 
 def _execute(ray: Any, distiller: Distiller, run: Run, rows: list[dict[str, str]], dispatch: _Dispatch,
-             stop: StopRequest, *, actors: int | None, jobs_per_task: int) -> None:
+             stop: StopRequest, *, actors: int | None, jobs_per_task: int, serving: Serving | None) -> None:
     from ray.data import ActorPoolStrategy
 
     blocks = math.ceil(len(rows) / jobs_per_task)
@@ -137,7 +170,8 @@ def _execute(ray: Any, distiller: Distiller, run: Run, rows: list[dict[str, str]
             jobs = ray.data.from_items(rows, override_num_blocks=blocks)
             events = jobs.map_batches(
                 RolloutWorker, batch_size=jobs_per_task, num_cpus=ACTOR_CPUS,  # Ray Data spreads actors over nodes
-                fn_constructor_kwargs={"config": config, "served": distiller.clients.served, "turns": turns},
+                fn_constructor_kwargs={"config": config, "served": distiller.clients.served, "turns": turns,
+                                       "serving": serving},
                 compute=ActorPoolStrategy(size=pool, max_tasks_in_flight_per_actor=tasks,
                                           max_concurrent_calls_per_actor=tasks))
             _consume(events, run, dispatch, stop, collector)

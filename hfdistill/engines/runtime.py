@@ -21,6 +21,7 @@ from hfdistill.judge.prompt import parse_verdict
 from hfdistill.retrieval.http import HttpRetriever
 from hfdistill.retrieval.protocol import EmbeddedRetriever, Retriever
 from hfdistill.teacher.client import Teacher, TeacherStats
+from hfdistill.teacher.lifecycle import ServerStates
 from hfdistill.teacher.served import Served
 
 if TYPE_CHECKING:
@@ -80,6 +81,8 @@ class Clients:
         self.teacher_stats = TeacherStats()  # shared by the teachers of every loop
         self.judge_stats = JudgeStats()
         self.prepared = False  # the servers were probed (once, not per loop)
+        self.states: ServerStates | None = None  # the teacher servers hfdistill runs (None: the user's)
+        self.near: frozenset[str] = frozenset()  # teacher URLs to prefer (a Ray actor's own node's)
         self._runtimes: list[Runtime] = []
         self._embedded: EmbeddedRetriever | None = None
 
@@ -109,7 +112,8 @@ class Clients:
         runtime = next((r for r in self._runtimes if r.loop is loop), None)
         if runtime is None:
             retriever = self.retriever()  # first: loading a corpus index may fail, and owns no socket
-            teacher = Teacher(self.config, self.tools, self.teacher_stats, self.served)
+            teacher = Teacher(self.config, self.tools, self.teacher_stats, self.served, states=self.states,
+                              near=self.near)
             topk = self.config.topk
             sessions = self._sessions()
             opener = self.embedded().documents().open if self.opens else None  # (the first loop builds its tables)
@@ -155,6 +159,10 @@ class Clients:
                     await runtime.aclose()
 
         asyncio.run(probe())
+
+    @property
+    def has_runtimes(self) -> bool:
+        return bool(self._runtimes)
 
     @property
     def in_flight(self) -> int:

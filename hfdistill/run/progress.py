@@ -225,6 +225,10 @@ class Monitor:
         self.stats.questions_skipped += 1
         self.stats.rollouts_total -= rollouts
 
+    def clock_from_now(self) -> None:
+        """Rates count from now: the minutes a teacher hfdistill started took to load are not the run's pace."""
+        self._start = time.monotonic()
+
     # ------------------------------------------------ display
 
     @property

@@ -17,6 +17,7 @@ import functools
 import json
 import logging
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +26,7 @@ from hfdistill.core.errors import ContextLengthError, ServiceError, TeacherError
 from hfdistill.core.retry import with_retries
 from hfdistill.core.types import TeacherReply
 from hfdistill.edge import Edge, Refuse
+from hfdistill.teacher.lifecycle import GONE, RESTARTING, UP, ServerStates
 from hfdistill.teacher.pool import Endpoint, EndpointPool, Route
 from hfdistill.teacher.replies import refusal, reply_of
 from hfdistill.teacher.served import Served
@@ -38,6 +40,10 @@ log = logging.getLogger(__name__)
 STOP = ["\n<tool_response>", "<tool_response>"]
 _STALL_PROBES = 2  # failed health probes in a row after which an endpoint's open requests are failed
 _DOWN_CAUSES = frozenset(f"teacher_{f}" for f in ("connection", "timeout", "stalled", "payload"))
+_RESTART_POLL = 0.5  # seconds between looks at a server being restarted, while a turn waits for it
+# How long a failed request to a server hfdistill runs waits to learn whether the server died (its launcher
+# hears of a death within milliseconds; the request may hear first).
+_DEATH_NOTICE = 2.0
 
 
 @dataclass
@@ -55,12 +61,15 @@ class Teacher:
     """Chat completions for the rollout loop, in the native or the text tool-call protocol."""
 
     def __init__(self, config: DistillConfig, tools: list[dict[str, Any]], stats: TeacherStats | None = None,
-                 served: Served | None = None) -> None:
+                 served: Served | None = None, *, states: ServerStates | None = None,
+                 near: Collection[str] = ()) -> None:
+        """`states`: the servers hfdistill runs (restarted when they die); `near`: the URLs to prefer (a Ray
+        actor's own node's)."""
         self.config = config
         self.tools = tools
         self.served = served if served is not None else Served.asked(config)  # shared with the distiller
         self.stats = stats if stats is not None else TeacherStats()
-        self.pool = EndpointPool([Endpoint.at(url) for url in config.endpoints])
+        self.pool = EndpointPool([Endpoint.at(url) for url in config.endpoints], states, near)
         for endpoint in self.pool.endpoints:
             endpoint.priority = endpoint.url not in self.served.no_priority
         self.edge = Edge(config.retry, headers={"Authorization": f"Bearer {config.api_key}",
@@ -126,25 +135,51 @@ class Teacher:
             return b"".join((params, extra, b',"messages":[', history, b"]}"))
 
         async def attempt(n: int) -> TeacherReply:
-            endpoint = self.pool.pick(route)
             if n > 1:
                 self.stats.retries += 1
-            with_priority = bool(priority) and endpoint.priority
-            try:
-                reply = await self.send(endpoint, body(with_priority))
-            except TeacherError as e:
-                if with_priority and self._refused_priority(e):
-                    reply = await self.send(endpoint, body(False))  # the same turn without it: the server's answer
-                    self.send_no_priority(endpoint)
-                    self._count(endpoint, reply)
-                    return reply
-                if e.cause in _DOWN_CAUSES:
-                    self.pool.mark_down(endpoint)
-                raise
-            self._count(endpoint, reply)
-            return reply
+            while True:
+                endpoint = self.pool.pick(route)
+                if self.pool.states is not None and self.pool.state(endpoint) not in (None, UP):
+                    endpoint = await self._restarted(route)
+                with_priority = bool(priority) and endpoint.priority
+                try:
+                    reply = await self.send(endpoint, body(with_priority))
+                except TeacherError as e:
+                    if with_priority and self._refused_priority(e):
+                        reply = await self.send(endpoint, body(False))  # the same turn without it: the server's answer
+                        self.send_no_priority(endpoint)
+                        self._count(endpoint, reply)
+                        return reply
+                    if e.transient and await self._died(endpoint):
+                        continue  # not this turn's failure: it goes again, elsewhere or once the server is back
+                    if e.cause in _DOWN_CAUSES:
+                        self.pool.mark_down(endpoint)
+                    raise
+                self._count(endpoint, reply)
+                return reply
 
         return await with_retries(attempt, self.config.retry, what="teacher")
+
+    async def _restarted(self, route: Route) -> Endpoint:
+        """No server is up for this turn: wait while the chosen one is restarted (a turn waiting for a restart
+        spends none of its retries); a given-up one fails the turn for good."""
+        endpoint = self.pool.pick(route)
+        while self.pool.state(endpoint) == RESTARTING:
+            await asyncio.sleep(_RESTART_POLL)
+            endpoint = self.pool.pick(route)
+        if self.pool.state(endpoint) == GONE:
+            reason = self.pool.states.reason(endpoint.url) if self.pool.states is not None else ""
+            raise endpoint.server.fail("gone", f"teacher {endpoint.url} is gone: {reason}", transient=False)
+        return endpoint
+
+    async def _died(self, endpoint: Endpoint) -> bool:
+        """Whether a failed request's server (one hfdistill runs) died: its launcher marks it within moments."""
+        if self.pool.state(endpoint) is None:
+            return False
+        deadline = time.monotonic() + _DEATH_NOTICE
+        while self.pool.state(endpoint) == UP and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        return self.pool.state(endpoint) != UP
 
     def _refused_priority(self, e: TeacherError) -> bool:
         """Whether a final refusal may be of the `priority` field (a server restarted with vLLM's fcfs policy
