@@ -57,6 +57,8 @@ SEARCH_WEIGHTS: dict[int, int] = {0: 3, 1: 30, 2: 25, 3: 17, 4: 9, 5: 6, 6: 4, 7
 MIN_COMPLETION, MAX_COMPLETION = 50, 400
 CORRECT_RATE = 0.7  # share of questions the scripted teacher answers correctly
 QID_RE = re.compile(r"sim-qid-(\d+)")
+# How hfdistill's force_answer.j2 (Tongyi's runner's wording) begins: the simulated teacher answers it at once.
+FORCE_ANSWER = "You have now reached the maximum context length"
 FILLER = "Let me think about what the question asks and which sources could settle it. "
 
 
@@ -179,7 +181,8 @@ def plan_turn(messages: list[dict[str, Any]], max_tokens: int | None) -> TurnPla
     done = sum(1 for m in messages if _is_tool_result(m))
     planned = completion_tokens_for(key, done)
     truncated = max_tokens is not None and 0 < max_tokens < planned
-    return TurnPlan(key, done, done >= searches_for(key), min(planned, max_tokens or planned), truncated)
+    forced = messages[-1].get("role") == "user" and _text(messages[-1].get("content")).startswith(FORCE_ANSWER)
+    return TurnPlan(key, done, forced or done >= searches_for(key), min(planned, max_tokens or planned), truncated)
 
 
 def _filler(tokens: int) -> str:
@@ -293,6 +296,8 @@ class SimConfig:
     no_tools: bool = False  # emulate `vllm serve` without --enable-auto-tool-choice
     reasoning_parser: bool = False  # emulate --reasoning-parser (thinking in message.reasoning)
     scheduling_policy: str = "fcfs"  # vLLM's --scheduling-policy: fcfs refuses a non-zero `priority`
+    # vLLM's --max-model-len, listed at /v1/models: a longer prompt is refused, a turn that would not fit is cut
+    max_model_len: int | None = None
 
     def service_time(self, prompt_tokens: int, completion_tokens: int) -> float:
         return self.prefill + self.prefill_per_1k * prompt_tokens / 1000 + self.tpot * completion_tokens
@@ -302,6 +307,7 @@ class SimConfig:
 class Counters:
     requests: int = 0
     errors: int = 0
+    context_refusals: int = 0  # prompts longer than max_model_len
     native: int = 0
     text: int = 0
     prompt_tokens: int = 0
@@ -335,8 +341,10 @@ def _error(status: int, message: str, kind: str = "BadRequestError") -> web.Resp
 
 
 async def models(request: web.Request) -> web.Response:
-    model = request.app[STATE].config.model
-    entry = {"id": model, "object": "model", "created": 0, "owned_by": "vllm", "root": model}
+    config = request.app[STATE].config
+    entry = {"id": config.model, "object": "model", "created": 0, "owned_by": "vllm", "root": config.model}
+    if config.max_model_len is not None:
+        entry["max_model_len"] = config.max_model_len
     return web.json_response({"object": "list", "data": [entry]})
 
 
@@ -361,10 +369,18 @@ async def chat_completions(request: web.Request) -> web.Response:
         counters.errors += 1
         return refusal
     native = bool(body.get("tools"))
-    plan = plan_turn(body["messages"], body.get("max_tokens") or body.get("max_completion_tokens"))
+    prompt_tokens, n = _prompt_tokens(body), int(body.get("n") or 1)
+    max_tokens = body.get("max_tokens") or body.get("max_completion_tokens")
+    if config.max_model_len is not None:  # as vLLM 0.32: refuse a prompt that fills the window, else cut to fit
+        if prompt_tokens >= config.max_model_len:
+            counters.errors += 1
+            counters.context_refusals += 1
+            return _error(400, f"This model's maximum context length is {config.max_model_len} tokens. However, "
+                               f"your prompt contains at least {prompt_tokens} input tokens.")
+        max_tokens = min(max_tokens or config.max_model_len, config.max_model_len - prompt_tokens)
+    plan = plan_turn(body["messages"], max_tokens)
     if plan.completion_tokens > 1:
         counters.first_work_at = counters.first_work_at or time.time()
-    prompt_tokens, n = _prompt_tokens(body), int(body.get("n") or 1)
     service = config.service_time(prompt_tokens, plan.completion_tokens)
     # n sequences occupy n slots, as in vLLM; they share the plan, so they finish together.
     priority = int(body.get("priority") or 0)
@@ -424,6 +440,7 @@ def metrics_snapshot(state: SimState) -> dict[str, Any]:
         "work_slot_seconds": c.work_slot_seconds,
         "requests": c.requests,
         "errors": c.errors,
+        "context_refusals": c.context_refusals,
         "native_requests": c.native,
         "text_requests": c.text,
         "prompt_tokens": c.prompt_tokens,
@@ -618,6 +635,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--scheduling-policy", choices=("fcfs", "priority"), default="fcfs",
                    help="fcfs (vLLM's default) refuses requests with a non-zero priority; priority serves the "
                         "lowest value first")
+    p.add_argument("--max-model-len", type=int, default=None,
+                   help="the context window listed at /v1/models: a longer prompt is refused (HTTP 400), a turn "
+                        "that would not fit is cut (finish length)")
     p.add_argument("--self-check", action="store_true", help="check slot accounting and protocol, then exit")
     return p.parse_args(argv)
 
@@ -647,6 +667,7 @@ def main(argv: list[str] | None = None) -> int:
         args.no_tools,
         args.reasoning_parser,
         args.scheduling_policy,
+        args.max_model_len,
     )
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(config, args.host, args.port))

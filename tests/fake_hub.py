@@ -13,7 +13,8 @@ Implemented, as huggingface_hub 2.4 calls them:
                                                               the Hub's rules: SIZE_CATEGORIES, LICENSES, list types)
     POST /api/datasets/{repo}/commit/{rev}                    NDJSON commit: file, lfsFile, deletedFile/Folder
     GET  /api/datasets/{repo}/tree/{rev}[/{path}]             listing (HfFileSystem.glob / ls)
-    HEAD/GET /datasets/{repo}/resolve/{rev}/{path}            file download (hf_hub_download, HfFileSystem)
+    HEAD/GET /datasets/{repo}/resolve/{rev}/{path}            file download (hf_hub_download, HfFileSystem); ranged,
+                                                              and a test may fail a file or cut one transfer short
 
 Every commit keeps a snapshot of the whole repo, so a revision may be a branch name or a commit sha.
 Anything else answers 404 and is recorded in `unknown`, so a new call shows up in a failing test.
@@ -84,6 +85,9 @@ class FakeHub:
         self.requests: list[tuple[str, str]] = []
         self.unknown: list[tuple[str, str]] = []
         self.fail_with: int | None = None
+        self.fail_paths: dict[str, int] = {}  # file path in a repo -> HTTP status its downloads answer
+        self.cut_once: dict[str, int] = {}  # file path -> bytes sent before the first download is cut off
+        self.ranges: list[tuple[str, str]] = []  # (file path, Range header) of every ranged download
         self.validated: list[str] = []  # README contents sent to /api/validate-yaml
         self.base_url = ""  # set from the first request's Host
         self._routes = [
@@ -276,6 +280,8 @@ class FakeHub:
             return commit
         if path not in commit.files:
             return _error(404, "Entry not found", code="EntryNotFound")
+        if path in self.fail_paths:
+            return _error(self.fail_paths[path], "injected failure")
         data = commit.files[path]
         headers = {"X-Repo-Commit": commit.sha, "ETag": f'"{_git_oid(data)}"', "Content-Length": str(len(data)),
                    "Accept-Ranges": "bytes"}
@@ -284,8 +290,17 @@ class FakeHub:
             headers["X-Linked-Size"] = str(len(data))
         if request.method == "HEAD":
             return web.Response(status=200, headers=headers)
+        if request.headers.get("Range"):
+            self.ranges.append((path, request.headers["Range"]))
         status, body = _ranged(data, request.headers.get("Range"))
         headers["Content-Length"] = str(len(body))
+        if path in self.cut_once:  # a connection lost mid-transfer: part of the body, then the socket closes
+            resp = web.StreamResponse(status=status, headers=headers)
+            await resp.prepare(request)
+            await resp.write(body[:self.cut_once.pop(path)])
+            assert request.transport is not None
+            request.transport.close()
+            return resp
         return web.Response(status=status, body=body, headers=headers)
 
     def _commit_at(self, repo: str, rev: str) -> Commit | web.Response:

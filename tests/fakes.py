@@ -86,6 +86,7 @@ OVERFLOW_MESSAGE = ("This model's maximum context length is 4096 tokens. However
                     "4097 input tokens, which exceeds this limit even without any output tokens. Please reduce "
                     "the length of the input prompt. (parameter=input_tokens, value=4097)")
 AT_LIMIT_MESSAGE = "max_tokens must be at least 1, got 0. (parameter=max_tokens, value=0)"
+FORCE_ANSWER = "You have now reached the maximum context length"  # how hfdistill's force_answer.j2 begins
 
 
 @dataclass
@@ -109,6 +110,12 @@ class TeacherBehaviour:
     hermes_fails: bool = False  # native server leaves <tool_call> text in content, no tool_calls
     default_script: list[Step] = field(default_factory=lambda: [Search(["capital of France"]), Answer("Paris")])
     delay: float = 0.0  # seconds per completion
+    max_model_len: int | None = None  # listed at /v1/models, as vLLM lists its context window
+    # The reply to hfdistill's request for the final answer at the context limit (None: no answer either).
+    forced_answer: str | None = "Paris"
+    # Ids and token counts from the conversation rather than from the requests seen so far, so that two runs
+    # (one through a fault-injecting proxy) can be compared row for row.
+    stable: bool = False
 
 
 class FakeTeacher:
@@ -144,7 +151,10 @@ class FakeTeacher:
     async def _models(self, request: web.Request) -> web.Response:
         with self._lock:
             self.models_calls += 1
-        return web.json_response({"object": "list", "data": [{"id": self.model, "object": "model"}]})
+        model: dict[str, Any] = {"id": self.model, "object": "model"}
+        if self.behaviour.max_model_len is not None:
+            model["max_model_len"] = self.behaviour.max_model_len
+        return web.json_response({"object": "list", "data": [model]})
 
     def _take_fault(self) -> Fault | None:
         with self._lock:
@@ -157,7 +167,7 @@ class FakeTeacher:
                 self.probes.append(body)
             if "tools" in body and not self.behaviour.native:
                 return _tools_refused()
-            return web.json_response(self._completion(Say("OK"), native=False, max_tokens=1))
+            return web.json_response(self._completion(Say("OK"), native=False, max_tokens=1, serial=0))
         with self._lock:
             self.requests.append(body)
         if self.on_request is not None:
@@ -183,15 +193,20 @@ class FakeTeacher:
         script = self.scripts.get(question, self.behaviour.default_script)
         turn = _tool_results(body["messages"])
         step = script[min(turn, len(script) - 1)]
+        if str(body["messages"][-1].get("content", "")).startswith(FORCE_ANSWER):
+            forced = self.behaviour.forced_answer
+            step = Answer(forced, think="Time to answer.") if forced is not None else Say("I still cannot tell.")
         if isinstance(step, Overflow):
             message = AT_LIMIT_MESSAGE if step.exact else OVERFLOW_MESSAGE
             return web.json_response({"error": {"message": message, "type": "BadRequestError", "param": None,
                                                 "code": 400}}, status=400)
         with self._lock:
             self.chat_calls += 1
-        return web.json_response(self._completion(step, native="tools" in body, max_tokens=body.get("max_tokens")))
+            serial = len(json.dumps(body["messages"])) // 50 if self.behaviour.stable else len(self.requests)
+        return web.json_response(self._completion(step, native="tools" in body, max_tokens=body.get("max_tokens"),
+                                                  serial=serial))
 
-    def _completion(self, step: Step, *, native: bool, max_tokens: int | None) -> dict[str, Any]:
+    def _completion(self, step: Step, *, native: bool, max_tokens: int | None, serial: int) -> dict[str, Any]:
         think, content, calls, finish = "", "", [], "stop"
         if isinstance(step, Search):
             think, content = step.think, step.say
@@ -210,13 +225,13 @@ class FakeTeacher:
                 content = step.text
             elif self.behaviour.reasoning:  # the reasoning parser returns the open block as reasoning
                 return self._reply({"role": "assistant", "content": None, self.behaviour.reasoning: f"\n{step.think}"},
-                                   finish, max_tokens, cut_short=step.at_context)
+                                   finish, max_tokens, cut_short=step.at_context, serial=serial)
             else:
                 content = f"<think>\n{step.think}"
         message: dict[str, Any] = {"role": "assistant", "content": content}
         if calls and native and not self.behaviour.hermes_fails:
             message["tool_calls"] = [
-                {"id": f"chatcmpl-tool-{i}{len(self.requests)}", "type": "function",
+                {"id": f"chatcmpl-tool-{i}{serial}", "type": "function",
                  "function": {"name": n, "arguments": json.dumps(a)}} for i, (n, a) in enumerate(calls)]
             finish = "tool_calls"
         elif calls:
@@ -230,18 +245,18 @@ class FakeTeacher:
         elif think:
             message["content"] = f"<think>\n{think}\n</think>\n\n{message['content']}"
         cut_short = isinstance(step, Cut) and step.at_context
-        return self._reply(message, finish, max_tokens, cut_short=cut_short)
+        return self._reply(message, finish, max_tokens, cut_short=cut_short, serial=serial)
 
     def _reply(self, message: dict[str, Any], finish: str, max_tokens: int | None, *,
-               cut_short: bool) -> dict[str, Any]:
-        prompt_tokens = 100 + 50 * len(self.requests)
+               cut_short: bool, serial: int) -> dict[str, Any]:
+        prompt_tokens = 100 + 50 * serial
         if finish == "length" and max_tokens:
             # Near the limit vLLM shortens max_tokens instead of refusing: fewer tokens than asked come back.
             completion_tokens = max_tokens // 4 if cut_short else max_tokens
         else:
             completion_tokens = 20 + len(message["content"] or "") // 4
         return {
-            "id": f"chatcmpl-{len(self.requests)}", "object": "chat.completion", "created": int(time.time()),
+            "id": f"chatcmpl-{serial}", "object": "chat.completion", "created": int(time.time()),
             "model": self.model,
             "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": None}],
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,

@@ -37,6 +37,7 @@ class Cluster:
     temp_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="hfr-", dir="/tmp")))
     port: int = field(default_factory=free_port)
     nodes: list[int] = field(default_factory=list)  # node manager ports of the extra raylets
+    env: dict[str, str] = field(default_factory=lambda: dict(ENV))  # the raylets', so their workers' and children's
 
     @property
     def address(self) -> str:
@@ -80,7 +81,7 @@ class Cluster:
 
     def _ray(self, *args: str) -> None:
         argv = [RAY, *args, "--node-ip-address", "127.0.0.1", "--disable-usage-stats"]
-        done = subprocess.run(argv, env=ENV, capture_output=True, text=True, timeout=180)
+        done = subprocess.run(argv, env=self.env, capture_output=True, text=True, timeout=180)
         if done.returncode != 0:
             raise RuntimeError(f"ray {' '.join(args)} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
 

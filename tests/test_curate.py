@@ -82,7 +82,7 @@ def test_curate_reads_a_file_written_before_curation_existed(tmp_path: Path) -> 
     out = _generate(tmp_path)
     table = pq.read_table(out)
     old = tmp_path / "old.parquet"
-    legacy = table.drop_columns(["judge_correct", "judge_rationale", "pass_rate", "num_tokens"])
+    legacy = table.drop_columns(["judge_correct", "judge_rationale", "pass_rate", "num_tokens", "tool_calls_by_name"])
     record = pq.read_metadata(out).metadata[METADATA_KEY]
     pq.write_table(legacy.replace_schema_metadata({METADATA_KEY: record}), old)
     cur = tmp_path / "cur.parquet"
@@ -90,6 +90,8 @@ def test_curate_reads_a_file_written_before_curation_existed(tmp_path: Path) -> 
     rows = _rows(cur)
     assert {r["question"] for r in rows} == {PARIS, ROME}  # exact match, and the malformed row held back
     assert all(r["judge_correct"] is None and r["pass_rate"] == 1.0 for r in rows)
+    assert [r["tool_calls_by_name"] for r in rows] == [
+        [{"name": "search", "calls": r["num_tool_calls"]}] if r["num_tool_calls"] else [] for r in rows]
 
 
 def _card_table(card: str, header: str) -> list[list[str]]:

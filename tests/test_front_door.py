@@ -25,7 +25,9 @@ import pyte
 import pytest
 
 from hfdistill import __version__
-from hfdistill.retrieval.http import _status_error
+from hfdistill.core.errors import RetrievalError
+from hfdistill.edge import Server
+from hfdistill.retrieval.http import _refusal
 from tests.conftest import write_jsonl
 from tests.fakes import FakeRetriever, FakeTeacher, Served, TeacherBehaviour
 
@@ -182,7 +184,9 @@ def test_a_retrieval_url_at_the_wrong_server_says_so(env: dict[str, str], teache
 ])
 def test_a_404_on_vllms_port_names_the_vllm_server(status: int, url: str, vllm: bool) -> None:
     """RETRIEVAL_URL's default port (8000) is vLLM's, and vLLM answers 404 for POST /retrieve."""
-    message = str(_status_error(status, '{"detail":"Not Found"}', url, None))
+    error = _refusal(Server("retrieval", url, RetrievalError), status, b'{"detail":"Not Found"}', None)
+    assert error is not None and error.cause == f"retrieval_http_{status}" and not error.transient
+    message = str(error)
     assert f"answered HTTP {status}" in message and "/retrieve endpoint" in message
     assert ("probably points at the vLLM server" in message) is vllm
     assert ("RETRIEVAL_URL=http://127.0.0.1:8001/retrieve" in message) is vllm

@@ -93,9 +93,9 @@ def test_text_protocol_against_a_plain_vllm_serve(text_teacher: tuple[FakeTeache
     rc = main(["generate", "--vllm_url", f"{served.url}/v1", "--retrieval_url", f"{retriever[1].url}/retrieve",
                "--input_file", str(real_layout), "--output_file", str(out)])
     assert rc == 0
-    # auto tried tools= once, was refused, and every later request used the text protocol (the other
-    # probe asks whether the server takes request priorities)
-    assert [("tools" in r, "priority" in r) for r in fake.probes] == [(True, False), (False, True)]
+    # auto tried tools= once, was refused (the same request without it was answered), and every later request
+    # used the text protocol (the last probe asks whether the server takes request priorities)
+    assert [("tools" in r, "priority" in r) for r in fake.probes] == [(True, False), (False, False), (False, True)]
     chat = fake.requests
     assert all("tools" not in r for r in chat)
     # the longer stop string first: vLLM tries them in order, and "<tool_response>" would leave the newline

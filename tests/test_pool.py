@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import datasets
 import pytest
 
 from hfdistill import DistillConfig, Distiller, RetryPolicy
 from hfdistill.cli.main import main
-from hfdistill.core.errors import ConfigError
+from hfdistill.core.errors import ConfigError, TeacherError
+from hfdistill.teacher.client import Teacher
+from hfdistill.teacher.lifecycle import GONE, RESTARTING, UP, ServerStates
+from hfdistill.teacher.pool import Endpoint, EndpointPool, Route
 from tests.conftest import write_jsonl
 from tests.fakes import FakeRetriever, FakeTeacher, Served, TeacherBehaviour
 
@@ -110,3 +116,87 @@ def test_the_summary_counts_calls_per_endpoint(two_teachers: list[tuple[FakeTeac
     hosts = sorted(f"127.0.0.1:{s.port} {n}" for (_, s), n in zip(two_teachers, counts, strict=True))
     assert f"teacher calls {sum(counts)} ({hosts[0]}, {hosts[1]}), retried 0" in err
     assert all(counts)
+
+
+# ---------------------------------------------------------------- servers hfdistill runs (--serve), near servers
+
+
+def _pool(states: ServerStates | None = None, near: tuple[str, ...] = ()) -> EndpointPool:
+    return EndpointPool([Endpoint.at("http://a:8000/v1"), Endpoint.at("http://b:8000/v1")], states, near)
+
+
+@pytest.mark.parametrize(("a", "b", "picked"), [
+    pytest.param(UP, UP, "http://a:8000/v1", id="both-up-least-outstanding"),
+    pytest.param(RESTARTING, UP, "http://b:8000/v1", id="restarting-skipped"),
+    pytest.param(GONE, UP, "http://b:8000/v1", id="gone-skipped"),
+    pytest.param(RESTARTING, GONE, "http://a:8000/v1", id="none-up-wait-for-the-restarting-one"),
+])
+def test_a_server_being_restarted_takes_no_new_turn_while_another_is_up(a: str, b: str, picked: str) -> None:
+    states = ServerStates()
+    states.set("http://a:8000/v1", a)
+    states.set("http://b:8000/v1", b)
+    assert _pool(states).pick(Route()).url == picked
+
+
+def test_a_route_leaves_its_server_when_it_is_restarted_and_sticks_to_the_new_one() -> None:
+    states = ServerStates()
+    pool = _pool(states)
+    route = Route()
+    first = pool.pick(route)
+    states.set(first.url, RESTARTING)
+    second = pool.pick(route)
+    assert second is not first
+    states.set(first.url, UP)
+    assert pool.pick(route) is second
+
+
+def test_near_servers_first_the_others_only_while_none_is_up() -> None:
+    states = ServerStates()
+    pool = _pool(states, near=("http://b:8000/v1",))
+    far, near = pool.endpoints
+    near.outstanding = 50  # busier than the far one, and still preferred
+    assert pool.pick(Route()) is near
+    states.set(near.url, RESTARTING)
+    assert pool.pick(Route()) is far
+    states.set(near.url, UP)
+    near.down_until = time.monotonic() + 30  # cooling down after a failure
+    assert pool.pick(Route()) is far
+
+
+def test_a_turn_waits_for_a_restart_without_spending_retries(retriever: tuple[FakeRetriever, Served]) -> None:
+    fake = FakeTeacher(TeacherBehaviour())
+    served = Served(fake.app())
+    url = f"{served.url}/v1"
+    states = ServerStates()
+    states.set(url, RESTARTING)
+    config = DistillConfig(vllm_url=url, retrieval_url=f"{retriever[1].url}/retrieve", tool_call_mode="native",
+                           priority="off", retry=RetryPolicy(attempts=1))
+    teacher = Teacher(config, [], states=states)
+    timer = threading.Timer(1.5, states.set, (url, UP))
+    timer.start()
+    try:
+        started = time.monotonic()
+        reply = asyncio.run(_one_turn(teacher))
+        waited = time.monotonic() - started
+    finally:
+        timer.cancel()
+        served.close()
+    assert reply.finish_reason == "tool_calls" and 1.4 < waited < 5
+    assert teacher.stats.retries == 0 and len(fake.requests) == 1
+
+
+def test_a_turn_on_a_server_given_up_fails_for_good(retriever: tuple[FakeRetriever, Served]) -> None:
+    states = ServerStates()
+    states.set("http://127.0.0.1:9/v1", GONE, "vllm-0 died 4 times")
+    config = DistillConfig(vllm_url="http://127.0.0.1:9/v1", retrieval_url=f"{retriever[1].url}/retrieve",
+                           tool_call_mode="native")
+    with pytest.raises(TeacherError, match="is gone: vllm-0 died 4 times") as failed:
+        asyncio.run(_one_turn(Teacher(config, [], states=states)))
+    assert failed.value.cause == "teacher_gone" and not failed.value.transient
+
+
+async def _one_turn(teacher: Teacher) -> Any:
+    try:
+        return await teacher.chat([{"role": "user", "content": "Question: What is the capital of France?"}], Route())
+    finally:
+        await teacher.aclose()

@@ -1,6 +1,7 @@
 """vLLM request priorities: continuing conversations are sent with a lower (earlier-served) priority than
-new ones; a server on vLLM's default fcfs policy, which refuses them, is found at start-up and sent none
-(`--priority auto`), or fails the run before it starts (`--priority on`)."""
+new ones; a server on vLLM's default fcfs policy, or a hosted endpoint that does not know the field, refuses
+them: it is found at start-up and sent none (`--priority auto`), or fails the run before it starts
+(`--priority on`)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from aiohttp import web
 
 from hfdistill.cli.main import main
 from tests.conftest import write_jsonl
-from tests.fakes import Served
+from tests.fakes import FakeTeacher, Served
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import sim_vllm  # the benchmark's simulator schedules by priority like vLLM
@@ -111,3 +112,60 @@ def test_on_against_a_fcfs_server_fails_before_any_rollout_with_the_fix(
     assert code == 2 and not server.chats()  # a usage error, found by the start-up probe
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and "--scheduling-policy priority" in error[0] and "Traceback" not in error[0]
+
+
+# ---------------------------------------------------------------- a hosted endpoint (any OpenAI-compatible URL)
+
+UNRECOGNIZED = "Unrecognized request argument supplied: {}"  # OpenAI's wording, not vLLM's
+
+
+class Hosted:
+    """The scripted teacher behind an endpoint that refuses request fields it does not know, in its own words."""
+
+    def __init__(self, refused: set[str]) -> None:
+        self.fake = FakeTeacher()
+        self.refusals: list[str] = []
+        app = self.fake.app()
+
+        @web.middleware
+        async def strict(request: web.Request, handler: Handler) -> web.StreamResponse:
+            if request.path.endswith("/chat/completions"):
+                unknown = sorted(refused & set(await request.json()))
+                if unknown:
+                    self.refusals.append(unknown[0])
+                    return web.json_response({"error": {"message": UNRECOGNIZED.format(unknown[0]), "type":
+                                                        "invalid_request_error", "param": None, "code": None}},
+                                             status=400)
+            return await handler(request)
+
+        app.middlewares.append(strict)
+        self.served = Served(app)
+
+
+@pytest.fixture
+def hosted() -> Iterator[Hosted]:
+    endpoint = Hosted({"priority", "tools"})
+    yield endpoint
+    endpoint.served.close()
+
+
+def test_auto_finds_a_refused_field_whatever_its_wording_and_stops_sending_it(
+        hosted: Hosted, env: dict[str, str], tmp_path: Path) -> None:
+    data = write_jsonl(tmp_path / "q.jsonl", [{"question": f"Question {i} about France?"} for i in range(8)])
+    assert main(["generate", "-q", "--vllm_url", f"{hosted.served.url}/v1", "--api-key", "sk-hosted",
+                 "--input_file", str(data), "--output_file", str(tmp_path / "out.parquet")]) == 0
+    assert hosted.refusals == ["tools", "priority"]  # each asked once, by the start-up probe
+    chats = hosted.fake.requests
+    assert len(chats) == 16 and not any("priority" in b or "tools" in b for b in chats)  # text protocol, no priority
+    assert not (tmp_path / "out.failures.jsonl").exists()
+
+
+def test_on_against_an_endpoint_that_refuses_the_field_is_one_line_before_any_rollout(
+        hosted: Hosted, env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = write_jsonl(tmp_path / "q.jsonl", [{"question": "Who?"}])
+    code = main(["generate", "-q", "--vllm_url", f"{hosted.served.url}/v1", "--priority", "on",
+                 "--input_file", str(data), "--output_file", str(tmp_path / "out.parquet")])
+    error = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and not hosted.fake.requests
+    assert len(error) == 1 and error[0].startswith("error: --priority on needs a teacher that schedules by priority")
+    assert hosted.served.url in error[0] and UNRECOGNIZED.format("priority") in error[0]

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from hfdistill.core.prompts import Prompts
 from hfdistill.core.templates import Templates
 from hfdistill.core.tools import SearchTool
@@ -29,9 +31,40 @@ def test_a_wrong_call_is_answered_with_how_the_first_tool_is_called() -> None:
         '<tool_call>{"name": "search", "arguments": {"query": ["your query"]}}</tool_call>')
 
 
-def test_a_first_tool_without_a_query_argument_is_shown_with_arguments() -> None:
+def test_a_first_tool_without_a_query_argument_is_named_without_an_example() -> None:
     prompts = Prompts.build(Templates(), [VisitTool(), SearchTool()])
-    assert '{"name": "visit", "arguments": {"arguments": ["your query"]}}' in prompts.error("bad call")
+    assert prompts.error("bad call") == "Error: bad call. Call visit with arguments that match its parameters."
+
+
+@pytest.mark.parametrize(("named", "hint"), [
+    pytest.param("visit", "Call visit with arguments that match its parameters.", id="the-tool-it-called"),
+    pytest.param("search", '<tool_call>{"name": "search", "arguments": {"query_list": ["your query"]}}</tool_call>',
+                 id="search-with-its-example"),
+    pytest.param("browse", '<tool_call>{"name": "search", "arguments": {"query_list": ["your query"]}}</tool_call>',
+                 id="an-unknown-tool-gets-the-first-tools-way"),
+])
+def test_a_wrong_call_is_answered_with_how_the_tool_it_named_is_called(named: str, hint: str) -> None:
+    prompts = Prompts.build(Templates(), [SearchTool(), VisitTool()])
+    assert prompts.error("bad call", named).endswith(hint)
+
+
+def test_tools_of_one_shape_are_the_rows_tools_column() -> None:
+    prompts = Prompts.build(Templates(), [SearchTool()])
+    assert prompts.row_tools == prompts.tools == [SearchTool().schema()]
+    assert prompts.system == prompts.plain_system
+    assert prompts.system_on_wire(text_protocol=True) == f"{prompts.system}\n\n{prompts.tools_section}"
+
+
+def test_tools_of_different_shapes_are_stored_in_the_system_message() -> None:
+    # Parquet would pad each schema with the other's keys (as nulls): the rows show the tools as the chat
+    # template would, in the system message, and their `tools` column is empty.
+    prompts = Prompts.build(Templates(), [SearchTool(), VisitTool()])
+    assert prompts.tools == [SearchTool().schema(), VisitTool().schema()]
+    assert prompts.row_tools == []
+    assert prompts.system == f"{prompts.plain_system}\n\n{prompts.tools_section}"
+    assert '"name": "visit"' in prompts.system
+    assert prompts.system_on_wire(text_protocol=False) == prompts.plain_system  # tools= carries them
+    assert prompts.system_on_wire(text_protocol=True) == prompts.system
 
 
 def test_tools_are_kept_by_name_in_the_order_given() -> None:

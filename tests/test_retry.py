@@ -92,3 +92,30 @@ def test_a_retry_after_date_counts_from_now(monkeypatch: pytest.MonkeyPatch) -> 
     now = 1_445_412_400.0  # Wed, 21 Oct 2015 07:26:40 GMT
     monkeypatch.setattr(time, "time", lambda: now)
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 80.0
+
+
+def _throttled() -> TeacherError:
+    return TeacherError("HTTP 429", transient=True, cause="teacher_http_429", retry_after=0.0, throttled=True)
+
+
+def test_a_rate_limit_waits_without_spending_the_retries() -> None:
+    attempts: list[int] = []
+    errors: list[Exception] = [_throttled() for _ in range(10)] + [TeacherError("HTTP 503", transient=True)]
+    policy = RetryPolicy(attempts=2, backoff=0.0)
+    assert asyncio.run(with_retries(_failing(errors, attempts), policy, what="chat")) == "ok on 12"
+    assert attempts == list(range(1, 13))  # ten rate-limited tries and one failure, within two attempts
+
+
+def test_past_its_budget_a_rate_limit_counts_as_a_failure() -> None:
+    attempts: list[int] = []
+    errors: list[Exception] = [_throttled() for _ in range(10)]
+    policy = RetryPolicy(attempts=3, backoff=0.0, throttle_wait=0.0)  # (an exhausted quota also answers 429)
+    with pytest.raises(TeacherError) as caught:
+        asyncio.run(with_retries(_failing(errors, attempts), policy, what="chat"))
+    assert attempts == [1, 2, 3] and caught.value.cause == "teacher_http_429"
+    assert str(caught.value) == "HTTP 429 (gave up after 3 attempts)"
+
+
+def test_the_probe_policy_tries_at_most_three_times() -> None:
+    assert RetryPolicy(attempts=5).for_probe().attempts == 3
+    assert RetryPolicy(attempts=1).for_probe().attempts == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 from pathlib import Path
@@ -11,7 +12,9 @@ import datasets
 import pytest
 
 from hfdistill import DistillConfig, Distiller
+from hfdistill.core.rollout import CUT_NOTE
 from tests.fakes import (
+    FORCE_ANSWER,
     Answer,
     CallTool,
     Cut,
@@ -203,3 +206,69 @@ def test_a_rollout_that_fails_is_recorded_and_the_others_go_on(teacher: tuple[Fa
     [failure] = distiller.failures
     assert (failure["input_index"], failure["cause"]) == (1, "TemplateError")
     assert "tool_observation.j2" in failure["error"]
+
+
+# ---------------------------------------------------------------- the forced answer at the context limit
+
+
+@pytest.mark.parametrize(("forced", "budget", "stop_reason", "prediction"), [
+    pytest.param("Paris", 200, "forced_answer", "Paris", id="answers-when-asked"),
+    pytest.param(None, 200, "context", "", id="no-answer-even-when-asked"),
+    pytest.param("Paris", 100_000, "max_turns", "", id="within-the-budget"),
+])
+def test_the_teacher_is_asked_for_its_answer_when_the_next_turn_would_not_fit(
+        retriever: tuple[FakeRetriever, Served], forced: str | None, budget: int, stop_reason: str,
+        prediction: str) -> None:
+    fake = FakeTeacher(TeacherBehaviour(forced_answer=forced))
+    fake.script(Q, Search(["capital of France"]), Search(["Paris"]), Search(["France"]), Answer("Lyon"))
+    with contextlib.closing(Served(fake.app())) as teacher:
+        row = distill(teacher, retriever[1], max_context_tokens=budget)[0]
+    assert (row["stop_reason"], row["prediction"]) == (stop_reason, prediction)
+    if stop_reason == "max_turns":
+        assert all(not str(r["messages"][-1]["content"]).startswith(FORCE_ANSWER) for r in fake.requests)
+        return
+    # after the first search (~170 tokens used, ~80 more for its observation) the next turn would need > 200
+    assert row["assistant_turns"] == 2 and row["num_tool_calls"] == 1
+    asked = row["messages"][-2]
+    assert asked["role"] == "user" and asked["content"].startswith(FORCE_ANSWER)
+    assert asked["content"].endswith("<answer>your answer</answer>")  # the whole of Tongyi's wording
+    assert fake.requests[-1]["messages"][-1] == {"role": "user", "content": asked["content"]}
+    # the search result that made it too long is cut so that the request fits (here: all of it), and says so
+    observation = row["messages"][-3]
+    assert observation["role"] == "tool" and observation["content"] == CUT_NOTE
+    assert fake.requests[-1]["messages"][-2]["content"] == CUT_NOTE
+
+
+def test_no_force_answer_keeps_the_conversation_going_to_its_limit(teacher: tuple[FakeTeacher, Served],
+                                                                   retriever: tuple[FakeRetriever, Served]) -> None:
+    teacher[0].script(Q, Search(["a"]), Search(["b"]), Overflow())
+    row = distill(teacher[1], retriever[1], max_context_tokens=200, force_answer=False)[0]
+    assert row["stop_reason"] == "context" and row["assistant_turns"] == 2
+    assert not any(str(m["content"]).startswith(FORCE_ANSWER) for m in row["messages"])
+
+
+def test_the_budget_is_the_servers_context_window_less_max_tokens(retriever: tuple[FakeRetriever, Served]) -> None:
+    fake = FakeTeacher(TeacherBehaviour(max_model_len=2048 + 200))
+    fake.script(Q, Search(["capital of France"]), Search(["Paris"]), Answer("Lyon"))
+    with contextlib.closing(Served(fake.app())) as teacher:
+        row = distill(teacher, retriever[1])[0]  # max_tokens 2048 (the default) leaves 200 prompt tokens
+    assert row["stop_reason"] == "forced_answer" and row["prediction"] == "Paris"
+
+
+@pytest.mark.parametrize("text_protocol", [False, True], ids=["native", "text"])
+def test_the_last_observation_is_cut_to_what_the_budget_leaves(teacher: tuple[FakeTeacher, Served],
+                                                               retriever: tuple[FakeRetriever, Served],
+                                                               text_protocol: bool) -> None:
+    long = [{"id": "9", "contents": '"Paris"\n' + "Paris is the capital of France. " * 60}]
+    fake = FakeRetriever(long)
+    teacher[0].script(Q, Search(["capital of France"]), Search(["more"]), Answer("Lyon"))
+    with contextlib.closing(Served(fake.app())) as served:
+        row = distill(teacher[1], served, max_context_tokens=700,
+                      tool_call_mode="text" if text_protocol else "auto")[0]
+    assert row["stop_reason"] == "forced_answer"
+    observation = row["messages"][-3]["content"]
+    assert observation.endswith(CUT_NOTE) and "Query: capital of France" in observation
+    sent = teacher[0].requests[-1]["messages"]
+    on_wire = sent[-2]["content"]
+    assert on_wire == (f"<tool_response>\n{observation}\n</tool_response>" if text_protocol else observation)
+    assert 0 < observation.count("Paris is the capital of France.") < 60  # part of the passage, not all of it

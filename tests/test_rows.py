@@ -8,7 +8,7 @@ import pyarrow as pa
 import pytest
 
 from hfdistill.core.records import RolloutResult
-from hfdistill.core.rows import build_table, extra_info_of, output_schema
+from hfdistill.core.rows import build_table, extra_info_of, output_schema, tools_fit_a_column
 from hfdistill.core.tools import search_tool_schema
 from hfdistill.core.types import Usage
 from hfdistill.curation.rows import curated_row
@@ -49,3 +49,33 @@ def test_a_non_json_call_flags_the_row() -> None:
 ])
 def test_extra_info_is_the_inputs_own(row: dict, expected: object) -> None:
     assert extra_info_of(row, 3) == expected
+
+
+VISIT = {"type": "function", "function": {"name": "visit", "description": "Opens a page.",
+                                          "parameters": {"type": "object", "properties": {"url": {"type": "string"}},
+                                                         "required": ["url"]}}}
+
+
+@pytest.mark.parametrize(("schemas", "fits"), [
+    pytest.param([search_tool_schema()], True, id="search-alone"),
+    pytest.param([search_tool_schema(), search_tool_schema("query")], False, id="other-property-names-pad-nulls"),
+    pytest.param([search_tool_schema(), VISIT], False, id="another-shape-pads-nulls"),
+    pytest.param([VISIT, {**VISIT, "function": {**VISIT["function"], "name": "fetch"}}], True, id="one-shape"),
+    pytest.param([{"a": {"default": 1}}, {"a": {"default": "x"}}], False, id="types-arrow-cannot-unify"),
+    pytest.param([{"a": {"minimum": 1}}, {"a": {"minimum": 1.5}}], False, id="an-int-read-back-as-a-float"),
+    pytest.param([{"a": 1, "b": 2}, {"b": 3, "a": 4}], False, id="another-key-order"),
+])
+def test_tools_fit_a_column_only_when_parquet_gives_them_back_as_they_are(schemas: list, fits: bool) -> None:
+    assert tools_fit_a_column(schemas) is fits
+
+
+@pytest.mark.parametrize(("counts", "calls", "column"), [
+    pytest.param({"calculate": 2, "search": 1}, 3, [{"name": "calculate", "calls": 2}, {"name": "search", "calls": 1}],
+                 id="in-the-order-first-called"),
+    pytest.param(None, 2, [{"name": "search", "calls": 2}], id="journaled-when-search-was-the-only-tool"),
+    pytest.param(None, 0, [], id="no-call"),
+])
+def test_calls_are_counted_by_tool(counts: dict | None, calls: int, column: list) -> None:
+    result = dataclasses.replace(RESULT, num_tool_calls=calls, tool_calls_by_name=counts)
+    assert _row(result)["tool_calls_by_name"] == column
+    assert RolloutResult.from_json(result.to_json()) == result

@@ -18,7 +18,7 @@ import pytest
 
 from hfdistill.core.errors import ConfigError
 from hfdistill.retrieval.bm25 import BM25Retriever
-from hfdistill.retrieval.server import make_app
+from hfdistill.retrieval.server import make_app, ready
 from tests.corpus_util import CITIES, write_jsonl
 from tests.fakes import Served
 
@@ -135,6 +135,22 @@ def test_malformed_body_is_422_with_detail(server: str, body: Any, detail: str) 
 def test_health(server: str) -> None:
     with urllib.request.urlopen(f"{server}/health", timeout=10) as resp:
         assert json.loads(resp.read()) == {"status": "ok", "documents": len(CITIES)}
+
+
+def test_while_loading_it_answers_503_then_serves(tmp_path: Path) -> None:
+    app = make_app(None, default_topk=1)
+    served = Served(app)
+    try:
+        with pytest.raises(urllib.error.HTTPError) as health:
+            urllib.request.urlopen(f"{served.url}/health", timeout=10)
+        assert health.value.code == 503 and json.loads(health.value.read()) == {"status": "loading"}
+        status, body = post(served.url, {"queries": ["paris"]})
+        assert status == 503 and "still loading" in body["detail"]
+        with BM25Retriever.load(write_jsonl(tmp_path / "c.jsonl", CITIES)) as retriever:
+            ready(app, retriever)
+            assert post(served.url, {"queries": ["germany"]})[1]["result"][0][0]["id"] == "1"
+    finally:
+        served.close()
 
 
 def test_make_app_rejects_bad_default_topk(tmp_path: Path) -> None:

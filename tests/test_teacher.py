@@ -8,7 +8,10 @@ import pytest
 
 from hfdistill.core.errors import ContextLengthError, TeacherError
 from hfdistill.core.retry import RetryPolicy, is_transient
-from hfdistill.teacher.replies import reply_of, status_error
+from hfdistill.edge import Server, bad_reply, status_fault
+from hfdistill.teacher.replies import refusal, reply_of
+
+SERVER = Server("teacher", "http://t/v1", TeacherError)
 
 NATIVE = {"choices": [{"message": {"content": None, "reasoning": "\nthink\n", "tool_calls": [
     {"id": "chatcmpl-tool-1", "type": "function", "function": {"name": "search", "arguments": '{"query": ["x"]}'}}]},
@@ -16,7 +19,7 @@ NATIVE = {"choices": [{"message": {"content": None, "reasoning": "\nthink\n", "t
 
 
 def test_a_vllm_completion_is_read() -> None:
-    reply = reply_of(json.dumps(NATIVE).encode(), "http://t/v1", max_tokens=100)
+    reply = reply_of(json.dumps(NATIVE).encode(), max_tokens=100)
     assert reply.content == "" and reply.reasoning == "\nthink\n" and reply.finish_reason == "tool_calls"
     assert reply.tool_calls[0].arguments == '{"query": ["x"]}' and reply.usage.completion_tokens == 7
     assert not reply.context_full
@@ -24,7 +27,7 @@ def test_a_vllm_completion_is_read() -> None:
 
 def test_a_cut_short_of_max_tokens_is_the_context_window() -> None:
     cut = {"choices": [{"message": {"content": "a"}, "finish_reason": "length"}], "usage": {"completion_tokens": 1}}
-    assert reply_of(json.dumps(cut).encode(), "u", max_tokens=100).context_full
+    assert reply_of(json.dumps(cut).encode(), max_tokens=100).context_full
 
 
 @pytest.mark.parametrize("payload", [
@@ -36,9 +39,11 @@ def test_a_cut_short_of_max_tokens_is_the_context_window() -> None:
     pytest.param(b'[1, 2]', id="a-list"),
 ])
 def test_anything_else_is_a_transient_teacher_error(payload: bytes) -> None:
-    with pytest.raises(TeacherError, match="not a chat completion") as caught:
-        reply_of(payload, "http://t/v1", max_tokens=10)
-    assert caught.value.transient and caught.value.cause == "bad_response"
+    with pytest.raises(ValueError, match="not a chat completion") as caught:
+        reply_of(payload, max_tokens=10)
+    error = bad_reply(SERVER, caught.value, payload)  # as the edge names it
+    assert type(error) is TeacherError and error.transient and error.cause == "teacher_bad_response"
+    assert "not a chat completion" in str(error) and "http://t/v1" in str(error)
 
 
 @pytest.mark.parametrize(("status", "message", "kind", "transient"), [
@@ -52,7 +57,8 @@ def test_anything_else_is_a_transient_teacher_error(payload: bytes) -> None:
     (503, "overloaded", TeacherError, True),
 ])
 def test_vllm_refusals_are_read(status: int, message: str, kind: type, transient: bool) -> None:
-    error = status_error(status, json.dumps({"error": {"message": message}}).encode(), None, "http://t/v1")
+    payload = json.dumps({"error": {"message": message}}).encode()
+    error = refusal(SERVER, status, payload, None) or status_fault(SERVER, status, payload, None)
     assert type(error) is kind and error.transient is transient and is_transient(status) is transient
 
 

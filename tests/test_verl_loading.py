@@ -20,6 +20,7 @@ import pytest
 from hfdistill.cli.main import main
 from tests import verl_env, verl_load
 from tests.fakes import Answer, CallTool, Cut, FakeRetriever, FakeTeacher, Raw, Say, Search, Served
+from tests.verl_rules import check_output
 
 HERE = Path(__file__).resolve().parent
 VERL_TIMEOUT = 1800  # a cold venv build downloads ~1.7 GB; pyproject's 300 s default is for normal tests
@@ -370,6 +371,97 @@ def test_legacy_multiturn_keys_are_rejected(verl_python: Path, generated: Path) 
     toy = report["configs"]["toy"]
     assert not toy["ok"]
     assert "multiturn" in toy["error"]
+
+
+# ------------------------------------------------------------------------------------------------------
+# Rows with several tools: search, open and an MCP server's (schemas of different shapes)
+# ------------------------------------------------------------------------------------------------------
+
+ADD = {"operation": "add", "operands": [{"value": 1.5, "unit": "km"}, {"value": 2}]}
+TOOL_ROWS = [
+    ("How far is it in all?", [CallTool("calculate", ADD), Answer("3.5 km")], 1),
+    ("Which river flows through Paris?", [CallTool("calc_search", {"query": "Seine"}), Search(["river Paris"]),
+                                          CallTool("open", {"document": "Seine"}), Answer("Seine")], 3),
+    ("Can the lookup fail?", [CallTool("fail", {"reason": "none"}), CallTool("calculate", {"operation": "x"}),
+                              Answer("no")], 1),
+]
+
+
+def generate_with_tools(path: Path) -> Path:
+    """`hfdistill generate` offering search, open and a real MCP server's tools (tests/mcp_servers.py, stdio)."""
+    from tests.corpus_util import write_jsonl
+    from tests.mcp_servers import stdio_command
+
+    teacher = FakeTeacher()
+    for question, steps, _ in TOOL_ROWS:
+        teacher.script(question, *steps)
+    corpus = write_jsonl(path.with_name("corpus.jsonl"), [
+        {"id": "1", "contents": '"Seine"\nThe Seine flows through Paris.'},
+        {"id": "2", "contents": '"Seine"\nIt ends in the English Channel.'}])
+    inp = path.with_name("tool_questions.jsonl")
+    inp.write_text("".join(json.dumps({"question": q, "golden_answers": ["x"]}) + "\n" for q, _, _ in TOOL_ROWS))
+    served = Served(teacher.app())
+    try:
+        rc = main(["generate", "--vllm_url", f"{served.url}/v1", "--corpus", str(corpus), "--input_file", str(inp),
+                   "--output_file", str(path), "--mcp", stdio_command("calc"), "--tools",
+                   "search,open,calculate,calc_search,fail", "--max_assistant_turns", "5", "-q"])
+    finally:
+        served.close()
+    assert rc == 0
+    return path
+
+
+@pytest.fixture(scope="module")
+def with_tools(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return generate_with_tools(tmp_path_factory.mktemp("tools") / "distilled.parquet")
+
+
+@pytest.fixture(scope="module")
+def tools_report(verl_python: Path, with_tools: Path) -> dict[str, Any]:
+    return run_verl_load(verl_python, with_tools, *[a for n in ("toy", "qwen", "qwen_custom") for a in ("--config", n)])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(VERL_TIMEOUT)
+@pytest.mark.parametrize("config", ["toy", "qwen", "qwen_custom"])
+def test_rows_with_several_tools_load_in_every_configuration(tools_report: dict[str, Any], config: str) -> None:
+    report = tools_report["configs"][config]
+    assert failures(report) == []  # no null literal, every call trained, nothing else trained
+    assert report["loaded"] == report["rows"] == len(TOOL_ROWS)
+    assert [r["tool_calls"] for r in report["row_reports"]] == [n + e for (_, _, n), e in zip(TOOL_ROWS, (0, 0, 1),
+                                                                                               strict=True)]
+    assert report["ok"]
+
+
+def test_rows_with_several_tools_carry_them_in_the_system_message(with_tools: Path) -> None:
+    rows = check_output(with_tools)
+    assert all(r["tools"] == [] for r in rows)
+    system = rows[0]["messages"][0]["content"]
+    assert system.endswith("</tool_call>") and all(f'"name": "{n}"' in system
+                                                    for n in ("search", "open", "calculate", "calc_search", "fail"))
+    assert [r["num_tool_calls"] for r in rows] == [n for _, _, n in TOOL_ROWS]
+
+
+def test_the_system_message_is_what_qwen3_renders_from_the_tools(with_tools: Path) -> None:
+    # Stored in the system message, the tools reach the student exactly as Qwen3's template shows `tools=`.
+    from transformers import AutoTokenizer
+
+    from hfdistill.core.config import DistillConfig
+    from hfdistill.core.toolspec import McpServerSpec, ToolOptions
+    from hfdistill.engines.distiller import Distiller
+    from tests.mcp_servers import stdio_command
+
+    tokenizer = AutoTokenizer.from_pretrained(str(verl_load.qwen_tokenizer_dir()), local_files_only=True)
+    config = DistillConfig(corpus=str(with_tools.with_name("corpus.jsonl")), tools=ToolOptions(
+        mcp=(McpServerSpec.stdio(stdio_command("calc")),), offered=("search", "open", "calculate", "calc_search",
+                                                                     "fail")))
+    prompts = Distiller(config).prompts
+    rows = pq.read_table(with_tools).to_pylist()
+    user = rows[0]["messages"][1]
+    stored = tokenizer.apply_chat_template([rows[0]["messages"][0], user], tokenize=False)
+    offered = tokenizer.apply_chat_template([{"role": "system", "content": prompts.plain_system}, user],
+                                            tools=prompts.tools, tokenize=False)
+    assert stored == offered
 
 
 # ------------------------------------------------------------------------------------------------------

@@ -275,6 +275,46 @@ def test_the_teacher_sees_its_own_earlier_turns_as_it_wrote_them(runs: dict[str,
             assert prompt["prompt"].count("<tool_response>\n") == prompt["turn"]
 
 
+# ---------------------------------------------------------------- an MCP server's tools
+
+
+MCP_EXPECTED = {  # scenario: (stop reason, assistant turns, tool calls run by name, tool-call errors)
+    "mcp-calculate": ("answer", 2, [{"name": "calculate", "calls": 1}], 0),
+    "mcp-fail": ("answer", 3, [{"name": "fail", "calls": 1}, {"name": "search", "calls": 1}], 1),
+    "mcp-bad-arguments": ("answer", 2, [], 1),
+}
+
+
+def test_calls_to_an_mcp_servers_tools(engine: tuple[str, ServerConfig, Engine], tmp_path: Path) -> None:
+    """One server (hermes and the reasoning parser), both protocols, three questions: a few seconds."""
+    name, config, server = engine
+    if name != "tool-parser":
+        pytest.skip("one server is enough: the MCP tools are the client's business")
+    from tests.mcp_servers import stdio_command
+
+    log = tmp_path / "calls.jsonl"
+    for mode in config.modes:
+        inp = write_jsonl(tmp_path / f"{mode}.jsonl", [{"question": f"[{s}] How far is it?", "golden_answers": []}
+                                                       for s in MCP_EXPECTED])
+        out = tmp_path / f"{mode}.parquet"
+        assert main(["generate", "--vllm_url", f"{server.url}/v1", "--corpus", str(_corpus(tmp_path)), "--input_file",
+                     str(inp), "--output_file", str(out), "--max_assistant_turns", str(MAX_TURNS), "--max_tokens",
+                     "160", "--temperature", "0", "--tool-call-mode", mode, "--mcp", stdio_command("calc", log),
+                     "--tools", "search,calculate,fail", "-q"]) == 0
+        rows = {_scenario(r["question"]): r for r in check_output(out)}
+        for scenario, (stop, turns, by_name, errors) in MCP_EXPECTED.items():
+            row = rows[scenario]
+            got = (row["stop_reason"], row["assistant_turns"], row["tool_calls_by_name"], row["num_tool_errors"])
+            assert got == (stop, turns, by_name, errors), f"{mode}: {scenario}"
+        calculate = rows["mcp-calculate"]["messages"]
+        assert json.loads(calculate[2]["tool_calls"][0]["function"]["arguments"]) == {
+            "operation": "add", "operands": [{"value": 1.5, "unit": "km"}, {"value": 2}]}
+        assert calculate[3]["content"] == '{\n  "value": 3.5,\n  "unit": "km"\n}'
+        assert rows["mcp-fail"]["messages"][3]["content"] == "Error executing tool fail: the lookup failed: no page"
+        assert "'divide' is not one of ['add', 'multiply']" in rows["mcp-bad-arguments"]["messages"][3]["content"]
+    assert [c["tool"] for c in _jsonl(log)].count("calculate") == len(config.modes)  # bad arguments never sent
+
+
 # ---------------------------------------------------------------- start-up
 
 
@@ -285,14 +325,19 @@ def test_native_mode_against_a_server_without_a_tool_parser_fails_at_start(
         pytest.skip("this server has a tool parser")
     inp = write_jsonl(tmp_path / "in.jsonl", [{"question": "[answer] What is the capital of France?"}])
     out = tmp_path / "out.parquet"
-    before = len(server.prompts())
+    before = _rollout_prompts(server)
     rc = main(["generate", "--vllm_url", f"{server.url}/v1", "--corpus", str(_corpus(tmp_path)),
                "--input_file", str(inp), "--output_file", str(out), "--tool-call-mode", "native",
                "--api-key", config.api_key or "EMPTY"])
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert rc == 2 and len(errors) == 1
     assert "--enable-auto-tool-choice --tool-call-parser hermes" in errors[0] and "--tool-call-mode text" in errors[0]
-    assert not out.exists() and len(server.prompts()) == before  # no rollout reached the model
+    # no rollout reached the model (only the probe without tools=, which tells a refused field from a refused key)
+    assert not out.exists() and _rollout_prompts(server) == before
+
+
+def _rollout_prompts(server: Engine) -> int:
+    return sum("Say OK.<|im_end|>" not in p["prompt"] for p in server.prompts())
 
 
 def test_a_wrong_api_key_is_one_line_at_start(engine: tuple[str, ServerConfig, Engine], tmp_path: Path,

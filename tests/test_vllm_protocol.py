@@ -205,5 +205,5 @@ def test_a_server_that_stops_answering_fails_its_rollouts_quickly(retriever: tup
         served.close()
     assert rows == []
     [failure] = distiller.failures
-    assert failure["cause"] == "stalled" and "stopped answering" in failure["error"]
+    assert failure["cause"] == "teacher_stalled" and "stopped answering" in failure["error"]
     assert elapsed < 10  # not the 600 s request timeout

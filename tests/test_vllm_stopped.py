@@ -50,6 +50,7 @@ def test_a_server_stopped_mid_run_fails_its_rollouts_within_minutes(server: Engi
         elapsed = time.monotonic() - stopped
     assert run.returncode == 3, err  # finished, with failures to retry
     failures = [json.loads(line) for line in (tmp_path / "out.failures.jsonl").read_text().splitlines()]
-    assert len(failures) == ROLLOUTS and {f["cause"] for f in failures} <= {"stalled", "connection"}, failures
+    causes = {f["cause"] for f in failures}
+    assert len(failures) == ROLLOUTS and causes <= {"teacher_stalled", "teacher_connection"}, failures
     print(f"the run ended {elapsed:.0f}s after the server was stopped; causes {sorted({f['cause'] for f in failures})}")
     assert elapsed < 170, f"the run took {elapsed:.0f}s to notice the stopped server"

@@ -17,7 +17,10 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hfdistill.cli.dense import add_dense_commands, add_retriever_options, cpu_threads, retriever_from_args
 from hfdistill.cli.parsers import add_other_commands, common_options, flag
+from hfdistill.cli.serve import add_serve_options, add_serve_teacher, serve_plan
+from hfdistill.cli.tools import add_tool_options, tools_from_args
 from hfdistill.core.config import OBSERVATION_FORMATS, PRIORITY_MODES, TOOL_CALL_MODES, DistillConfig, RetryPolicy
 from hfdistill.core.errors import ConfigError, HfdistillError
 from hfdistill.curation import options as curation
@@ -48,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
-    args.argv = argv
+    args.argv, args.environ = argv, os.environ
     _setup_logging(args.verbose - args.quiet)
     try:
         return int(args.func(args) or 0)
@@ -75,7 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"hfdistill {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_generate(sub)
+    add_serve_teacher(sub)
     add_other_commands(sub)
+    add_dense_commands(sub)
     _add_curate(sub)
     return parser
 
@@ -90,7 +95,12 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
         shown = default if default is not None else "<input name>_distilled.parquet"
         flag(seed, name, default=None, metavar=env, help=f"env {env}; default {shown}")
     _teacher_options(p.add_argument_group("teacher"))
+    served = p.add_argument_group("serving the teacher (hfdistill starts vLLM for the run, and stops it after)")
+    flag(served, "serve", metavar="MODEL", help="start the teacher's vLLM servers (a Hugging Face model id or a local "
+                                                "directory) before the first rollout, instead of VLLM_URL's")
+    add_serve_options(served, port=0)
     _retrieval_options(p.add_argument_group("retrieval"))
+    add_tool_options(p.add_argument_group("tools (search, open, MCP servers' tools)"))
     _data_options(p.add_argument_group("data"))
     e = p.add_argument_group("engine")
     flag(e, "engine", choices=("local", "ray"), default="local",
@@ -124,6 +134,12 @@ def _teacher_options(t: argparse._ArgumentGroup) -> None:
          help="send vLLM a request priority so continuing conversations are served before new ones (vLLM "
               "--scheduling-policy priority): on, off, or auto (default: on, off for a server that refuses it)")
     flag(t, "concurrency", type=int, help="rollouts in flight (default: 512 per teacher endpoint)")
+    flag(t, "max_context_tokens", type=int, metavar="N",
+         help="when a conversation's next turn would need more prompt tokens than N, ask the teacher for its final "
+              "answer (force_answer.j2, as Tongyi's runner does; the row ends forced_answer) (default: the server's "
+              "max_model_len less --max_tokens)")
+    t.add_argument("--no-force-answer", "--no_force_answer", dest="force_answer", action="store_false",
+                   help="never ask for the answer at the context limit: such a conversation ends as context")
     flag(t, "request_timeout", type=float, default=1800.0, help="seconds per HTTP request (default 1800)")
     flag(t, "max_retries", type=int, default=4, help="retries of a transient HTTP failure (default 4)")
     flag(t, "retry_backoff", type=float, default=1.0,
@@ -132,8 +148,9 @@ def _teacher_options(t: argparse._ArgumentGroup) -> None:
 
 def _retrieval_options(r: argparse._ArgumentGroup) -> None:
     flag(r, "corpus", metavar="CORPUS.jsonl",
-         help="search this Search-R1 JSONL corpus with the embedded BM25 retriever instead of RETRIEVAL_URL")
-    flag(r, "index_dir", help="where the corpus index lives (default: next to the corpus)")
+         help="search this Search-R1 JSONL corpus in-process (BM25, or dense with --index) instead of RETRIEVAL_URL")
+    flag(r, "index_dir", help="where the corpus's BM25 index lives (default: next to the corpus)")
+    add_retriever_options(r)
     flag(r, "topk", type=int, default=3, help="documents per query (default 3)")
     flag(r, "query_arg", choices=("query_list", "query"), default="query_list",
          help="argument name of the search tool's query array (default query_list, as verl)")
@@ -222,9 +239,10 @@ def _config(args: argparse.Namespace, seed: dict[str, Any]) -> DistillConfig:
         raise ConfigError(f"--retry-backoff must be >= 0 seconds, got {args.retry_backoff}")
     if args.corpus and not Path(args.corpus).is_file():
         raise ConfigError(f"--corpus {args.corpus} is not a file; pass a Search-R1 JSONL corpus")
+    retriever, dense = retriever_from_args(args)
     return DistillConfig(
         vllm_url=seed["vllm_url"], retrieval_url=seed["retrieval_url"], corpus=args.corpus,
-        index_dir=args.index_dir, model=args.model,
+        index_dir=args.index_dir, retriever=retriever, dense=dense, model=args.model,
         api_key=args.api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY",
         max_assistant_turns=seed["max_assistant_turns"], temperature=seed["temperature"],
         max_tokens=seed["max_tokens"], top_p=args.top_p, presence_penalty=args.presence_penalty, seed=args.seed,
@@ -233,7 +251,8 @@ def _config(args: argparse.Namespace, seed: dict[str, Any]) -> DistillConfig:
         num_rollouts=args.num_rollouts, concurrency=args.concurrency, question_field=args.question_field,
         answer_field=args.answer_field,
         retry=RetryPolicy(attempts=args.max_retries + 1, timeout=args.request_timeout, backoff=args.retry_backoff),
-        judge=curation.judge_from_args(args, os.environ),
+        judge=curation.judge_from_args(args, os.environ), force_answer=args.force_answer,
+        max_context_tokens=args.max_context_tokens, tools=tools_from_args(args),
     )
 
 
@@ -248,19 +267,20 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         from hfdistill.commands.generate import GenerateOptions, generate
         from hfdistill.core.types import StopRequest
 
+        plan = _serve_plan(args)
         options = GenerateOptions(input_file=seed["input_file"], output_file=seed["output_file"],
                                   max_samples=seed["max_samples"], batch_size=seed["batch_size"], keep=args.keep,
                                   keep_malformed=args.keep_malformed, overwrite=args.overwrite,
                                   command=_command_line(args.argv), progress=not args.quiet,
                                   log_interval=args.log_interval, engine=args.engine, ray_actors=args.ray_actors,
-                                  curation=curation.curation_from_args(args))
+                                  curation=curation.curation_from_args(args), serve=plan)
     if args.push_to_hub:
         from hfdistill.publish.hub import check_push_target
 
         check_push_target(args.push_to_hub, license=args.license, token=args.hf_token)
     stop = StopRequest()
     # process-wide settings are the CLI's to change (and restore)
-    with run_settings(stop):
+    with run_settings(stop), cpu_threads(args.threads if config.dense is not None else None):
         result = generate(config, options, stop=stop)
     if not result.skipped_as_done:
         _print_summary(result)
@@ -273,6 +293,17 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         log.warning("not pushing an incomplete run; rerun the same command to finish it (it pushes then), or "
                     "push what there is with `hfdistill push %s --repo-id %s`", result.output, args.push_to_hub)
     return result.exit_code
+
+
+def _serve_plan(args: argparse.Namespace) -> Any:
+    """--serve: the servers to start (every option checked now, before the input is read); None without it."""
+    if args.serve is None:
+        return None
+    named = "--vllm_url" if args.vllm_url is not None else "VLLM_URL" if os.environ.get("VLLM_URL", "").strip() \
+        else None
+    if named:
+        raise ConfigError(f"--serve starts the teacher's servers, and {named} names others; drop one of them")
+    return serve_plan(args, os.environ, args.serve, ray=args.engine == "ray")
 
 
 def _command_line(argv: Sequence[str]) -> str:

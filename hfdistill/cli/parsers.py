@@ -34,10 +34,13 @@ def flag(p: argparse.ArgumentParser | argparse._ArgumentGroup, name: str, **kwar
 
 
 def _add_serve_retriever(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("serve-retriever", help="serve a JSONL corpus over the Search-R1 retrieval API (BM25)",
+    from hfdistill.cli.dense import add_retriever_options
+
+    p = sub.add_parser("serve-retriever", help="serve a JSONL corpus over the Search-R1 retrieval API (BM25, dense)",
                        description="A Search-R1-compatible retrieval server (POST /retrieve, GET /health) over a "
-                                   "JSONL corpus, with a BM25 index that is built once and reused while the "
-                                   "corpus is unchanged.")
+                                   "JSONL corpus: BM25 (an index built once and reused while the corpus is unchanged), "
+                                   "dense (--index: hfdistill's or Search-R1's faiss index; concurrent requests are "
+                                   "encoded and searched together) or hybrid.")
     common_options(p)
     p.add_argument("--corpus", required=True, metavar="CORPUS.jsonl",
                    help='one passage per line: {"id", "contents"} (title on the first line) or {"id", "title", "text"}')
@@ -45,13 +48,18 @@ def _add_serve_retriever(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
     flag(p, "index_dir", help="where the index is stored (default: CORPUS.jsonl.bm25s/ next to the corpus)")
     p.add_argument("--topk", type=int, default=3, help="documents per query when a request gives none (default 3)")
+    add_retriever_options(p.add_argument_group("dense retrieval"))
     p.set_defaults(func=_cmd_serve_retriever)
 
 
 def _cmd_serve_retriever(args: argparse.Namespace) -> int:
+    from hfdistill.cli.dense import cpu_threads, retriever_from_args
     from hfdistill.retrieval.server import serve
 
-    serve(args.corpus, host=args.host, port=args.port, index_dir=args.index_dir, topk=args.topk)
+    retriever, dense = retriever_from_args(args)
+    with cpu_threads(args.threads if dense is not None else None):
+        serve(args.corpus, host=args.host, port=args.port, index_dir=args.index_dir, topk=args.topk,
+              retriever=retriever, dense=dense)
     return 0
 
 

@@ -118,6 +118,9 @@ class _Read:
             for row in batch.to_pylist():
                 for column in _NEW_COLUMNS:
                     row.setdefault(column, None)
+                if "tool_calls_by_name" not in row:  # from before calls were counted by tool: they were searches
+                    row["tool_calls_by_name"] = [{"name": "search", "calls": row["num_tool_calls"]}] \
+                        if row["num_tool_calls"] else []
                 self.count += 1
                 yield row
 

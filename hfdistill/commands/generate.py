@@ -8,6 +8,7 @@ of every rollout the input owes. Rerunning the same command resumes; a finished 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import logging
@@ -25,7 +26,7 @@ import numpy as np
 
 from hfdistill import __version__
 from hfdistill.core.config import DistillConfig
-from hfdistill.core.errors import ConfigError, Interrupted, JournalError
+from hfdistill.core.errors import ConfigError, Interrupted, JournalError, ServerLostError
 from hfdistill.core.rows import MALFORMED_CALL
 from hfdistill.core.types import StopRequest
 from hfdistill.curation.pipeline import CurationOptions, Curator
@@ -50,6 +51,8 @@ from hfdistill.run.record import (
     TeacherInfo,
     TemplatesInfo,
 )
+from hfdistill.teacher.serve.fleet import Fleet
+from hfdistill.teacher.serve.plan import ServePlan
 
 __all__ = ["EXIT_INCOMPLETE", "GenerateOptions", "GenerateResult", "generate"]
 
@@ -77,6 +80,9 @@ class GenerateOptions:
     log_interval: float = 30.0  # seconds between progress lines when stderr is not a terminal
     engine: str = "local"  # where rollouts are made: this process, or a Ray cluster (see `engines`)
     ray_actors: int | None = None  # --engine ray: actors in the pool (None: from the cluster's CPUs)
+    # --serve: the teacher's vLLM servers, started before the first rollout (their logs in the run directory)
+    # and stopped after the last; None: the servers VLLM_URL names
+    serve: ServePlan | None = None
 
     def __post_init__(self) -> None:
         check_engine(self.engine, self.ray_actors)
@@ -140,7 +146,9 @@ def _generate(config: DistillConfig, options: GenerateOptions, output: Path, sto
     binding = distiller.bind(ds.features)  # a missing field fails here, before any server is contacted
     source = _Input(ds, binding, scan_items(ds, binding.plan, with_golden=distiller.prompts.uses_golden_answers))
     identity = identify(rollout_options(config, templates=distiller.prompts.templates.digest(),
-                                        corpus=distiller.corpus_digest()), output)
+                                        corpus=distiller.corpus_digest(),
+                                        retriever=distiller.retriever_identity(),
+                                        tools=distiller.tool_identity()), output)
     done = identity.existing(source.items.digest, _view(distiller, options), options.overwrite)
     if done is not None:  # a finished command needs no server
         log.info("%s is already complete (%d rows, same input and options); nothing to do. Pass --overwrite to "
@@ -165,8 +173,11 @@ def _generate(config: DistillConfig, options: GenerateOptions, output: Path, sto
         write_jsonl(skipped_path(output), ({"input_index": int(i), "reason": "blank question"}
                                            for i in np.flatnonzero(source.items.blank_rows)))
         if distiller.stopping:
-            raise Interrupted(f"interrupted: {len(run.journal)} rollouts are recorded in {identity.run_dir}; "
-                              "rerun the same command to resume")
+            recorded = f"{len(run.journal)} rollouts are recorded in {identity.run_dir}; rerun the same command to " \
+                       "resume"
+            if isinstance(stop.reason, ServerLostError):  # a server hfdistill ran was given up
+                raise ServerLostError(f"{stop.reason}; {recorded}")
+            raise Interrupted(f"interrupted: {recorded}")
         live.wall_seconds = time.monotonic() - started
         return _write_output(distiller, source, run, options, _Counts(live, account), curator)
 
@@ -181,17 +192,32 @@ def _run_rollouts(distiller: Distiller, source: _Input, run: Run, options: Gener
             from hfdistill.engines.ray import run_on_ray
 
             run_on_ray(distiller, source.ds, run, source.binding.plan, stop=stop, actors=options.ray_actors,
-                       jobs_per_task=options.batch_size)
+                       jobs_per_task=options.batch_size, serve=options.serve)
         else:
-            # The servers are probed as the stream starts, before its first rollout: one client per run.
-            distiller.stream(input_rows(source.ds, source.binding.plan), recorder=run, stop=stop,
-                             batch_size=options.batch_size)
+            with _teacher_servers(distiller, options, run, stop):
+                # The servers are probed as the stream starts, before its first rollout: one client per run.
+                distiller.stream(input_rows(source.ds, source.binding.plan), recorder=run, stop=stop,
+                                 batch_size=options.batch_size)
     finally:
         stats = run.monitor.finish()
         teacher = distiller.teacher_stats
         stats.teacher_calls, stats.teacher_retries = teacher.calls, teacher.retries
         stats.calls_by_endpoint = dict(teacher.by_endpoint)
     return stats
+
+
+@contextlib.contextmanager
+def _teacher_servers(distiller: Distiller, options: GenerateOptions, run: Run, stop: StopRequest) -> Iterator[None]:
+    """--serve: the teacher's servers for the length of the rollouts (their logs in the run directory); one given
+    up stops the run (with why)."""
+    if options.serve is None:
+        yield
+        return
+    with Fleet(options.serve, run.identity.run_dir, progress=options.progress, on_lost=stop.because,
+               cancelled=lambda: stop.requested) as fleet:
+        distiller.use_teacher(fleet.start(), states=fleet.states)
+        run.monitor.clock_from_now()
+        yield
 
 
 def _judge_journal(distiller: Distiller, source: _Input, run: Run) -> None:
@@ -353,7 +379,7 @@ def _record(distiller: Distiller, identity: RunIdentity, options: GenerateOption
         view=_view(distiller, options), curation=options.curate.view(), funnel=funnel, judge=judge,
         teacher=TeacherInfo(distiller.model or seen.model, tuple(str(urlsplit(u).hostname) for u in c.endpoints),
                             distiller.mode or seen.protocol),
-        retrieval=RetrievalInfo(corpus=os.path.basename(c.corpus)) if c.corpus else
+        retrieval=RetrievalInfo(corpus=os.path.basename(c.corpus), retriever=c.retriever) if c.corpus else
         RetrievalInfo(host=urlsplit(c.retrieval_url).hostname),
         generation_options=identity.options,
         run_options=RunOptions(keep=options.keep, keep_malformed=options.keep_malformed, num_rollouts=c.num_rollouts,

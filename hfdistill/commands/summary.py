@@ -29,6 +29,8 @@ def summary_lines(result: GenerateResult) -> list[str]:
               f"mean assistant turns {s.mean(s.turns):.2f}, mean searches {s.mean(s.searches):.2f}, "
               f"tool-call errors seen by the model {s.tool_errors}",
               f"tokens: prompt {s.prompt_tokens:,}, completion {s.completion_tokens:,}"]
+    if set(s.tool_calls) - {"search"}:
+        lines.append("tool calls: " + ", ".join(f"{k} {v:,}" for k, v in s.tool_calls.most_common()))
     per_endpoint = ", ".join(f"{k} {v:,}" for k, v in sorted(s.calls_by_endpoint.items()))
     lines.append(f"teacher calls {s.teacher_calls:,}" + (f" ({per_endpoint})" if len(s.calls_by_endpoint) > 1 else "")
                  + f", retried {s.teacher_retries:,}")

@@ -7,8 +7,10 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from hfdistill.core.encoders import RETRIEVER_KINDS, DenseOptions
 from hfdistill.core.errors import ConfigError
 from hfdistill.core.retry import RetryPolicy
+from hfdistill.core.toolspec import ToolOptions
 
 __all__ = ["DEFAULT_CONCURRENCY_PER_ENDPOINT", "OBSERVATION_FORMATS", "PRIORITY_MODES", "TOOL_CALL_MODES",
            "DistillConfig", "JudgeConfig"]
@@ -44,8 +46,10 @@ class DistillConfig:
 
     vllm_url: str = "http://localhost:8000/v1"  # comma-separated for several endpoints
     retrieval_url: str = "http://127.0.0.1:8000/retrieve"
-    corpus: str | None = None  # embedded BM25 over this JSONL instead of retrieval_url
-    index_dir: str | None = None
+    corpus: str | None = None  # search this JSONL in-process (BM25, dense, hybrid) instead of retrieval_url
+    index_dir: str | None = None  # the BM25 index's directory
+    retriever: str = "bm25"  # over `corpus`: bm25, dense (needs `dense`) or hybrid (both, fused)
+    dense: DenseOptions | None = None  # the dense index and its encoder
     model: str | None = None  # None: the id served at /v1/models
     api_key: str = dataclasses.field(default="EMPTY", repr=False, compare=False)
     max_assistant_turns: int = 3
@@ -66,15 +70,27 @@ class DistillConfig:
     answer_field: str | None = None
     retry: RetryPolicy = dataclasses.field(default_factory=RetryPolicy)
     judge: JudgeConfig | None = None  # judges each rollout's answer when set (see curation)
+    # At the context limit the teacher is asked for its final answer (as Tongyi's runner does) instead of
+    # the conversation being lost; the limit is this many prompt tokens, or (None) the server's
+    # max_model_len less max_tokens.
+    force_answer: bool = True
+    max_context_tokens: int | None = None
+    tools: ToolOptions = dataclasses.field(default_factory=ToolOptions)  # MCP servers, --tools, open's limit
 
     def __post_init__(self) -> None:
         self._check_urls()
+        self._check_retriever()
+        if self.tools.offers("open") and self.corpus is None:
+            raise ConfigError("--tools open reads the documents of the embedded corpus: pass --corpus (BM25, dense "
+                              "or hybrid); a retrieval server's documents cannot be opened")
         _positive("max_assistant_turns", self.max_assistant_turns)
         _positive("max_tokens", self.max_tokens)
         _positive("topk", self.topk)
         _positive("num_rollouts", self.num_rollouts)
         if self.concurrency is not None:
             _positive("concurrency", self.concurrency)
+        if self.max_context_tokens is not None:
+            _positive("max context tokens", self.max_context_tokens)
         if not 0 <= self.temperature <= 2:
             raise ConfigError(f"--temperature must be between 0 and 2, got {self.temperature}")
         if self.top_p is not None and not 0 < self.top_p <= 1:
@@ -105,6 +121,17 @@ class DistillConfig:
             _check_url("VLLM_URL / --vllm_url", url)
         if self.corpus is None:
             _check_url("RETRIEVAL_URL / --retrieval_url", self.retrieval_url)
+
+    def _check_retriever(self) -> None:
+        if self.retriever not in RETRIEVER_KINDS:
+            raise ConfigError(f"--retriever must be one of {', '.join(RETRIEVER_KINDS)}, got {self.retriever!r}")
+        if self.retriever != "bm25" and self.dense is None:
+            raise ConfigError(f"--retriever {self.retriever} needs --index (a dense index directory, or a faiss file "
+                              "with --encoder)")
+        if self.retriever == "bm25" and self.dense is not None:
+            raise ConfigError("--retriever bm25 does not use the dense --index: drop one of them")
+        if self.dense is not None and self.corpus is None:
+            raise ConfigError("--index needs --corpus: the passages the index numbers are read from it")
 
     @property
     def endpoints(self) -> tuple[str, ...]:

@@ -8,6 +8,7 @@
     │   ├── TeacherError        the teacher server failed or refused a request
     │   │   └── ContextLengthError  the conversation no longer fits the model's context
     │   ├── RetrievalError      the retrieval server or embedded retriever failed
+    │   ├── ToolServerError     a tool's server (MCP) failed: its cause names it (mcp_<server>_<fault>)
     │   └── JudgeError          the LLM judge failed or answered no verdict (its rollout stays unjudged)
     ├── RolloutError            a rollout stopped on one of the two above; its row is a failure
     ├── CorpusError             a retrieval corpus line cannot be read (exit 2)
@@ -15,10 +16,13 @@
     │   └── RunLockedError      another process is writing the same output
     ├── HubError                pushing to or reading from the Hugging Face Hub failed
     ├── ClusterError            the Ray cluster cannot be reached or cannot run the work
+    ├── ServeError              a teacher server hfdistill starts (--serve) did not start (exit 2)
+    ├── ServerLostError         a teacher server hfdistill started kept dying; the run stopped for it
     └── Interrupted             the run was stopped by a signal; finished work is kept
 
-Messages name the bad value and the fix. Foreign exceptions (openai, aiohttp, OSError)
-are translated into these at the module that talks to the outside world.
+Messages name the bad value and the fix. Foreign exceptions are translated into these where they
+enter: HTTP's (aiohttp, asyncio, OSError, JSON) and MCP's transports' (httpx2, anyio, the SDK's) in
+hfdistill/edge.py only.
 """
 
 from __future__ import annotations
@@ -37,9 +41,12 @@ __all__ = [
     "RetrievalError",
     "RolloutError",
     "RunLockedError",
+    "ServeError",
+    "ServerLostError",
     "ServiceError",
     "TeacherError",
     "TemplateError",
+    "ToolServerError",
     "first_line",
 ]
 
@@ -78,18 +85,20 @@ class ServiceError(HfdistillError):
     """A server (teacher or retrieval) failed or refused a request.
 
     `transient` tells the retry policy whether trying again may help; `cause` is a short
-    machine-readable label used to count failures by kind in the summary; `retry_after` is the
-    server's Retry-After in seconds, when it sent one.
+    machine-readable label used to count failures by kind in the summary (`<server>_<fault>`, see
+    hfdistill/edge.py); `retry_after` is the server's Retry-After in seconds, when it sent one;
+    `throttled` marks the server's rate limit (HTTP 429), which waits without spending the retries.
     """
 
     default_cause = "service"
 
     def __init__(self, message: str, *, transient: bool = False, cause: str | None = None,
-                 retry_after: float | None = None) -> None:
+                 retry_after: float | None = None, throttled: bool = False) -> None:
         super().__init__(message)
         self.transient = transient
         self.cause = cause or self.default_cause
         self.retry_after = retry_after
+        self.throttled = throttled
 
 
 class TeacherError(ServiceError):
@@ -102,13 +111,19 @@ class ContextLengthError(TeacherError):
     """The conversation exceeds the model's context window (vLLM answers HTTP 400)."""
 
     def __init__(self, message: str) -> None:
-        super().__init__(message, transient=False, cause="context")
+        super().__init__(message, transient=False, cause="context")  # a stop reason, not a server fault
 
 
 class RetrievalError(ServiceError):
     """The retrieval server failed or answered something that is not the Search-R1 shape."""
 
     default_cause = "retrieval"
+
+
+class ToolServerError(ServiceError):
+    """A tool's server (an MCP server) could not be reached, broke its session, or timed out."""
+
+    default_cause = "tool"
 
 
 class JudgeError(ServiceError):
@@ -144,6 +159,18 @@ class HubError(HfdistillError):
 
 class ClusterError(HfdistillError):
     """The Ray cluster cannot be reached (RAY_ADDRESS) or failed to run the work."""
+
+
+class ServeError(HfdistillError):
+    """A vLLM server hfdistill starts itself could not start: no vLLM, a model that does not load, a GPU out of
+    memory. The message names the server's log and quotes its last error line."""
+
+    exit_code = 2
+
+
+class ServerLostError(HfdistillError):
+    """A vLLM server hfdistill started died more often than it may be restarted: the run stopped for it (its
+    finished rollouts are recorded, and a rerun resumes)."""
 
 
 def first_line(e: BaseException) -> str:

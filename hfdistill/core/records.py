@@ -54,12 +54,21 @@ class RolloutResult:
     usage: Usage
     prediction: str
     verdict: Verdict | None = None
+    tool_calls_by_name: dict[str, int] | None = None  # None in results journaled when search was the only tool
 
     @classmethod
     def of(cls, traj: Trajectory) -> RolloutResult:
         return cls([m.to_dict() for m in traj.messages], traj.stop_reason, traj.assistant_turns, traj.num_tool_calls,
                    traj.num_tool_errors, traj.num_queries, traj.num_malformed_calls,
-                   Usage(traj.usage.prompt_tokens, traj.usage.completion_tokens), traj.prediction)
+                   Usage(traj.usage.prompt_tokens, traj.usage.completion_tokens), traj.prediction,
+                   tool_calls_by_name=dict(traj.tool_calls_by_name))
+
+    def calls_by_name(self) -> dict[str, int]:
+        """The calls run, by tool (they sum to `num_tool_calls`); a result from before other tools were
+        counted made only searches."""
+        if self.tool_calls_by_name is not None:
+            return self.tool_calls_by_name
+        return {"search": self.num_tool_calls} if self.num_tool_calls else {}
 
     def judged(self, verdict: Verdict) -> RolloutResult:
         """This result with `verdict` in place of any earlier one."""
@@ -76,6 +85,8 @@ class RolloutResult:
             "num_queries": self.num_queries, "usage": self.usage.to_dict(), "prediction": self.prediction}
         if self.num_malformed_calls is not None:
             out["num_malformed_calls"] = self.num_malformed_calls
+        if self.tool_calls_by_name is not None:
+            out["tool_calls_by_name"] = self.tool_calls_by_name
         if self.verdict is not None:
             out["judge"] = self.verdict.to_json()
         return out
@@ -90,7 +101,16 @@ class RolloutResult:
                    _field(d, "num_tool_calls", int), _field(d, "num_tool_errors", int), _field(d, "num_queries", int),
                    _field(d, "num_malformed_calls", int, None),
                    Usage(_field(usage, "prompt_tokens", int), _field(usage, "completion_tokens", int)),
-                   _field(d, "prediction", str), Verdict.from_json(d.get("judge")))
+                   _field(d, "prediction", str), Verdict.from_json(d.get("judge")),
+                   _calls_by_name(d.get("tool_calls_by_name")))
+
+
+def _calls_by_name(value: Any) -> dict[str, int] | None:
+    if value is None:
+        return None
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) and type(v) is int for k, v in value.items()):
+        raise ValueError("field 'tool_calls_by_name' is not an object of counts")
+    return dict(value)
 
 
 _REQUIRED = object()

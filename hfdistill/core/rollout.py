@@ -8,10 +8,15 @@ sees; broken infrastructure raises (and the row goes to the failures file).
 Every finished tool turn is a `TurnStep`: what it added to the stored conversation and to what the
 teacher sees. The loop reports each one (`on_turn`), and continues from recorded steps
 (`resume`), so a conversation cut off by a kill goes on from its last finished turn.
+
+When the next turn would not fit the context budget, the teacher is asked for its final answer
+instead (`RolloutSpec.force_answer`, as Tongyi-DeepResearch's own runner does): the conversation
+ends as `forced_answer` rather than being lost as `context`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -23,7 +28,7 @@ from hfdistill.core.toolcalls import CallError, ParsedTurn, ToolRequest, extract
 from hfdistill.core.tools import ToolContext
 from hfdistill.core.types import Message, TeacherReply, ToolCall, Trajectory, Usage
 
-__all__ = ["ChatFn", "RolloutSpec", "TurnStep", "rollout", "tool_response"]
+__all__ = ["ChatFn", "RolloutSpec", "TurnStep", "estimated_tokens", "rollout", "tool_response"]
 
 ChatFn = Callable[[list[dict[str, Any]]], Awaitable[TeacherReply]]
 
@@ -35,6 +40,9 @@ class RolloutSpec:
     prompts: Prompts
     max_turns: int
     text_protocol: bool
+    # Prompt tokens the next turn may use (the model's context less the turn's max_tokens); past it the
+    # teacher is asked for its answer. None: no budget known, or --no-force-answer.
+    context_budget: int | None = None
 
 
 @dataclass(frozen=True)
@@ -79,32 +87,103 @@ async def rollout(question: str, golden_answers: Sequence[str], *, chat: ChatFn,
         {"role": "system", "content": spec.prompts.system_on_wire(spec.text_protocol)},
         {"role": "user", "content": user},
     ]
+    used = 0  # tokens of the conversation after the last reply: its prompt and what it generated
     for step in resume:
         _apply(step, traj, wire)
+        used = step.usage.prompt_tokens + step.usage.completion_tokens
     for turn in range(len(resume) + 1, spec.max_turns + 1):
-        try:
-            reply = await chat(wire)
-        except ContextLengthError:
+        if turn > 1 and spec.context_budget is not None and used + estimated_tokens(wire[-1]) > spec.context_budget:
+            await _forced_answer(traj, wire, chat, spec, turn, used)
+            break
+        answered = await _teacher_turn(chat, wire, spec, turn)
+        if answered is None:
             traj.stop_reason = "context"
             break
-        except TeacherError as e:
-            raise RolloutError(str(e), cause=e.cause, turn=turn) from e
-        parsed = interpret_turn(reply.content, reply.reasoning, reply.tool_calls, tools=spec.prompts.toolset,
-                                call_id=f"call_{turn}")
+        reply, parsed = answered
         stop = _stop_reason(reply, parsed)
         if stop is not None:
             _finish(traj, reply, parsed, stop)
             break
         try:
             step = await _act(parsed.calls[0], reply, parsed, tools, spec)
-        except ServiceError as e:  # a tool's server (the retriever) failed for good
+        except ServiceError as e:  # a tool's server (the retriever, an MCP server) failed for good
             raise RolloutError(str(e), cause=e.cause, turn=turn) from e
         _apply(step, traj, wire)
+        used = reply.usage.prompt_tokens + reply.usage.completion_tokens
         if on_turn is not None:
             on_turn(step)
     final = next((m for m in reversed(traj.messages) if m.role == "assistant"), None)
     traj.prediction = (extract_answer(final.content) or "") if final is not None else ""
     return traj
+
+
+async def _teacher_turn(chat: ChatFn, wire: list[dict[str, Any]], spec: RolloutSpec,
+                        turn: int) -> tuple[TeacherReply, ParsedTurn] | None:
+    """The teacher's next turn and what it wrote, read; None when the conversation no longer fits its
+    context. A teacher that failed for good fails the rollout at this turn."""
+    try:
+        reply = await chat(wire)
+    except ContextLengthError:
+        return None
+    except TeacherError as e:
+        raise RolloutError(str(e), cause=e.cause, turn=turn) from e
+    return reply, interpret_turn(reply.content, reply.reasoning, reply.tool_calls, tools=spec.prompts.toolset,
+                                 call_id=f"call_{turn}")
+
+
+def estimated_tokens(message: dict[str, Any]) -> int:
+    """An upper estimate of the tokens a message adds to the prompt, without the model's tokenizer.
+
+    Qwen's tokenizer averages about four bytes of English per token; three errs on the side of asking
+    for the answer a little early rather than having the server refuse the prompt. The constant covers
+    the chat template's markers around the message.
+    """
+    return len(str(message.get("content") or "").encode()) // 3 + 16
+
+
+async def _forced_answer(traj: Trajectory, wire: list[dict[str, Any]], chat: ChatFn, spec: RolloutSpec,
+                         turn: int, used: int) -> None:
+    """Ask for the final answer now. The conversation ends `forced_answer` when the reply gives one, else
+    as it would have without the request: `context` (or `length` when the reply was cut by max_tokens).
+
+    The last observation, which made the conversation too long, is cut so that the request fits the
+    budget: sent whole, it would make the server refuse the request or cut the answer.
+    """
+    ask = spec.prompts.force_answer
+    assert spec.context_budget is not None  # (the loop forces only within a budget)
+    room = spec.context_budget - used - estimated_tokens({"content": ask})
+    if estimated_tokens(wire[-1]) > room:
+        _cut_observation(traj, wire, room)
+    traj.messages.append(Message("user", ask))
+    wire.append({"role": "user", "content": ask})
+    answered = await _teacher_turn(chat, wire, spec, turn)
+    if answered is None:
+        traj.stop_reason = "context"
+        return
+    reply, parsed = answered
+    stop = _stop_reason(reply, parsed)
+    if stop == "answer":
+        stop = "forced_answer"
+    elif stop not in ("length", "context"):  # asked for its answer, it gave none: the context ran out all the same
+        stop = "context"
+    _finish(traj, reply, parsed, stop)
+
+
+CUT_NOTE = "\n[… the rest of this result did not fit the context]"
+
+
+def _cut_observation(traj: Trajectory, wire: list[dict[str, Any]], tokens: int) -> None:
+    """Cut the last observation to about `tokens` (by `estimated_tokens`, so it errs short), alike in the
+    stored conversation and on the wire, and say so in it."""
+    stored = traj.messages[-1]
+    wrapped = stored.content.startswith("<tool_response>\n")  # (the answer to a call that was not JSON)
+    observation = stored.content.removeprefix("<tool_response>\n").removesuffix("\n</tool_response>") \
+        if wrapped else stored.content
+    keep = max(tokens - estimated_tokens({"content": CUT_NOTE}), 0) * 3
+    cut = observation.encode()[:keep].decode(errors="ignore") + CUT_NOTE
+    traj.messages[-1] = dataclasses.replace(stored, content=tool_response(cut) if wrapped else cut)
+    on_wire = wire[-1]["content"]
+    wire[-1] = {**wire[-1], "content": tool_response(cut) if on_wire.startswith("<tool_response>") else cut}
 
 
 def _finish(traj: Trajectory, reply: TeacherReply, parsed: ParsedTurn, stop: str) -> None:
@@ -122,6 +201,9 @@ def _apply(step: TurnStep, traj: Trajectory, wire: list[dict[str, Any]]) -> None
     traj.usage.add(step.usage)
     traj.assistant_turns += 1
     traj.num_tool_calls += step.tool_calls
+    if step.tool_calls:  # (a call that ran is stored as the turn's one call, under its tool's name)
+        name = step.stored[0].tool_calls[0].name
+        traj.tool_calls_by_name[name] = traj.tool_calls_by_name.get(name, 0) + 1
     traj.num_tool_errors += step.tool_errors
     traj.num_malformed_calls += step.malformed_calls
     traj.num_queries += step.queries
@@ -144,9 +226,9 @@ async def _act(call: ToolRequest | CallError, reply: TeacherReply, parsed: Parse
         output = await spec.prompts.toolset[call.name](call.arguments, tools)
         observation = output.observation
         stored_call: ToolCall | None = ToolCall(call.id, call.name, json.dumps(call.arguments, ensure_ascii=False))
-        counts = {"tool_calls": 1, "queries": output.queries}
+        counts = {"tool_calls": 1, "queries": output.queries, "tool_errors": int(output.error)}
     else:
-        observation = spec.prompts.error(call.message)
+        observation = spec.prompts.error(call.message, call.name)
         stored_call = ToolCall(call.id, call.name, call.arguments) if call.arguments else None
         counts = {"tool_errors": 1, "malformed_calls": int(stored_call is None)}
     if stored_call is not None:

@@ -6,6 +6,7 @@ happen to lack reasoning or tool calls would otherwise be typed `null` and break
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +26,7 @@ __all__ = [
     "output_features",
     "output_schema",
     "shape_row",
+    "tools_fit_a_column",
 ]
 
 # A turn whose tool call was not even JSON: one kind of tool_error (see curation.flags), held back by default.
@@ -56,6 +58,8 @@ _FIXED_FIELDS = [
     ("stop_reason", pa.string()),
     ("assistant_turns", pa.int32()),
     ("num_tool_calls", pa.int32()),
+    # the calls run by tool, in the order first called (they sum to num_tool_calls)
+    ("tool_calls_by_name", pa.list_(pa.struct([("name", pa.string()), ("calls", pa.int32())]))),
     ("num_tool_errors", pa.int32()),
     ("num_queries", pa.int32()),
     ("quality_flags", pa.list_(pa.string())),
@@ -65,6 +69,16 @@ _FIXED_FIELDS = [
     ("input_index", pa.int64()),
 ]
 _INDEX_ONLY = pa.struct([("index", pa.int64())])
+
+
+def tools_fit_a_column(schemas: list[dict[str, Any]]) -> bool:
+    """Whether parquet holds these tool schemas exactly: one struct type serves every tool of the column, so
+    schemas of different shapes come back padded with null keys (or cannot be typed at all)."""
+    try:
+        stored = pa.array([schemas]).to_pylist()[0]
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        return False
+    return json.dumps(stored) == json.dumps(schemas)  # (also the key order, and 1 against 1.0)
 
 
 def output_schema(tools: list[dict[str, Any]], extra_info_type: pa.DataType | None) -> pa.Schema:
@@ -114,6 +128,7 @@ def shape_row(result: RolloutResult, *, question: str, golden_answers: Sequence[
         "stop_reason": result.stop_reason,
         "assistant_turns": result.assistant_turns,
         "num_tool_calls": result.num_tool_calls,
+        "tool_calls_by_name": [{"name": k, "calls": v} for k, v in result.calls_by_name().items()],
         "num_tool_errors": result.num_tool_errors,
         "num_queries": result.num_queries,
         "quality_flags": list(flags),

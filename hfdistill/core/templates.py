@@ -13,7 +13,7 @@ import jinja2.meta
 
 from hfdistill.core.errors import TemplateError
 
-__all__ = ["OBSERVATION_TEMPLATES", "Templates", "card_template_path", "environment", "render_file",
+__all__ = ["OBSERVATION_TEMPLATES", "TOOL_TEMPLATES", "Templates", "card_template_path", "environment", "render_file",
            "report_template_path", "template_dir"]
 
 # --observation-format value -> template file; the default is the original tool's format.
@@ -32,7 +32,15 @@ _SAMPLE_CONTEXT: dict[str, dict[str, Any]] = {
     "tool_observation.j2": {"results": [{"query": "capital of France", "documents": [_SAMPLE_DOC]}]},
     "tool_observation_verl.j2": {"results": [{"query": "capital of France", "documents": [_SAMPLE_DOC]}]},
     "tool_error.j2": {"error": "unknown tool 'browse'", "tool_name": "search", "query_arg": "query_list"},
+    "force_answer.j2": {},
+    "open_observation.j2": {"asked": "Paris", "max_chars": 8000,
+                            "document": {"title": "Paris", "text": "Paris is the capital of France.", "passages": 1,
+                                         "cut": False}},
+    "mcp_observation.j2": {"tool": "calculate", "server": "calc", "texts": ["3.5"], "structured": {"result": 3.5},
+                           "is_error": False},
 }
+# The templates of tools other than search: part of a run's template set only when the tool is offered.
+TOOL_TEMPLATES = ("open_observation.j2", "mcp_observation.j2")
 
 
 def _data_path(name: str) -> Path:
@@ -88,11 +96,13 @@ def render_file(path: Path, context: Mapping[str, Any], *, filters: Mapping[str,
 class Templates:
     """The template set of one run: built-ins, overridden by file name from `override_dir`."""
 
-    def __init__(self, override_dir: str | Path | None = None, *, observation: str = "seed") -> None:
+    def __init__(self, override_dir: str | Path | None = None, *, observation: str = "seed",
+                 tool_templates: tuple[str, ...] = ()) -> None:
         if observation not in OBSERVATION_TEMPLATES:
             raise TemplateError(f"unknown observation format {observation!r}; "
                                 f"choose one of {', '.join(OBSERVATION_TEMPLATES)}")
         self.observation = OBSERVATION_TEMPLATES[observation]
+        self.tool_templates = tuple(t for t in TOOL_TEMPLATES if t in tool_templates)  # (the offered tools' own)
         search_path = [str(template_dir())]
         if override_dir is not None:
             path = Path(override_dir)
@@ -106,7 +116,8 @@ class Templates:
     @property
     def names(self) -> tuple[str, ...]:
         """Templates a run uses, in a stable order."""
-        return ("system_prompt.j2", "user_prompt.j2", "tools_section.j2", self.observation, "tool_error.j2")
+        return ("system_prompt.j2", "user_prompt.j2", "tools_section.j2", self.observation, "tool_error.j2",
+                "force_answer.j2", *self.tool_templates)
 
     def _get(self, name: str) -> jinja2.Template:
         if name not in self._cache:

@@ -1,22 +1,28 @@
-"""The tools a teacher may call, behind one small seam; `search` is the one shipped.
+"""The tools a teacher may call, behind one small seam; `search` is defined here, `open` and MCP servers'
+tools in `hfdistill.tools`.
 
 A tool is its name, its JSON schema, the argument names it accepts (normalised by `arguments`),
 how several calls of it in one turn fold into one, an async call, and the template that renders
 its result. The rollout loop, the prompts and the rows work for any list of tools; only the call
-does I/O, through the `ToolContext` the run gives it.
+does I/O, through the `ToolContext` the run gives it (per event loop): the retriever, the corpus's
+documents, the tool servers.
+
+Who is at fault decides what happens: the model's mistake (arguments the tool cannot run with, a
+result the tool marks as failed) is an observation the model sees; a server's fault is a
+`ServiceError` that fails the rollout (after the retries) and names the server in the failures file.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from hfdistill.core.types import Document
 
-__all__ = ["SearchTool", "Tool", "ToolArgumentError", "ToolContext", "ToolOutput", "search_queries",
-           "search_tool_schema"]
+__all__ = ["OpenFn", "OpenedDocument", "SearchTool", "ServerResult", "Tool", "ToolArgumentError", "ToolContext",
+           "ToolOutput", "ToolServer", "search_queries", "search_tool_schema"]
 
 SearchFn = Callable[[Sequence[str]], Awaitable[list[list[Document]]]]
 _QUERY_KEYS = ("query_list", "query", "queries")
@@ -28,18 +34,53 @@ class ToolArgumentError(ValueError):
 
 @dataclass(frozen=True)
 class ToolOutput:
-    """What a call produced: the observation the model sees next, and how many queries it sent."""
+    """What a call produced: the observation the model sees next, how many queries it sent, and whether the
+    tool reported a failure the model caused (an MCP result marked `isError`, a document that is not there)."""
 
     observation: str
     queries: int = 0
+    error: bool = False
+
+
+@dataclass(frozen=True)
+class OpenedDocument:
+    """A document of the corpus, read for the `open` tool: its title and text, cut at the caller's limit."""
+
+    title: str
+    text: str
+    passages: int  # read into `text`
+    cut: bool  # the document goes on past `text`
+
+
+@dataclass(frozen=True)
+class ServerResult:
+    """What a tool server answered: the text of each content item, its structured content, and whether the
+    tool failed (the model sees that as its observation)."""
+
+    texts: tuple[str, ...]
+    structured: Any = None
+    is_error: bool = False
+
+
+class ToolServer(Protocol):
+    """A server that runs tools (an MCP server's session in one event loop)."""
+
+    async def call(self, tool: str, arguments: dict[str, Any]) -> ServerResult: ...
+
+
+# (id or title, max characters) -> the document, or None when the corpus has none of that id or title
+OpenFn = Callable[[str, int], Awaitable["OpenedDocument | None"]]
 
 
 @dataclass(frozen=True)
 class ToolContext:
-    """The run's world as tools see it: the retriever (bound to `topk`) and the template renderer."""
+    """The run's world as tools see it (one per event loop): the retriever (bound to `topk`), the template
+    renderer, the corpus's documents (an embedded retriever's; None without one) and the tool servers by name."""
 
     search: SearchFn
     render: Callable[..., str]  # (template name, **variables) -> text
+    open: OpenFn | None = None
+    servers: Mapping[str, ToolServer] = field(default_factory=dict)
 
 
 class Tool(Protocol):

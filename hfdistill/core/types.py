@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
+    "ANSWERED",
     "Document",
     "Message",
     "RolloutJob",
@@ -15,6 +16,11 @@ __all__ = [
     "Trajectory",
     "Usage",
 ]
+
+# The stop reasons of a conversation that ended with an answer: the model's own, or the one it was asked
+# for at the context limit.
+ANSWERED = ("answer", "forced_answer")
+
 
 @dataclass(frozen=True, slots=True)
 class ToolCall:
@@ -117,6 +123,7 @@ class Trajectory:
     num_malformed_calls: int = 0  # calls that were not even JSON (their turn is flagged, see rows)
     usage: Usage = field(default_factory=Usage)
     prediction: str = ""
+    tool_calls_by_name: dict[str, int] = field(default_factory=dict)  # the calls run, by tool
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +139,12 @@ class RolloutJob:
 
 @dataclass(slots=True)
 class StopRequest:
-    """Set by whoever owns the process's signals (the CLI): a run starts no new rollout once it is set."""
+    """Set by whoever owns the process's signals (the CLI): a run starts no new rollout once it is set. A stop
+    that is no signal's (a teacher server hfdistill runs was given up) says why: the run ends with `reason`."""
 
     requested: bool = False
+    reason: Exception | None = None
+
+    def because(self, reason: Exception) -> None:
+        self.reason = self.reason or reason
+        self.requested = True

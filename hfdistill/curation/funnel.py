@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from hfdistill.core.types import ANSWERED
+
 __all__ = ["STAGES", "Funnel", "funnel_context", "funnel_lines", "stage_label"]
 
 STAGES = ("questions", "skipped", "rollouts", "failed", "answered", "correct", "clean", "within_budget", "selected")
@@ -39,7 +41,7 @@ class Funnel:
 
     def add(self, row: Mapping[str, Any], correct: bool | None, *, judge_failed: bool = False) -> None:
         """Count one finished rollout (before any filter)."""
-        answered = row["stop_reason"] == "answer"
+        answered = row["stop_reason"] in ANSWERED
         self.answered += answered
         self.correct += answered and correct is True
         clean = answered and correct is True and not row["quality_flags"]

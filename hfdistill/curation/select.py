@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from hfdistill.core.errors import ConfigError
+from hfdistill.core.types import ANSWERED
 
 __all__ = ["KEEP_VALUES", "SELECT_MODES", "best_row", "correctness", "keeps", "parse_keep", "pass_rate",
            "solved_kept", "with_pass_rates"]
@@ -65,7 +66,7 @@ def with_pass_rates(rows: list[dict[str, Any]], *, judged: bool) -> list[dict[st
 
 def keeps(row: Mapping[str, Any], keep: Sequence[str], correct: bool | None) -> bool:
     """Whether `row` passes every `--keep` value."""
-    tests = {"all": True, "answered": row["stop_reason"] == "answer", "correct": correct is True,
+    tests = {"all": True, "answered": row["stop_reason"] in ANSWERED, "correct": correct is True,
              "clean": not row["quality_flags"]}
     return all(tests[k] for k in keep)
 

@@ -17,7 +17,7 @@ import itertools
 import logging
 import sys
 import traceback
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +31,6 @@ from hfdistill.core.records import RolloutResult
 from hfdistill.core.rollout import RolloutSpec, TurnStep, rollout
 from hfdistill.core.rows import build_table, output_features, output_schema
 from hfdistill.core.templates import Templates
-from hfdistill.core.tools import SearchTool
 from hfdistill.core.types import RolloutJob, StopRequest
 from hfdistill.curation.select import with_pass_rates
 from hfdistill.engines.runtime import Clients, Runtime, batch_budget
@@ -41,8 +40,10 @@ from hfdistill.judge.prompt import JudgePrompt
 from hfdistill.run.inputs import FieldPlan, InputRow, plan_fields, rows_of
 from hfdistill.run.recorder import Collector, Recorder, usable
 from hfdistill.teacher.client import TeacherStats
+from hfdistill.teacher.lifecycle import ServerStates
 from hfdistill.teacher.pool import Route
 from hfdistill.teacher.served import Served
+from hfdistill.tools.toolset import discover_servers, offered_tools, toolset_identity
 
 __all__ = ["Binding", "Distiller"]
 
@@ -76,13 +77,18 @@ class Distiller:
 
     def __init__(self, config: DistillConfig) -> None:
         self.config = config
-        templates = Templates(config.template_dir, observation=config.observation_format)
-        tools = [SearchTool(config.query_arg, observation_template=templates.observation)]
+        self.servers = discover_servers(config)  # lists every MCP server's tools: one that is down fails here
+        tools = offered_tools(config, self.servers)
+        templates = Templates(config.template_dir, observation=config.observation_format,
+                              tool_templates=tuple(t.observation_template for t in tools))
         self.prompts = Prompts.build(templates, tools)
         self._bindings: dict[tuple[str, ...], Binding] = {}  # by the input's column names
         judge = config.judge
         self.judge_prompt = JudgePrompt.build(templates, judge.model) if judge is not None else None
-        self.clients = Clients(config, self.tools, self.prompts.render, judged=self.judge_prompt is not None)
+        offered = {getattr(t, "server", None) for t in tools}
+        self.clients = Clients(config, self.prompts.tools, self.prompts.render, judged=self.judge_prompt is not None,
+                               servers=[s for s in self.servers if s.label in offered],
+                               search="search" in self.prompts.toolset, opens="open" in self.prompts.toolset)
         self._collector = Collector(self.tools, judge_spec=self.judge_spec)
         self._recorder: Recorder = self._collector
         self._stop = StopRequest()
@@ -105,7 +111,13 @@ class Distiller:
 
     @property
     def tools(self) -> list[dict[str, Any]]:
-        return self.prompts.tools
+        """The `tools` column of every row (see `core.prompts`: the schemas offered, or [] when parquet cannot
+        hold them as they are)."""
+        return self.prompts.row_tools
+
+    def tool_identity(self) -> tuple[dict[str, Any], ...] | None:
+        """The offered tools as a run's fingerprint and record name them (None: search alone)."""
+        return toolset_identity(list(self.prompts.toolset.values()), self.servers)
 
     @property
     def judge_spec(self) -> str | None:
@@ -128,6 +140,18 @@ class Distiller:
     @property
     def judge_model(self) -> str | None:
         return self.clients.served.judge_model
+
+    @property
+    def context_budget(self) -> int | None:
+        """Prompt tokens a turn may use before the teacher is asked for its answer (None: never asked):
+        --max-context-tokens, else the teacher's context window (as the server lists it) less max_tokens."""
+        c = self.config
+        if not c.force_answer:
+            return None
+        if c.max_context_tokens is not None:
+            return c.max_context_tokens
+        window = self.clients.served.max_model_len
+        return window - c.max_tokens if window is not None and window > c.max_tokens else None
 
     @property
     def teacher_stats(self) -> TeacherStats:
@@ -166,8 +190,14 @@ class Distiller:
         """The content hash of the embedded retriever's corpus (loading its index), or None without one."""
         if self.config.corpus is None:
             return None
-        retriever = self.clients.retriever()
-        return str(retriever.manifest["full_hash"])  # type: ignore[attr-defined]
+        return self.clients.embedded().corpus_hash
+
+    def retriever_identity(self) -> dict[str, Any] | None:
+        """What names a dense or hybrid retriever in the run's fingerprint (kind, vectors, encoder); None for
+        BM25 and HTTP, which the corpus hash or nothing names."""
+        if self.config.corpus is None:
+            return None
+        return self.clients.embedded().identity()
 
     def prepare(self) -> None:
         """Probe the teacher (model id, protocol), the retriever and the judge now, outside any `map`."""
@@ -178,11 +208,22 @@ class Distiller:
         return {"calls": self.teacher_stats.calls, "tokens": self.teacher_stats.completion_tokens,
                 "requests": self.clients.in_flight}
 
+    def use_teacher(self, urls: Sequence[str] | None = None, *, states: ServerStates | None = None,
+                    near: Collection[str] = ()) -> None:
+        """Send the teacher's turns to these servers (hfdistill started them, `--serve`), whose `states` say
+        which are up or being restarted; `near` ones first (a Ray actor's own node's). Before any rollout."""
+        if self.clients.has_runtimes:
+            raise RuntimeError("use_teacher() after the clients were made")
+        if urls is not None:
+            self.config = self.config.replace(vllm_url=",".join(urls))
+            self.clients.config = self.config
+        self.clients.states, self.clients.near = states, frozenset(near)
+
     def assume_teacher(self, served: Served) -> None:
         """Take what another process found when it probed the servers (an engine's driver), instead of
         probing them again from here."""
         self.clients.served.model, self.clients.served.protocol = served.model, served.protocol
-        self.clients.served.judge_model = served.judge_model
+        self.clients.served.judge_model, self.clients.served.max_model_len = served.judge_model, served.max_model_len
         self.clients.prepared = True
 
     async def run_jobs(self, jobs: Sequence[RolloutJob], recorder: Recorder) -> None:
@@ -356,7 +397,8 @@ class Distiller:
         return self._recorder.finished(job, result, model=self.model, protocol=self.mode, reused=False)
 
     async def _generate(self, runtime: Runtime, job: RolloutJob, resume: Sequence[TurnStep]) -> RolloutResult | None:
-        spec = RolloutSpec(self.prompts, self.config.max_assistant_turns, runtime.teacher.mode == "text")
+        spec = RolloutSpec(self.prompts, self.config.max_assistant_turns, runtime.teacher.mode == "text",
+                           context_budget=self.context_budget)
         turns = iter(range(len(resume) + 1, spec.max_turns + 1))
 
         def on_turn(step: TurnStep) -> None:

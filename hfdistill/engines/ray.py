@@ -18,6 +18,7 @@ answer for a rollout already recorded is dropped, so the output holds every roll
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import logging
 import math
@@ -33,11 +34,13 @@ from hfdistill.core.errors import ClusterError, HfdistillError, first_line
 from hfdistill.core.rollout import TurnStep
 from hfdistill.core.types import RolloutJob, StopRequest
 from hfdistill.engines.distiller import Distiller
+from hfdistill.engines.ray_serve import Serving
 from hfdistill.engines.turns import Taken, TurnStore
 from hfdistill.engines.worker import EVENT_COLUMN, JOB_COLUMN, Event, RolloutWorker, decode_event, encode_job
 from hfdistill.run.account import Run
 from hfdistill.run.inputs import FieldPlan, input_rows
 from hfdistill.run.recorder import Prior, usable
+from hfdistill.teacher.serve.plan import ServePlan
 
 __all__ = ["ACTOR_CPUS", "MAX_DEFAULT_ACTORS", "pool_size", "run_on_ray"]
 
@@ -50,6 +53,7 @@ ACTOR_CPUS = 0.5
 _TAKE_SECONDS = 0.5  # how often the driver checkpoints the turn store's new turns (a killed driver loses those)
 _LAST_TURNS_SECONDS = 30  # at the end, how long to wait for the turn store's last turns
 _ACTORS_START_SECONDS = 600  # a cluster that cannot start the pool in this time fails the run, naming why
+_Owed = tuple[RolloutJob, Prior | None]  # a rollout to make, with what an earlier attempt left
 _PART_WINDOWS = 64  # rollouts sent to the cluster per Ray Data execution, in windows (see run_on_ray)
 _Slot = tuple[int, int]
 
@@ -63,41 +67,44 @@ class _Dispatch:
 
 
 def run_on_ray(distiller: Distiller, ds: datasets.Dataset, run: Run, plan: FieldPlan, *, stop: StopRequest,
-               actors: int | None, jobs_per_task: int) -> None:
+               actors: int | None, jobs_per_task: int, serve: ServePlan | None = None) -> None:
     """Make every rollout `run` still owes on the Ray cluster, recording each into `run`.
 
     The rollouts go to the cluster in parts of `_PART_WINDOWS` windows each, one Ray Data execution
     per part, so the driver holds one part's jobs (and their dispatch table) whatever the input's
     size. Once `stop` is requested, the driver stops taking answers and the pool is shut down:
-    rollouts not back yet stay owed (the rerun makes them), as in a local run that was stopped.
+    rollouts not back yet stay owed (the rerun makes them), as in a local run that was stopped. With
+    `serve`, the teacher's servers are started on the cluster's nodes first (`engines.ray_serve`) and
+    stopped after.
     """
     import ray
 
-    distiller.prepare()  # servers down, wrong model, ...: one line, before any actor starts
-    owed = _owed(distiller, ds, run, plan)
-    part = list(itertools.islice(owed, _PART_WINDOWS * distiller.config.window))
-    if not part:
-        return
+    if serve is None:
+        distiller.prepare()  # servers down, wrong model, ...: one line, before any actor starts
+        owed = _owed(distiller, ds, run, plan)
+        part = _next_part(owed, distiller)
+        if not part:
+            return
     started_here = not ray.is_initialized()
     if started_here:
         _connect(ray)
     duplicates = 0
     try:
-        while part:
-            dispatch = _Dispatch()
-            rows = []
-            for job, prior in part:
-                assert job.input_index is not None
-                dispatch.jobs[job.input_index, job.rollout_index] = job
-                rows.append({JOB_COLUMN: encode_job(job, prior)})
-                run.started(job)
-            del part
-            _execute(ray, distiller, run, rows, dispatch, stop, actors=actors, jobs_per_task=jobs_per_task)
-            duplicates += dispatch.duplicates
-            del rows, dispatch
-            if stop.requested:
-                break
-            part = list(itertools.islice(owed, _PART_WINDOWS * distiller.config.window))
+        with _teacher(ray, distiller, serve, run, stop) as serving:
+            if serve is not None:
+                distiller.prepare()
+                owed = _owed(distiller, ds, run, plan)
+                part = _next_part(owed, distiller)
+            while part:
+                dispatch, rows = _dispatch(part, run)
+                del part
+                _execute(ray, distiller, run, rows, dispatch, stop, actors=actors, jobs_per_task=jobs_per_task,
+                         serving=serving)
+                duplicates += dispatch.duplicates
+                del rows, dispatch
+                if stop.requested:
+                    break
+                part = _next_part(owed, distiller)
     finally:
         if started_here:
             ray.shutdown()
@@ -105,8 +112,39 @@ def run_on_ray(distiller: Distiller, ds: datasets.Dataset, run: Run, plan: Field
         log.info("dropped %d duplicate answers of retried Ray tasks (each rollout is recorded once)", duplicates)
 
 
+@contextlib.contextmanager
+def _teacher(ray: Any, distiller: Distiller, serve: ServePlan | None, run: Run,
+             stop: StopRequest) -> Iterator[Serving | None]:
+    """--serve: the teacher's servers on the cluster's nodes for the length of the rollouts; else nothing."""
+    if serve is None:
+        yield None
+        return
+    from hfdistill.engines.ray_serve import teacher_on_cluster
+
+    with teacher_on_cluster(ray, serve, run.identity.run_dir.resolve(), stop) as teacher:
+        distiller.use_teacher(teacher.urls, states=teacher.states)
+        run.monitor.clock_from_now()
+        yield teacher.serving
+
+
+def _next_part(owed: Iterator[_Owed], distiller: Distiller) -> list[_Owed]:
+    return list(itertools.islice(owed, _PART_WINDOWS * distiller.config.window))
+
+
+def _dispatch(part: list[_Owed], run: Run) -> tuple[_Dispatch, list[dict[str, str]]]:
+    """A part's jobs to send (each started in `run`), as rows of the jobs dataset."""
+    dispatch = _Dispatch()
+    rows = []
+    for job, prior in part:
+        assert job.input_index is not None
+        dispatch.jobs[job.input_index, job.rollout_index] = job
+        rows.append({JOB_COLUMN: encode_job(job, prior)})
+        run.started(job)
+    return dispatch, rows
+
+
 def _owed(distiller: Distiller, ds: datasets.Dataset, run: Run,
-          plan: FieldPlan) -> Iterator[tuple[RolloutJob, Prior | None]]:
+          plan: FieldPlan) -> Iterator[_Owed]:
     """The rollouts to make, with what an earlier attempt left; journaled ones are counted as reused."""
     blank = run.items.blank_rows
     for row in input_rows(ds, plan):
@@ -133,7 +171,7 @@ def _connect(ray: Any) -> None:
 
 
 def _execute(ray: Any, distiller: Distiller, run: Run, rows: list[dict[str, str]], dispatch: _Dispatch,
-             stop: StopRequest, *, actors: int | None, jobs_per_task: int) -> None:
+             stop: StopRequest, *, actors: int | None, jobs_per_task: int, serving: Serving | None) -> None:
     from ray.data import ActorPoolStrategy
 
     blocks = math.ceil(len(rows) / jobs_per_task)
@@ -151,7 +189,8 @@ def _execute(ray: Any, distiller: Distiller, run: Run, rows: list[dict[str, str]
             jobs = ray.data.from_items(rows, override_num_blocks=blocks)
             events = jobs.map_batches(
                 RolloutWorker, batch_size=jobs_per_task, num_cpus=ACTOR_CPUS,  # Ray Data spreads actors over nodes
-                fn_constructor_kwargs={"config": config, "served": distiller.clients.served, "turns": turns},
+                fn_constructor_kwargs={"config": config, "served": distiller.clients.served, "turns": turns,
+                                       "serving": serving},
                 compute=ActorPoolStrategy(size=pool, max_tasks_in_flight_per_actor=tasks,
                                           max_concurrent_calls_per_actor=tasks))
             _consume(events, run, dispatch, stop, collector)
@@ -330,9 +369,15 @@ def pool_size(actors: int | None, cluster_cpus: float, tasks: int) -> tuple[int,
                   f"fails; lower --ray-actors to {max(1, int(cluster_cpus / ACTOR_CPUS))} or add nodes")
 
 
-def _absolute_paths(distiller: Distiller) -> dict[str, str]:
+def _absolute_paths(distiller: Distiller) -> dict[str, Any]:
     """Paths the workers open, made absolute: a worker's working directory is not the driver's. They must
     name the same files on every node (shared storage), as docs/ray.md says."""
     c = distiller.config
     paths = {"corpus": c.corpus, "index_dir": c.index_dir, "template_dir": c.template_dir}
-    return {name: os.path.abspath(path) for name, path in paths.items() if path is not None}
+    absolute: dict[str, Any] = {name: os.path.abspath(path) for name, path in paths.items() if path is not None}
+    if c.dense is not None:
+        encoder = c.dense.encoder
+        if encoder is not None and os.path.isdir(encoder):  # a local model directory, not a Hub id
+            encoder = os.path.abspath(encoder)
+        absolute["dense"] = dataclasses.replace(c.dense, index=os.path.abspath(c.dense.index), encoder=encoder)
+    return absolute

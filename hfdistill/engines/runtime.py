@@ -1,4 +1,5 @@
-"""The clients a `Distiller` runs with: per event loop, a teacher, a retriever, a judge and the window.
+"""The clients a `Distiller` runs with: per event loop, a teacher, a retriever, a judge, a session with each
+MCP server whose tools are offered, and the window.
 
 Each `Dataset.map` call runs its own event loop, and an HTTP client belongs to the loop it was made
 in, so clients are made lazily inside the loop that uses them. The servers are probed once per
@@ -9,17 +10,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from hfdistill.core.config import DistillConfig
 from hfdistill.core.tools import ToolContext
 from hfdistill.judge.client import Judge, JudgeStats
 from hfdistill.judge.prompt import parse_verdict
 from hfdistill.retrieval.http import HttpRetriever
-from hfdistill.retrieval.protocol import Retriever
+from hfdistill.retrieval.protocol import EmbeddedRetriever, Retriever
 from hfdistill.teacher.client import Teacher, TeacherStats
+from hfdistill.teacher.lifecycle import ServerStates
 from hfdistill.teacher.served import Served
+
+if TYPE_CHECKING:
+    from hfdistill.tools.mcp import McpServerTools
+    from hfdistill.tools.mcp_session import McpSession
 
 __all__ = ["Clients", "Runtime", "batch_budget"]
 
@@ -38,12 +45,14 @@ class Runtime:
     tools: ToolContext
     admission: asyncio.Semaphore | None = None  # sized from the first batch (see Distiller.map_batch)
     judge: Judge | None = None
+    sessions: dict[str, McpSession] = field(default_factory=dict)  # by server label (also in `tools.servers`)
 
     async def aclose(self) -> None:
         await self.teacher.aclose()
         await self.retriever.aclose()
         if self.judge is not None:
             await self.judge.aclose()
+        await asyncio.gather(*(s.aclose() for s in self.sessions.values()))
 
 
 def batch_budget(window: int, rollouts_per_batch: int) -> int:
@@ -60,18 +69,22 @@ def batch_budget(window: int, rollouts_per_batch: int) -> int:
 class Clients:
     """The runtimes of every loop a distiller runs in, the embedded retriever they share, and the probe."""
 
-    def __init__(self, config: DistillConfig, tools: list[dict[str, Any]], render: Any, *,
-                 judged: bool) -> None:
+    def __init__(self, config: DistillConfig, tools: list[dict[str, Any]], render: Any, *, judged: bool,
+                 servers: Sequence[McpServerTools] = (), search: bool = True, opens: bool = False) -> None:
         self.config = config
         self.tools = tools
         self.render = render  # the observation renderer the search tool uses
         self.judged = judged
+        self.servers = list(servers)  # the MCP servers whose tools are offered
+        self.search, self.opens = search, opens  # whether search (so the retriever) and open are offered
         self.served = Served.asked(config)
         self.teacher_stats = TeacherStats()  # shared by the teachers of every loop
         self.judge_stats = JudgeStats()
         self.prepared = False  # the servers were probed (once, not per loop)
+        self.states: ServerStates | None = None  # the teacher servers hfdistill runs (None: the user's)
+        self.near: frozenset[str] = frozenset()  # teacher URLs to prefer (a Ray actor's own node's)
         self._runtimes: list[Runtime] = []
-        self._embedded: Retriever | None = None
+        self._embedded: EmbeddedRetriever | None = None
 
     def new_judge(self) -> Judge | None:
         """A judge client for the running event loop (None without --judge-url)."""
@@ -82,10 +95,15 @@ class Clients:
     def retriever(self) -> Retriever:
         if self.config.corpus is None:
             return HttpRetriever(self.config.retrieval_url, self.config.retry)
-        if self._embedded is None:
-            from hfdistill.retrieval.bm25 import BM25Retriever
+        return self.embedded()
 
-            self._embedded = BM25Retriever.load(self.config.corpus, self.config.index_dir)
+    def embedded(self) -> EmbeddedRetriever:
+        """The in-process retriever every loop shares (so concurrent rollouts' searches batch together)."""
+        if self._embedded is None:
+            from hfdistill.retrieval.embedded import open_embedded
+
+            c = self.config
+            self._embedded = open_embedded(c.corpus or "", c.retriever, index_dir=c.index_dir, dense=c.dense)
         return self._embedded
 
     async def get(self) -> Runtime:
@@ -94,11 +112,15 @@ class Clients:
         runtime = next((r for r in self._runtimes if r.loop is loop), None)
         if runtime is None:
             retriever = self.retriever()  # first: loading a corpus index may fail, and owns no socket
-            teacher = Teacher(self.config, self.tools, self.teacher_stats, self.served)
+            teacher = Teacher(self.config, self.tools, self.teacher_stats, self.served, states=self.states,
+                              near=self.near)
             topk = self.config.topk
-            tools = ToolContext(search=lambda queries: retriever.search(queries, topk), render=self.render)
+            sessions = self._sessions()
+            opener = self.embedded().documents().open if self.opens else None  # (the first loop builds its tables)
+            tools = ToolContext(search=lambda queries: retriever.search(queries, topk), render=self.render,
+                                open=opener, servers=sessions)
             runtime = Runtime(loop, teacher, retriever, asyncio.Semaphore(self.config.window), asyncio.Lock(), tools,
-                              judge=self.new_judge())
+                              judge=self.new_judge(), sessions=sessions)
             self._runtimes.append(runtime)
         if not self.prepared:
             async with runtime.lock:
@@ -106,11 +128,18 @@ class Clients:
                     await self._probe(runtime)
         return runtime
 
+    def _sessions(self) -> dict[str, McpSession]:
+        if not self.servers:
+            return {}
+        from hfdistill.tools.mcp import open_sessions
+
+        return open_sessions(self.servers, self.config.tools, self.config.retry)
+
     async def _probe(self, runtime: Runtime) -> None:
         """Before the first rollout: every endpoint answers, model and protocol are known, and the
         retrieval server speaks Search-R1. A failure here stops the run before any row."""
         await runtime.teacher.prepare()
-        if isinstance(runtime.retriever, HttpRetriever):
+        if isinstance(runtime.retriever, HttpRetriever) and self.search:  # (not asked unless search is offered)
             await runtime.retriever.probe()
         if runtime.judge is not None:
             await runtime.judge.prepare()
@@ -134,6 +163,10 @@ class Clients:
         for runtime in [r for r in self._runtimes if r.loop is loop]:
             self._runtimes.remove(runtime)
             await runtime.aclose()
+
+    @property
+    def has_runtimes(self) -> bool:
+        return bool(self._runtimes)
 
     @property
     def in_flight(self) -> int:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -29,10 +30,12 @@ from hfdistill.core.records import RolloutResult
 from hfdistill.core.rollout import TurnStep
 from hfdistill.core.types import RolloutJob
 from hfdistill.engines.distiller import Distiller
+from hfdistill.engines.ray_serve import Serving
 from hfdistill.engines.turns import TurnReport
 from hfdistill.judge.client import JudgeStats
 from hfdistill.run.recorder import Prior
 from hfdistill.teacher.client import TeacherStats
+from hfdistill.teacher.lifecycle import ServerStates
 from hfdistill.teacher.served import Served
 
 __all__ = ["EVENT_COLUMN", "JOB_COLUMN", "Event", "RolloutWorker", "decode_event", "encode_job"]
@@ -43,6 +46,7 @@ _Slot = tuple[int, int]  # (input index, rollout index): a job's place in the in
 # Turns and calls go to the store in one call per this many seconds: a call per turn costs more CPU than
 # the turn (Ray's task submission), and a node lost in between loses only that last fraction.
 _SEND_SECONDS = 0.25
+_BOARD_TICKS = 4  # the servers' states are read every fourth send: a server's death is known within a second
 
 
 def encode_job(job: RolloutJob, prior: Prior | None) -> str:
@@ -125,14 +129,18 @@ def _slot(job: RolloutJob) -> _Slot:
 class RolloutWorker:
     """A Ray Data callable class: `async __call__` so that one actor runs many batches at once."""
 
-    def __init__(self, config: DistillConfig, served: Served, turns: Any) -> None:
-        """`turns`: a handle to the run's `TurnStore` actor."""
+    def __init__(self, config: DistillConfig, served: Served, turns: Any, serving: Serving | None = None) -> None:
+        """`turns`: a handle to the run's `TurnStore` actor; `serving`: the servers hfdistill started on the cluster
+        (--serve), whose states this actor follows, preferring its own node's."""
         # Ray starts a process for this actor and ends it with the actor: the process is ours, as the CLI's
         # is, and takes the CLI's collector settings (without them, collections cost a seventh of its CPU).
         self._process_settings = contextlib.ExitStack()
         self._process_settings.enter_context(throughput_gc())
         self.distiller = Distiller(config)
         self.distiller.assume_teacher(served)  # the driver probed the servers already
+        self.serving, self.states = serving, ServerStates()
+        if serving is not None:
+            self.distiller.use_teacher(states=self.states, near=serving.near())
         self.distiller.corpus_digest()  # the embedded retriever loads its index now: a missing one fails here
         self.store = turns
         self.token = uuid.uuid4().hex  # this actor's claims in the store
@@ -144,6 +152,8 @@ class RolloutWorker:
 
     async def __call__(self, batch: Mapping[str, Sequence[str]]) -> pa.Table:
         if self._sender is None:
+            if self.serving is not None:
+                await self._read_board()
             self._sender = asyncio.get_running_loop().create_task(self._send_periodically())
         jobs = []
         for text in batch[JOB_COLUMN]:
@@ -179,9 +189,16 @@ class RolloutWorker:
             priors[slot] = Prior(last.model, last.protocol, steps=steps)
 
     async def _send_periodically(self) -> None:
-        while True:
+        for tick in itertools.count(1):
             await asyncio.sleep(_SEND_SECONDS)
             self._send()  # not awaited: the rollouts go on at once
+            if self.serving is not None and tick % _BOARD_TICKS == 0:
+                await self._read_board()
+
+    async def _read_board(self) -> None:
+        """The servers' states as their hosts last told the board: which are being restarted, or gone."""
+        assert self.serving is not None
+        self.states.update(await self.serving.board.entries.remote())
 
     def _send(self) -> Any:
         """Send the store the turns finished and the calls made since the last send; returns the

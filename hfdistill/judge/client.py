@@ -1,9 +1,10 @@
 """The LLM judge's HTTP client: one chat call per rollout to an OpenAI-compatible server.
 
-`Judge.verdict -> with_retries -> _ask_once`: a connection error, a timeout, 429, 5xx and a reply
-without a verdict (the injected `parse` raises ValueError) are retried; what still fails raises
-`JudgeError`. The judge is off the hot path (one short call per rollout), so it uses the SDK's
-public `chat.completions.create`. Nothing above this module sees an `openai` exception.
+`Judge.verdict -> Edge.call -> Edge.send`: a plain chat-completions POST through the HTTP edge
+(hfdistill/edge.py), which retries every fault (a connection error, a timeout, a cut reply, 429,
+5xx, a reply that is not a chat completion); a completion without a verdict (the injected `parse`
+raises ValueError) is retried too. What still fails raises `JudgeError`, with a cause that names
+the fault (`judge_http_503`, `judge_unparsable`, ...).
 """
 
 from __future__ import annotations
@@ -11,18 +12,23 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
-import openai
+import orjson
+import yarl
 
 from hfdistill.core.config import JudgeConfig
 from hfdistill.core.errors import ConfigError, JudgeError
-from hfdistill.core.retry import RetryPolicy, is_transient, parse_retry_after, with_retries
+from hfdistill.core.retry import RetryPolicy
+from hfdistill.edge import Edge, Server
+from hfdistill.teacher.replies import model_ids
 from hfdistill.teacher.served import Served
 
 __all__ = ["Judge", "JudgeStats"]
 
 log = logging.getLogger(__name__)
 Parse = Callable[[str], tuple[bool, str]]  # a reply's text -> (correct, rationale); ValueError if none
+_MODELS_TIMEOUT = 30.0
 
 
 @dataclass
@@ -38,7 +44,7 @@ class JudgeStats:
 
 
 class Judge:
-    """Chat completions against the judge server; create it inside the event loop that uses it."""
+    """Chat completions against the judge server; its session is made in the event loop that first uses it."""
 
     def __init__(self, config: JudgeConfig, retry: RetryPolicy, parse: Parse, stats: JudgeStats | None = None,
                  served: Served | None = None) -> None:
@@ -48,11 +54,10 @@ class Judge:
         self.stats = stats if stats is not None else JudgeStats()
         self.served = served if served is not None else Served(judge_model=config.model)  # shared with the run
         self.url = config.url.rstrip("/")
-        # The aiohttp transport (at most 100 connections: plenty for short judge calls): 1000 rollouts x 3
-        # against loopback servers took 26 s with the SDK's default transport, 10-13 s with this one.
-        self._client = openai.AsyncOpenAI(base_url=self.url, api_key=config.api_key, max_retries=0,
-                                          timeout=retry.timeout,
-                                          http_client=openai.DefaultAioHttpClient(timeout=retry.timeout))
+        self.server = Server("judge", self.url, JudgeError, fix="start it or fix --judge-url")
+        self._edge = Edge(retry, headers={"Authorization": f"Bearer {config.api_key}",
+                                          "Content-Type": "application/json"})
+        self._chat_url = yarl.URL(f"{self.url}/chat/completions")
 
     @property
     def model(self) -> str | None:
@@ -63,19 +68,16 @@ class Judge:
         self.served.judge_model = value
 
     async def aclose(self) -> None:
-        await self._client.close()
+        await self._edge.aclose()
 
     async def prepare(self) -> str:
         """Check the judge answers and learn its model id (the first one listed unless --judge-model)."""
-        try:
-            page = await self._client.models.list(timeout=30)
-        except openai.APIError as e:
-            raise _translate(e, self.url) from None
-        served = [m.id for m in page.data]
+        served = await self._edge.call(self.server, f"{self.url}/models", parse=model_ids,
+                                       timeout=min(_MODELS_TIMEOUT, self.retry.timeout), policy=self.retry.for_probe())
         if self.model is None:
             if not served:
                 raise JudgeError(f"the judge at {self.url} serves no model; check the server or pass --judge-model")
-            self.model = served[0]
+            self.model = next(iter(served))
         elif served and self.model not in served:
             raise ConfigError(f"judge model {self.model!r} is not served at {self.url} (it serves "
                               f"{', '.join(served)}); fix --judge-model or --judge-url")
@@ -83,40 +85,32 @@ class Judge:
 
     async def verdict(self, prompt: str) -> tuple[bool, str]:
         """(correct, rationale) for one rendered prompt; JudgeError once retries are spent."""
-
-        async def attempt(n: int) -> tuple[bool, str]:
-            if n > 1:
-                self.stats.retries += 1
-            return await self._ask_once(prompt)
-
-        return await with_retries(attempt, self.retry, what="judge call")
-
-    async def _ask_once(self, prompt: str) -> tuple[bool, str]:
         assert self.model is not None, "prepare() first"
-        try:
-            completion = await self._client.chat.completions.create(
-                model=self.model, messages=[{"role": "user", "content": prompt}], temperature=0.0,
-                max_tokens=self.config.max_tokens)
-        except openai.APIError as e:
-            raise _translate(e, self.url) from None
+        body = orjson.dumps({"model": self.model, "messages": [{"role": "user", "content": prompt}],
+                             "temperature": 0.0, "max_tokens": self.config.max_tokens})
+        return await self._edge.call(self.server, self._chat_url, body, parse=self._verdict_of,
+                                     on_retry=self._retried)
+
+    def _retried(self) -> None:
+        self.stats.retries += 1
+
+    def _verdict_of(self, payload: bytes) -> tuple[bool, str]:
+        """The verdict in a chat completion; ValueError when it is not one (the edge names that), a
+        JudgeError when it holds no verdict (not a bug here either: retried)."""
+        text = _content(orjson.loads(payload))
         self.stats.calls += 1
         try:
-            return self.parse(completion.choices[0].message.content or "")
-        except (IndexError, ValueError) as e:  # no choice, or no verdict in it (not a bug here: retried)
-            raise JudgeError(f"the judge at {self.url} gave no verdict ({e})", transient=True,
-                             cause="judge_unparsable") from None
+            return self.parse(text)
+        except ValueError as e:
+            raise self.server.fail("unparsable", f"the judge at {self.url} gave no verdict ({e})") from None
 
 
-def _translate(e: openai.APIError, url: str) -> JudgeError:
-    if isinstance(e, openai.APITimeoutError):
-        return JudgeError(f"the judge at {url} timed out", transient=True, cause="judge_timeout")
-    if isinstance(e, openai.APIConnectionError):
-        return JudgeError(f"cannot reach the judge at {url} ({e}); start it or fix --judge-url", transient=True,
-                          cause="judge_connection")
-    if isinstance(e, openai.APIStatusError):
-        status = e.status_code
-        transient = is_transient(status)
-        return JudgeError(f"the judge at {url} answered HTTP {status}: {e.message}", transient=transient,
-                          cause=f"judge_http_{status}",
-                          retry_after=parse_retry_after(e.response.headers.get("retry-after")) if transient else None)
-    return JudgeError(f"the judge at {url} failed: {e}", cause="judge")
+def _content(completion: Any) -> str:
+    """The first choice's text; ValueError when `completion` is not a chat completion."""
+    try:
+        content = completion["choices"][0]["message"].get("content")
+    except (TypeError, KeyError, IndexError, AttributeError):
+        raise ValueError(f"not a chat completion: {str(completion)[:200]}") from None
+    if content is not None and not isinstance(content, str):
+        raise ValueError(f"not a chat completion: its content is a {type(content).__name__}")
+    return content or ""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import re
 import shlex
+from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,9 @@ import pyarrow.parquet as pq
 from huggingface_hub import DatasetCardData
 
 from hfdistill.core.errors import ConfigError, InputError
+from hfdistill.core.rows import tools_fit_a_column
 from hfdistill.core.templates import card_template_path, render_file
+from hfdistill.core.types import ANSWERED
 from hfdistill.curation.funnel import funnel_context
 from hfdistill.publish.render import load_rows, render_conversation
 from hfdistill.run.output import read_record
@@ -46,6 +49,8 @@ __all__ = [
     "size_category",
 ]
 
+_RETRIEVER_NAMES = {"bm25": "BM25", "dense": "dense retrieval", "hybrid": "hybrid (BM25 + dense, RRF)"}
+
 # A license id the Hub accepts that says "not chosen yet": the data's license depends on the input's
 # and on the teacher's terms, which only the user knows.
 LICENSE_PLACEHOLDER = "other"
@@ -64,11 +69,13 @@ _LICENSE_ID = re.compile(r"[a-z0-9][a-z0-9.+-]*")
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
 _SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD", re.I)
 _SECRET_FLAGS = ("--api-key", "--api_key", "--token", "--hf-token", "--hf_token", "--judge-api-key",
-                 "--judge_api_key")
+                 "--judge_api_key", "--mcp-header", "--mcp_header")
 _REDACTED = "REDACTED"
+_SECRET_QUERY = re.compile(r"([?&][^=&\s]*(?:key|token|secret|password)[^=&\s]*=)[^&\s]+", re.I)
 
 STOP_REASON_MEANINGS = {
     "answer": "ended with an `<answer>`",
+    "forced_answer": "reached the context limit and answered when asked to (`force_answer.j2`)",
     "max_turns": "reached the assistant-turn limit",
     "length": "a reply was cut at `max_tokens`",
     "context": "the conversation outgrew the model's context",
@@ -150,7 +157,8 @@ def redact_command(command: str) -> str:
         elif eq and (name in _SECRET_FLAGS or (re.fullmatch(r"[A-Z_][A-Z0-9_]*", name) and _SECRET_NAME.search(name))):
             out.append(f"{name}={_REDACTED}")
         else:
-            out.append(shlex.quote(re.sub(r"://[^/@\s]+@", "://", word)))  # credentials inside URLs
+            word = re.sub(r"://[^/@\s]+@", "://", word)  # credentials inside URLs
+            out.append(shlex.quote(_SECRET_QUERY.sub(rf"\1{_REDACTED}", word)))  # and in their query (?api_key=)
     return " ".join(out)
 
 
@@ -178,7 +186,8 @@ def _options(record: GenerationRecord) -> list[tuple[str, Any]]:
         ("documents per search (topk)", g.topk),
         ("observation format", g.observation_format),
         ("query argument", g.query_arg),
-        ("retrieval", f"embedded BM25 over {corpus}" if corpus else "Search-R1 retrieval server"),
+        ("retrieval", f"embedded {_RETRIEVER_NAMES.get(record.retrieval.retriever or 'bm25', 'BM25')} over {corpus}"
+         if corpus else "Search-R1 retrieval server"),
         ("rollouts per question", r.num_rollouts),
         ("rows kept (--keep)", r.keep),
         ("max_samples", r.max_samples),
@@ -194,10 +203,37 @@ def _sample(sample: Mapping[str, Any] | None) -> dict[str, Any] | None:
             "rollout_index": sample.get("rollout_index")}
 
 
+def _tools(record: GenerationRecord) -> dict[str, Any]:
+    """The tools the teacher was offered (from the record), with the calls made of each, and whether the rows'
+    `tools` column holds their schemas or the system prompt holds them (see `core.prompts`)."""
+    offered = record.generation_options.tools
+    retrieval = f"embedded corpus {record.retrieval.corpus}" if record.retrieval.corpus else "retrieval server"
+    if offered is None:
+        entries = [{"name": "search", "server": retrieval, "description": "Searches the corpus (Search-R1's API)"}]
+        fits = True
+    else:
+        entries = [{"name": t.get("name"), "server": _server_name(t.get("server"), retrieval),
+                    "description": ((t.get("schema") or {}).get("function") or {}).get("description", "")}
+                   for t in offered]
+        fits = tools_fit_a_column([t.get("schema") for t in offered])
+    calls = record.counts.tool_calls
+    if not calls and record.counts.searches:  # a record from before calls were counted by tool: searches only
+        calls = Counter({"search": sum(k * v for k, v in record.counts.searches.items())})
+    return {"tools": [{**e, "calls": calls.get(str(e["name"]), 0)} for e in entries], "tools_in_column": fits}
+
+
+def _server_name(server: Any, retrieval: str) -> str:
+    if not isinstance(server, Mapping):  # search and open: hfdistill runs them
+        return retrieval
+    where = " ".join(server.get("command") or ()) or server.get("url") or ""
+    return f"MCP `{server.get('name')}` ({where})"
+
+
 def _context(record: GenerationRecord, sample: Mapping[str, Any] | None, repo_id: str | None,
              license: str) -> dict[str, Any]:
     """What `dataset_card.md` is rendered with: provenance, the run's statistics, the funnel."""
     return {**_provenance(record, repo_id, license), **_statistics(record.counts), **_correct(record),
+            **_tools(record),
             "rows": record.rows, "complete": record.complete, "held_back": sum(record.held_back.values()),
             "sample": _sample(sample), **funnel_context(record.funnel, record.curation)}
 
@@ -301,7 +337,7 @@ def load_card_inputs(path: str | Path) -> tuple[GenerationRecord, dict[str, Any]
     if table.num_rows == 0:
         return record, None
     rows = table.to_pylist()
-    ranks = [(r["stop_reason"] == "answer") * 2 + bool(r["exact_match"] and r["num_tool_calls"]) * 4
+    ranks = [(r["stop_reason"] in ANSWERED) * 2 + bool(r["exact_match"] and r["num_tool_calls"]) * 4
              + bool(r["num_tool_calls"]) for r in rows]
     best = max(range(len(rows)), key=lambda i: (ranks[i], -i))
     return record, load_rows(path, best, 1)[0]

@@ -21,6 +21,7 @@ from markupsafe import Markup
 
 from hfdistill.core.errors import InputError
 from hfdistill.core.templates import render_file, report_template_path
+from hfdistill.core.types import ANSWERED
 from hfdistill.curation.funnel import stage_label
 from hfdistill.curation.select import correctness
 from hfdistill.run.output import read_record
@@ -205,7 +206,7 @@ def _funnel(record: GenerationRecord | None, t: pa.Table, correct: list[bool | N
         steps.append(["rollouts finished", record.counts.rows])
     keep = record.run_options.keep if record is not None else "all"
     steps.append([f"written (keep {keep})", t.num_rows])
-    steps.append(["answered (<answer>)", sum(s == "answer" for s in stop)])
+    steps.append(["answered (<answer>)", sum(s in ANSWERED for s in stop)])
     if any(c is not None for c in correct):
         steps.append(["exact match", sum(c is True for c in correct)])
     return steps

@@ -23,6 +23,7 @@ from hfdistill.core.errors import ConfigError, CorpusError, RetrievalError
 from hfdistill.core.types import Document
 from hfdistill.retrieval.bm25_index import build_index, reusable
 from hfdistill.retrieval.corpus import Analyzer, Stemmer, parse_passage
+from hfdistill.retrieval.documents import Documents
 
 __all__ = ["BM25Retriever", "Stemmer", "parse_passage", "top_k"]
 
@@ -74,6 +75,7 @@ class BM25Retriever:
         self._analyzer = Analyzer()
         # An fd opened now keeps reading this file even if the path is later replaced by a rename.
         self._fd: int | None = os.open(corpus, os.O_RDONLY)
+        self._documents: Documents | None = None
 
     @classmethod
     def load(cls, corpus: str | os.PathLike[str], index_dir: str | os.PathLike[str] | None = None, *,
@@ -96,6 +98,21 @@ class BM25Retriever:
 
     def __len__(self) -> int:
         return len(self._spans)
+
+    @property
+    def corpus_hash(self) -> str:
+        """The content hash of the corpus file (what a run's fingerprint names it by)."""
+        return str(self.manifest["full_hash"])
+
+    def identity(self) -> dict[str, Any] | None:
+        """None: a run over BM25 is named by its corpus alone (as before dense retrieval existed)."""
+        return None
+
+    def documents(self) -> Documents:
+        """The corpus's documents by id or title (the open tool's), their tables cached beside the index."""
+        if self._documents is None:
+            self._documents = Documents.load(self.corpus, self._spans, self.corpus_hash, self.index_dir / "documents")
+        return self._documents
 
     def search_batch(self, queries: list[str], topk: int) -> list[list[Document]]:
         """Top `topk` passages per query, best first, with scores; no matching term -> `[]`."""
@@ -125,6 +142,8 @@ class BM25Retriever:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+        if self._documents is not None:
+            self._documents.close()
 
     async def aclose(self) -> None:
         """No-op: nothing here is bound to an event loop, and one retriever may serve several loops."""

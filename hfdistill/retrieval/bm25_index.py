@@ -5,7 +5,6 @@ b=0.4. Passages and terms are `retrieval.corpus`'s.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -24,6 +23,7 @@ import numpy as np
 from hfdistill.core.atomic import atomic_write_text, fsync
 from hfdistill.core.errors import ConfigError, CorpusError
 from hfdistill.retrieval.corpus import Analyzer, parse_passage
+from hfdistill.retrieval.fingerprint import CorpusFingerprint, content_hasher, full_hash, same_corpus
 
 __all__ = ["build_index", "full_hash", "reusable"]
 
@@ -32,7 +32,6 @@ logger = logging.getLogger(__name__)
 INDEX_FORMAT = 1
 BM25_PARAMS = {"method": "lucene", "k1": 0.9, "b": 0.4}
 _PROGRESS_EVERY_S = 5.0
-_HASH_CHUNK = 1 << 20
 
 
 class _VocabBuilder:
@@ -59,41 +58,6 @@ class _VocabBuilder:
         if not terms:
             return -1
         return self.vocab.setdefault(terms[0], len(self.vocab))
-
-
-# ---------------------------------------------------------------- corpus fingerprint
-
-
-@dataclass(frozen=True, slots=True)
-class _Fingerprint:
-    """What identifies a corpus file: stat plus a sampled hash (cheap); the full hash is the tie-break."""
-
-    size: int
-    mtime_ns: int
-    sample_hash: str
-
-    @classmethod
-    def of(cls, path: Path) -> _Fingerprint:
-        st = path.stat()
-        return cls(size=st.st_size, mtime_ns=st.st_mtime_ns, sample_hash=_sample_hash(path, st.st_size))
-
-
-def _sample_hash(path: Path, size: int, blocks: int = 16, block: int = 1 << 16) -> str:
-    """Hash of `blocks` evenly spaced 64 KiB blocks (first and last included): ~1 MiB read."""
-    h = hashlib.blake2b(digest_size=16)
-    with path.open("rb") as f:
-        for i in range(blocks):
-            f.seek(max(0, (size - block) * i // (blocks - 1)))
-            h.update(f.read(block))
-    return h.hexdigest()
-
-
-def full_hash(path: Path) -> str:
-    h = hashlib.blake2b(digest_size=16)
-    with path.open("rb") as f:
-        while chunk := f.read(_HASH_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # ---------------------------------------------------------------- build
@@ -130,7 +94,7 @@ class _TokenIdDocs(Sequence):
 def _scan_corpus(corpus: Path, analyzer: Analyzer) -> _Scan:
     builder = _VocabBuilder(analyzer)
     spans, tokens, indptr = array("q"), array("i"), array("q", [0])
-    digest = hashlib.blake2b(digest_size=16)
+    digest = content_hasher()
     progress = _Progress(corpus)
     offset = 0
     with corpus.open("rb") as f:
@@ -186,12 +150,12 @@ def _build_model(scan: _Scan) -> bm25s.BM25:
 def build_index(corpus: Path, index_dir: Path) -> None:
     """Index `corpus` into a temp dir beside `index_dir`, then swap it in: a killed build leaves no index."""
     t0 = time.monotonic()
-    before = _Fingerprint.of(corpus)
+    before = CorpusFingerprint.of(corpus)
     analyzer = Analyzer()
     scan = _scan_corpus(corpus, analyzer)
     logger.info("indexing %s: %d passages read, computing BM25 scores", corpus.name, len(scan.spans))
     model = _build_model(scan)
-    if _Fingerprint.of(corpus) != before:
+    if CorpusFingerprint.of(corpus) != before:
         raise CorpusError(f"{corpus}: the file changed while it was being indexed; try again")
     tmp = _make_temp_dir(index_dir)
     try:
@@ -228,7 +192,7 @@ def _swap_in(tmp: Path, index_dir: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _manifest(corpus: Path, fp: _Fingerprint, scan: _Scan, analyzer: Analyzer, seconds: float) -> dict:
+def _manifest(corpus: Path, fp: CorpusFingerprint, scan: _Scan, analyzer: Analyzer, seconds: float) -> dict:
     return {
         "format": INDEX_FORMAT,
         "corpus": str(corpus.resolve()),
@@ -257,17 +221,11 @@ def reusable(index_dir: Path, corpus: Path) -> bool:
     if any(manifest.get(k) != v for k, v in wanted.items()):
         logger.info("index %s was built with other settings; rebuilding", index_dir)
         return False
-    fp = _Fingerprint.of(corpus)
-    if fp.size != manifest.get("size"):
-        return False
-    if fp.mtime_ns == manifest.get("mtime_ns") and fp.sample_hash == manifest.get("sample_hash"):
-        return True
-    # Same size, new mtime (a copy, a touch): only the full hash tells an edit from a no-op.
-    if full_hash(corpus) != manifest.get("full_hash"):
-        return False
-    manifest.update(mtime_ns=fp.mtime_ns, sample_hash=fp.sample_hash)
-    atomic_write_text(index_dir / "manifest.json", json.dumps(manifest, indent=1))
-    return True
+    same, fp = same_corpus(manifest, corpus)
+    if same and (fp.mtime_ns, fp.sample_hash) != (manifest.get("mtime_ns"), manifest.get("sample_hash")):
+        manifest.update(mtime_ns=fp.mtime_ns, sample_hash=fp.sample_hash)
+        atomic_write_text(index_dir / "manifest.json", json.dumps(manifest, indent=1))
+    return same
 
 
 def _read_manifest(index_dir: Path) -> dict[str, Any] | None:

@@ -8,11 +8,14 @@ and the observation templates see identical documents whichever is used.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from hfdistill.core.types import Document
 
-__all__ = ["Retriever", "document_from_json", "parse_search_response"]
+if TYPE_CHECKING:
+    from hfdistill.retrieval.documents import Documents
+
+__all__ = ["EmbeddedRetriever", "Retriever", "document_from_json", "parse_search_response"]
 
 
 class Retriever(Protocol):
@@ -21,6 +24,20 @@ class Retriever(Protocol):
     async def search(self, queries: Sequence[str], topk: int) -> list[list[Document]]: ...
 
     async def aclose(self) -> None: ...
+
+
+class EmbeddedRetriever(Retriever, Protocol):
+    """A retriever over a local corpus (BM25, dense, hybrid): also what names it in a run's fingerprint."""
+
+    corpus_hash: str  # the corpus file's content hash
+
+    def __len__(self) -> int: ...
+
+    def identity(self) -> dict[str, Any] | None: ...  # None: the corpus hash alone names it
+
+    def documents(self) -> Documents: ...  # the corpus's documents by id or title (the open tool's)
+
+    def close(self) -> None: ...
 
 
 def document_from_json(doc: dict[str, Any], score: float | None = None) -> Document:

@@ -1,11 +1,15 @@
-"""A Search-R1-compatible retrieval server over the embedded BM25 retriever (aiohttp).
+"""A Search-R1-compatible retrieval server over an embedded retriever, BM25, dense or hybrid (aiohttp).
 
     POST /retrieve  {"queries": [...], "topk": 3, "return_scores": true}
         -> {"result": [[{"document": {"id", "title", "text", "contents"}, "score": 0.83}, ...], ...]}
         without scores: {"result": [[{"id", "title", "text", "contents"}, ...], ...]}
-    GET /health     -> {"status": "ok", "documents": N}
+    GET /health     -> {"status": "ok", "documents": N}; 503 {"status": "loading"} until the retriever is
+                       loaded and warmed up (`/retrieve` answers 503 with Retry-After meanwhile)
 
-A malformed body gets HTTP 422 `{"detail": "..."}`, as Search-R1's FastAPI server answers.
+A malformed body gets HTTP 422 `{"detail": "..."}`, as Search-R1's FastAPI server answers. The port is
+bound first, so a taken port fails at once, then the retriever loads on a thread: a wiki-scale index
+takes minutes, during which the server says so rather than refusing connections. The event loop never
+runs a search: BM25 runs on a worker thread, dense searches on the batcher's.
 """
 
 from __future__ import annotations
@@ -14,50 +18,75 @@ import asyncio
 import json
 import logging
 import signal
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
+from hfdistill.core.encoders import DenseOptions
 from hfdistill.core.errors import ConfigError, HfdistillError
 from hfdistill.core.types import Document
-from hfdistill.retrieval.bm25 import BM25Retriever
+from hfdistill.retrieval.embedded import open_embedded
+from hfdistill.retrieval.protocol import EmbeddedRetriever
 
 __all__ = ["make_app", "serve"]
 
 logger = logging.getLogger(__name__)
 
-RETRIEVER = web.AppKey("retriever", BM25Retriever)
+
+@dataclass
+class _Serving:
+    retriever: EmbeddedRetriever | None  # None while it loads
+
+
+SERVING = web.AppKey("serving", _Serving)
 DEFAULT_TOPK = web.AppKey("default_topk", int)
+_LOADING_RETRY_AFTER = "5"
 
 
 class _BadRequest(Exception):
     """A request body that does not fit the Search-R1 schema (answered with 422)."""
 
 
-def make_app(retriever: BM25Retriever, default_topk: int = 3) -> web.Application:
-    """The web app; `default_topk` answers requests that leave `topk` out."""
+def make_app(retriever: EmbeddedRetriever | None, default_topk: int = 3) -> web.Application:
+    """The web app; `default_topk` answers requests that leave `topk` out. With `retriever` None it
+    answers 503 until `ready(app, retriever)`."""
     if default_topk < 1:
         raise ConfigError(f"--topk must be >= 1, got {default_topk}")
     app = web.Application()
-    app[RETRIEVER] = retriever
+    app[SERVING] = _Serving(retriever)
     app[DEFAULT_TOPK] = default_topk
     app.router.add_post("/retrieve", _retrieve)
     app.router.add_get("/health", _health)
     return app
 
 
+def ready(app: web.Application, retriever: EmbeddedRetriever) -> None:
+    """The retriever is loaded and warm: start answering."""
+    app[SERVING].retriever = retriever
+
+
 async def _health(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok", "documents": len(request.app[RETRIEVER])})
+    retriever = request.app[SERVING].retriever
+    if retriever is None:
+        return web.json_response({"status": "loading"}, status=503)
+    return web.json_response({"status": "ok", "documents": len(retriever)})
 
 
 async def _retrieve(request: web.Request) -> web.Response:
+    retriever = request.app[SERVING].retriever
+    if retriever is None:
+        return web.json_response({"detail": "the retriever is still loading; retry shortly"}, status=503,
+                                 headers={"Retry-After": _LOADING_RETRY_AFTER})
     try:
         queries, topk, return_scores = _parse_body(await _read_json(request), request.app[DEFAULT_TOPK])
     except _BadRequest as e:
         return web.json_response({"detail": str(e)}, status=422)
     try:
-        # One worker-thread hop for the whole batch: the event loop keeps serving other requests.
-        results = await request.app[RETRIEVER].search(queries, topk)
+        # Off the event loop (a worker thread, or the dense batcher's): the loop keeps serving requests.
+        results = await retriever.search(queries, topk)
     except HfdistillError as e:
         logger.error("retrieval failed: %s", e)
         return web.json_response({"detail": str(e)}, status=500)
@@ -101,24 +130,23 @@ def _render(docs: list[Document], with_scores: bool) -> list[dict[str, Any]]:
 
 
 def serve(corpus: str, host: str = "127.0.0.1", port: int = 8000, index_dir: str | None = None,
-          topk: int = 3) -> None:
-    """Load (or build) the index of `corpus`, then serve until SIGINT or SIGTERM."""
+          topk: int = 3, *, retriever: str = "bm25", dense: DenseOptions | None = None) -> None:
+    """Bind, load (or build) the `retriever` of `corpus`, then serve until SIGINT or SIGTERM."""
     if topk < 1:
         raise ConfigError(f"--topk must be >= 1, got {topk}")
-    retriever = BM25Retriever.load(corpus, index_dir)  # before binding: a build can take minutes
-    try:
-        asyncio.run(_serve_until_signal(make_app(retriever, topk), host, port))
-    finally:
-        retriever.close()
+    asyncio.run(_serve_until_signal(lambda: open_embedded(corpus, retriever, index_dir=index_dir, dense=dense),
+                                    make_app(None, topk), host, port))
 
 
-async def _serve_until_signal(app: web.Application, host: str, port: int) -> None:
+async def _serve_until_signal(load: Callable[[], EmbeddedRetriever], app: web.Application, host: str,
+                              port: int) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
+    retriever: EmbeddedRetriever | None = None
     try:
         site = web.TCPSite(runner, host, port)
         try:
@@ -126,9 +154,48 @@ async def _serve_until_signal(app: web.Application, host: str, port: int) -> Non
         except OSError as e:
             raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror}; choose another --port") from None
         bound = runner.addresses[0][1] if runner.addresses else port  # the real port when port=0
-        logger.info("retrieval server for %d passages at http://%s:%d/retrieve",
-                    len(app[RETRIEVER]), host, bound)
+        logger.info("listening on http://%s:%d; loading the retriever (/health answers 503 until it is ready)",
+                    host, bound)
+        retriever = await _load_or_stop(load, stop)
+        if retriever is None:
+            return
+        ready(app, retriever)
+        logger.info("retrieval server for %d passages at http://%s:%d/retrieve", len(retriever), host, bound)
         await stop.wait()
         logger.info("stopping the retrieval server")
     finally:
         await runner.cleanup()
+        if retriever is not None:
+            retriever.close()
+
+
+async def _load_or_stop(load: Callable[[], EmbeddedRetriever], stop: asyncio.Event) -> EmbeddedRetriever | None:
+    """`load()` on a daemon thread (a signal during a long load exits without waiting for it); None if stopped."""
+    loop = asyncio.get_running_loop()
+    loaded: asyncio.Future[EmbeddedRetriever] = loop.create_future()
+
+    def run() -> None:
+        try:
+            result = load()
+        except BaseException as e:  # noqa: BLE001 - raised again by the awaiting coroutine
+            loop.call_soon_threadsafe(_settle, loaded, None, e)
+        else:
+            loop.call_soon_threadsafe(_settle, loaded, result, None)
+
+    threading.Thread(target=run, name="hfdistill-load", daemon=True).start()
+    stopped = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({loaded, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    if not loaded.done():
+        logger.info("stopped while loading")
+        return None
+    return loaded.result()
+
+
+def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)

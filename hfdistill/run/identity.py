@@ -30,14 +30,19 @@ __all__ = ["RunIdentity", "identify", "rollout_options"]
 log = logging.getLogger(__name__)
 
 
-def rollout_options(config: DistillConfig, *, templates: dict[str, str], corpus: str | None) -> RolloutOptions:
-    """Every option of `config` that changes what one rollout produces (see `RolloutOptions`)."""
+def rollout_options(config: DistillConfig, *, templates: dict[str, str], corpus: str | None,
+                    retriever: dict[str, Any] | None = None,
+                    tools: tuple[dict[str, Any], ...] | None = None) -> RolloutOptions:
+    """Every option of `config` that changes what one rollout produces (see `RolloutOptions`); a dense or
+    hybrid retriever adds its identity (kind, the index's vectors, the encoder), a tool set other than search
+    alone its tools (names, schemas, servers)."""
     c = config
     return RolloutOptions(
         model=c.model, tool_call_mode=c.tool_call_mode, temperature=c.temperature, top_p=c.top_p,
         presence_penalty=c.presence_penalty, max_tokens=c.max_tokens, seed=c.seed,
         max_assistant_turns=c.max_assistant_turns, topk=c.topk, query_arg=c.query_arg,
-        observation_format=c.observation_format, corpus=corpus, templates=templates)
+        observation_format=c.observation_format, corpus=corpus, templates=templates, force_answer=c.force_answer,
+        max_context_tokens=c.max_context_tokens, retriever=retriever, tools=tools)
 
 
 @dataclass(frozen=True)

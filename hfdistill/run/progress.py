@@ -20,6 +20,8 @@ from typing import Any, TextIO
 
 from tqdm import tqdm
 
+from hfdistill.core.types import ANSWERED
+
 __all__ = ["Monitor", "Rate", "RunStats", "format_duration"]
 
 
@@ -36,6 +38,7 @@ class RunStats:
     failures: Counter[str] = field(default_factory=Counter)
     turns: Counter[int] = field(default_factory=Counter)
     searches: Counter[int] = field(default_factory=Counter)
+    tool_calls: Counter[str] = field(default_factory=Counter)  # by tool name, over every row
     tool_errors: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -52,10 +55,12 @@ class RunStats:
         self.stop_reasons[row["stop_reason"]] += 1
         self.turns[row["assistant_turns"]] += 1
         self.searches[row["num_tool_calls"]] += 1
+        for entry in row.get("tool_calls_by_name") or ():  # (rows shaped before calls were counted by tool)
+            self.tool_calls[entry["name"]] += entry["calls"]
         self.tool_errors += row["num_tool_errors"]
         self.prompt_tokens += row["usage"]["prompt_tokens"]
         self.completion_tokens += row["usage"]["completion_tokens"]
-        self.answered += row["stop_reason"] == "answer"
+        self.answered += row["stop_reason"] in ANSWERED
         if row["exact_match"] is not None:
             self.scored += 1
             self.correct += bool(row["exact_match"])
@@ -79,6 +84,7 @@ class RunStats:
             "questions_skipped": self.questions_skipped, "stop_reasons": dict(self.stop_reasons),
             "failures": dict(self.failures), "turns": {str(k): v for k, v in sorted(self.turns.items())},
             "searches": {str(k): v for k, v in sorted(self.searches.items())},
+            "tool_calls": dict(self.tool_calls),
             "mean_turns": round(self.mean(self.turns), 3), "mean_searches": round(self.mean(self.searches), 3),
             "tool_errors": self.tool_errors, "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens, "teacher_calls": self.teacher_calls,
@@ -101,6 +107,7 @@ class RunStats:
                 failures=Counter({str(k): int(v) for k, v in (d.get("failures") or {}).items()}),
                 turns=Counter({int(k): int(v) for k, v in (d.get("turns") or {}).items()}),
                 searches=Counter({int(k): int(v) for k, v in (d.get("searches") or {}).items()}),
+                tool_calls=Counter({str(k): int(v) for k, v in (d.get("tool_calls") or {}).items()}),
                 tool_errors=int(d.get("tool_errors", 0)), prompt_tokens=int(d.get("prompt_tokens", 0)),
                 completion_tokens=int(d.get("completion_tokens", 0)), teacher_calls=int(d.get("teacher_calls", 0)),
                 teacher_retries=int(d.get("teacher_retries", 0)),
@@ -217,6 +224,10 @@ class Monitor:
             self._start_display()
         self.stats.questions_skipped += 1
         self.stats.rollouts_total -= rollouts
+
+    def clock_from_now(self) -> None:
+        """Rates count from now: the minutes a teacher hfdistill started took to load are not the run's pace."""
+        self._start = time.monotonic()
 
     # ------------------------------------------------ display
 

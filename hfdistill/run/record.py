@@ -42,9 +42,22 @@ class RolloutOptions:
     observation_format: str = "seed"
     corpus: str | None = None
     templates: dict[str, str] = field(default_factory=dict)
+    force_answer: bool = True
+    max_context_tokens: int | None = None  # None: the server's context window less max_tokens
+    retriever: dict[str, Any] | None = None  # a dense or hybrid retriever's identity (None: BM25 or a server)
+    # The tools offered, when not search alone: each one's name and schema, the server that runs it (its command or
+    # URL, secrets masked) and open's --open-max-chars (see `tools.toolset.toolset_identity`).
+    tools: tuple[dict[str, Any], ...] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        if out["tools"] is None:  # search alone: the fingerprint of a run from before other tools stays its own
+            del out["tools"]
+        return out
+
+    def tool_names(self) -> list[str]:
+        """The names of the tools offered, in the order the model was shown them."""
+        return [str(t.get("name")) for t in self.tools] if self.tools is not None else ["search"]
 
 
 @dataclass(frozen=True)
@@ -73,6 +86,7 @@ class RetrievalInfo:
 
     corpus: str | None = None
     host: str | None = None
+    retriever: str | None = None  # the embedded retriever: bm25, dense or hybrid (None: bm25, or a server)
 
 
 @dataclass(frozen=True)

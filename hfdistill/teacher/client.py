@@ -1,32 +1,34 @@
 """The teacher: chat completions on one or more vLLM OpenAI-compatible endpoints.
 
-The request path reads as a ladder: `chat -> with_retries -> _post_once`. The requests go over one
-aiohttp session per teacher (per event loop), as the retriever's do. Not through the openai SDK:
-`create()` re-validates the whole history on every call (quadratic over a rollout), and even its
-HTTP client (httpx over aiohttp) cost 0.2 ms of CPU per call, a quarter of the client's whole
-cost (`benchmarks/bench_throughput.py --only cpu`). The body is assembled
-from messages serialised once each, so a turn costs one JSON encoding of what is new. Nothing above
-this module sees an aiohttp exception.
+The request path reads as a ladder: `chat -> with_retries -> send -> Edge.send`. The requests go over
+the HTTP edge (hfdistill/edge.py: one aiohttp session per teacher, per event loop), which names every
+fault; this module adds what only a teacher needs: routing over the endpoint pool, vLLM's
+`priority`, and the watchdog that tells a stopped server from a long generation. Not through the
+openai SDK: `create()` re-validates the whole history on every call (quadratic over a rollout), and
+even its HTTP client (httpx over aiohttp) cost 0.2 ms of CPU per call, a quarter of the client's
+whole cost (`benchmarks/bench_throughput.py --only cpu`). The body is assembled from messages
+serialised once each, so a turn costs one JSON encoding of what is new.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
-import orjson
-
 from hfdistill.core.config import DistillConfig
-from hfdistill.core.errors import ConfigError, TeacherError
+from hfdistill.core.errors import ContextLengthError, ServiceError, TeacherError
 from hfdistill.core.retry import with_retries
 from hfdistill.core.types import TeacherReply
+from hfdistill.edge import Edge, Refuse
+from hfdistill.teacher.lifecycle import GONE, RESTARTING, UP, ServerStates
 from hfdistill.teacher.pool import Endpoint, EndpointPool, Route
-from hfdistill.teacher.replies import reply_of, status_error
+from hfdistill.teacher.replies import refusal, reply_of
 from hfdistill.teacher.served import Served
 
 __all__ = ["Teacher", "TeacherStats"]
@@ -37,6 +39,11 @@ log = logging.getLogger(__name__)
 # newline the model wrote before it stays at the end of the turn.
 STOP = ["\n<tool_response>", "<tool_response>"]
 _STALL_PROBES = 2  # failed health probes in a row after which an endpoint's open requests are failed
+_DOWN_CAUSES = frozenset(f"teacher_{f}" for f in ("connection", "timeout", "stalled", "payload"))
+_RESTART_POLL = 0.5  # seconds between looks at a server being restarted, while a turn waits for it
+# How long a failed request to a server hfdistill runs waits to learn whether the server died (its launcher
+# hears of a death within milliseconds; the request may hear first).
+_DEATH_NOTICE = 2.0
 
 
 @dataclass
@@ -54,30 +61,25 @@ class Teacher:
     """Chat completions for the rollout loop, in the native or the text tool-call protocol."""
 
     def __init__(self, config: DistillConfig, tools: list[dict[str, Any]], stats: TeacherStats | None = None,
-                 served: Served | None = None) -> None:
+                 served: Served | None = None, *, states: ServerStates | None = None,
+                 near: Collection[str] = ()) -> None:
+        """`states`: the servers hfdistill runs (restarted when they die); `near`: the URLs to prefer (a Ray
+        actor's own node's)."""
         self.config = config
         self.tools = tools
         self.served = served if served is not None else Served.asked(config)  # shared with the distiller
         self.stats = stats if stats is not None else TeacherStats()
-        self.pool = EndpointPool([Endpoint.at(url) for url in config.endpoints])
+        self.pool = EndpointPool([Endpoint.at(url) for url in config.endpoints], states, near)
         for endpoint in self.pool.endpoints:
             endpoint.priority = endpoint.url not in self.served.no_priority
-        self._session: aiohttp.ClientSession | None = None
+        self.edge = Edge(config.retry, headers={"Authorization": f"Bearer {config.api_key}",
+                                                "Content-Type": "application/json"})
+        self._parse = functools.partial(reply_of, max_tokens=config.max_tokens)
         self._params: tuple[tuple[str | None, str | None], bytes] | None = None
 
     @property
-    def session(self) -> aiohttp.ClientSession:
-        """The HTTP session, made in the event loop that first uses it (an aiohttp session belongs to one)."""
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0),  # the window (--concurrency) is the limit
-                timeout=aiohttp.ClientTimeout(total=self.config.retry.timeout),
-                headers={"Authorization": f"Bearer {self.config.api_key}", "Content-Type": "application/json"})
-        return self._session
-
-    @property
     def closed(self) -> bool:
-        return self._session is None or self._session.closed
+        return self.edge.closed
 
     @property
     def model(self) -> str | None:
@@ -104,93 +106,18 @@ class Teacher:
         for endpoint in self.pool.endpoints:
             if endpoint.watchdog is not None:
                 endpoint.watchdog.cancel()
-        if self._session is not None:
-            await self._session.close()
-
-    # ------------------------------------------------------------ start-up
+        await self.edge.aclose()
 
     async def prepare(self) -> None:
-        """Check every endpoint answers, learn the model id, and settle the protocol (auto mode)."""
-        served = await asyncio.gather(*(self._served_models(e) for e in self.pool.endpoints))
-        if self.model is None:
-            ids = {models[0] for models in served}
-            if len(ids) > 1:
-                raise ConfigError(f"the teacher endpoints serve different models ({', '.join(sorted(ids))}); "
-                                  "pass --model")
-            self.model = ids.pop()
-        else:
-            for endpoint, models in zip(self.pool.endpoints, served, strict=True):
-                if self.model not in models:
-                    raise ConfigError(f"model {self.model!r} is not served at {endpoint.url} (it serves "
-                                      f"{', '.join(models)}); fix --model or VLLM_URL")
-        if self.mode is None:
-            self.mode = "text" if await self._refusing_tools() else "native"
-            log.info("tool-call protocol: %s", self.mode)
-        elif self.mode == "native":
-            refusing = await self._refusing_tools()
-            if refusing:
-                # Every rollout would fail the same way, and no rerun could fix it: a usage error, now.
-                raise ConfigError(f"--tool-call-mode native needs vLLM's tool-call parser, but the teacher at "
-                                  f"{refusing[0].url} refuses tools= (it was started without it); start vLLM with "
-                                  "--enable-auto-tool-choice --tool-call-parser hermes, or use --tool-call-mode "
-                                  "text (or auto)")
-        if self.config.priority != "off":
-            await self._settle_priority()
+        """Check every endpoint answers, learn the model id, and settle the protocol and priorities."""
+        from hfdistill.teacher.startup import prepare  # (it drives this class)
 
-    async def _served_models(self, endpoint: Endpoint) -> list[str]:
-        try:
-            async with self.session.get(endpoint.models_url, timeout=aiohttp.ClientTimeout(total=30)) as response:
-                payload = await response.read()
-        except (aiohttp.ClientError, asyncio.TimeoutError) as e:
-            raise TeacherError(f"cannot reach the teacher at {endpoint.url} ({_reason(e)}); start vLLM "
-                               "(vllm serve <model>) or fix VLLM_URL / --vllm_url") from None
-        if response.status >= 400:
-            raise status_error(response.status, payload, response.headers.get("Retry-After"), endpoint.url)
-        ids = _model_ids(payload)
-        if ids is None:
-            raise TeacherError(f"{endpoint.url}/models did not answer an OpenAI model list; check VLLM_URL "
-                               "names the vLLM server's /v1")
-        if not ids:
-            raise TeacherError(f"the teacher at {endpoint.url} serves no model; check the vLLM server")
-        return ids
+        await prepare(self)
 
-    async def _refusing_tools(self) -> list[Endpoint]:
-        """The endpoints that refuse `tools=` with vLLM's 400 (started without a tool-call parser)."""
-        refusing = await self._refusing({"tools": self.tools}, "tools_refused")
-        for endpoint in refusing:
-            log.info("%s refuses tools= (started without --enable-auto-tool-choice)", endpoint.url)
-        return refusing
-
-    async def _settle_priority(self) -> None:
-        """Ask each server once whether it takes request priorities. vLLM refuses them under its default
-        fcfs policy, and learning that from rollouts costs a refused request for every continuing turn
-        sent before the first refusal is back: a whole window of them when a rerun resumes its
-        conversations."""
-        for endpoint in await self._refusing({"priority": -1}, "priority_refused"):
-            if self.config.priority == "on":
-                raise ConfigError(f"--priority on needs a teacher that schedules by priority, and "
-                                  f"{endpoint.url} refuses request priorities; start vLLM with "
-                                  "--scheduling-policy priority, or pass --priority auto or off")
-            self._send_no_priority(endpoint)
-
-    async def _refusing(self, extra: dict[str, Any], cause: str) -> list[Endpoint]:
-        """The endpoints that refuse a one-token request with `extra` fields, for `cause` (other errors raise)."""
-        body = orjson.dumps({"model": self.model, "messages": [{"role": "user", "content": "Say OK."}],
-                             "max_tokens": 1, **extra})
-        refusing = []
-        for endpoint in self.pool.endpoints:
-            try:
-                await self._post_once(endpoint, body)
-            except TeacherError as e:
-                if e.cause != cause:
-                    raise
-                refusing.append(endpoint)
-        return refusing
-
-    def _send_no_priority(self, endpoint: Endpoint) -> None:
+    def send_no_priority(self, endpoint: Endpoint) -> None:
         if endpoint.priority:
-            log.info("teacher %s does not schedule by priority (vLLM --scheduling-policy fcfs); sending it none",
-                     endpoint.url)
+            log.info("teacher %s does not take request priorities (vLLM --scheduling-policy fcfs, or an endpoint "
+                     "that refuses the field); sending it none", endpoint.url)
         endpoint.priority = False
         self.served.no_priority.add(endpoint.url)  # for the teachers of other event loops, and of workers
 
@@ -203,30 +130,61 @@ class Teacher:
         # served first, so turn n (priority 1 - n) never queues behind new conversations (turn 1, 0).
         priority = 0 if self.config.priority == "off" else -sum(m.get("role") == "assistant" for m in messages)
 
-        def body(endpoint: Endpoint) -> bytes:
-            extra = b',"priority":%d' % priority if priority and endpoint.priority else b""
+        def body(with_priority: bool) -> bytes:
+            extra = b',"priority":%d' % priority if with_priority else b""
             return b"".join((params, extra, b',"messages":[', history, b"]}"))
 
         async def attempt(n: int) -> TeacherReply:
-            endpoint = self.pool.pick(route)
             if n > 1:
                 self.stats.retries += 1
-            try:
-                reply = await self._post_once(endpoint, body(endpoint))
-            except TeacherError as e:
-                if e.cause == "priority_refused" and self.config.priority == "auto":
-                    # (a server restarted with the fcfs policy since the start-up probe)
-                    self._send_no_priority(endpoint)
-                    reply = await self._post_once(endpoint, body(endpoint))
-                    self._count(endpoint, reply)
-                    return reply
-                if e.cause in ("connection", "timeout", "stalled"):
-                    self.pool.mark_down(endpoint)
-                raise
-            self._count(endpoint, reply)
-            return reply
+            while True:
+                endpoint = self.pool.pick(route)
+                if self.pool.states is not None and self.pool.state(endpoint) not in (None, UP):
+                    endpoint = await self._restarted(route)
+                with_priority = bool(priority) and endpoint.priority
+                try:
+                    reply = await self.send(endpoint, body(with_priority))
+                except TeacherError as e:
+                    if with_priority and self._refused_priority(e):
+                        reply = await self.send(endpoint, body(False))  # the same turn without it: the server's answer
+                        self.send_no_priority(endpoint)
+                        self._count(endpoint, reply)
+                        return reply
+                    if e.transient and await self._died(endpoint):
+                        continue  # not this turn's failure: it goes again, elsewhere or once the server is back
+                    if e.cause in _DOWN_CAUSES:
+                        self.pool.mark_down(endpoint)
+                    raise
+                self._count(endpoint, reply)
+                return reply
 
-        return await with_retries(attempt, self.config.retry, what="teacher call")
+        return await with_retries(attempt, self.config.retry, what="teacher")
+
+    async def _restarted(self, route: Route) -> Endpoint:
+        """No server is up for this turn: wait while the chosen one is restarted (a turn waiting for a restart
+        spends none of its retries); a given-up one fails the turn for good."""
+        endpoint = self.pool.pick(route)
+        while self.pool.state(endpoint) == RESTARTING:
+            await asyncio.sleep(_RESTART_POLL)
+            endpoint = self.pool.pick(route)
+        if self.pool.state(endpoint) == GONE:
+            reason = self.pool.states.reason(endpoint.url) if self.pool.states is not None else ""
+            raise endpoint.server.fail("gone", f"teacher {endpoint.url} is gone: {reason}", transient=False)
+        return endpoint
+
+    async def _died(self, endpoint: Endpoint) -> bool:
+        """Whether a failed request's server (one hfdistill runs) died: its launcher marks it within moments."""
+        if self.pool.state(endpoint) is None:
+            return False
+        deadline = time.monotonic() + _DEATH_NOTICE
+        while self.pool.state(endpoint) == UP and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        return self.pool.state(endpoint) != UP
+
+    def _refused_priority(self, e: TeacherError) -> bool:
+        """Whether a final refusal may be of the `priority` field (a server restarted with vLLM's fcfs policy
+        since the start-up probe, say), so that the same request without it is worth one try."""
+        return self.config.priority == "auto" and not e.transient and not isinstance(e, ContextLengthError)
 
     def _request_params(self) -> bytes:
         """Everything of a request but the messages, as the start of a JSON object (cached)."""
@@ -245,7 +203,8 @@ class Teacher:
             self._params = (key, json.dumps(params, ensure_ascii=False).encode()[:-1])
         return self._params[1]
 
-    async def _post_once(self, endpoint: Endpoint, body: bytes) -> TeacherReply:
+    async def send(self, endpoint: Endpoint, body: bytes, refuse: Refuse = refusal) -> TeacherReply:
+        """One chat request to one endpoint, open to the watchdog while it waits."""
         if endpoint.stalled and not await self._answers(endpoint):
             raise _stalled(endpoint)
         task = asyncio.current_task()
@@ -254,8 +213,7 @@ class Teacher:
         endpoint.open[task] = time.monotonic()
         self._watch(endpoint)
         try:
-            async with self.session.post(endpoint.chat_url, data=body) as response:
-                payload = await response.read()
+            return await self.edge.send(endpoint.server, endpoint.chat_url, body, parse=self._parse, refuse=refuse)
         except asyncio.CancelledError:
             if task not in endpoint.failed_by_watchdog:
                 raise
@@ -263,18 +221,9 @@ class Teacher:
             if hasattr(task, "uncancel"):  # Python >= 3.11: this cancellation is handled here
                 task.uncancel()
             raise _stalled(endpoint) from None
-        except asyncio.TimeoutError:  # (aiohttp's timeouts are asyncio's)
-            raise TeacherError(f"teacher {endpoint.url} timed out after {self.config.retry.timeout:.0f}s",
-                               transient=True, cause="timeout") from None
-        except aiohttp.ClientError as e:
-            raise TeacherError(f"cannot reach the teacher at {endpoint.url} ({_reason(e)})", transient=True,
-                               cause="connection") from None
         finally:
             endpoint.outstanding -= 1
             endpoint.open.pop(task, None)
-        if response.status >= 400:
-            raise status_error(response.status, payload, response.headers.get("Retry-After"), endpoint.url)
-        return reply_of(payload, endpoint.url, self.config.max_tokens)
 
     def _count(self, endpoint: Endpoint, reply: TeacherReply) -> None:
         """Rollout calls only: the start-up probes are not the run's work."""
@@ -318,30 +267,12 @@ class Teacher:
 
     async def _answers(self, endpoint: Endpoint) -> bool:
         """Whether the server answers `GET /v1/models` (any HTTP status) within the probe interval."""
-        try:
-            async with self.session.get(endpoint.models_url,
-                                        timeout=aiohttp.ClientTimeout(total=self.config.retry.stall_probe)):
-                pass
-        except (aiohttp.ClientError, asyncio.TimeoutError):
+        if await self.edge.health(endpoint.models_url, timeout=self.config.retry.stall_probe) is None:
             return False
         endpoint.stalled = False
         return True
 
 
-def _stalled(endpoint: Endpoint) -> TeacherError:
-    return TeacherError(f"teacher {endpoint.url} stopped answering (its /v1/models health probe fails)",
-                        transient=True, cause="stalled")
-
-
-def _model_ids(payload: bytes) -> list[str] | None:
-    """The ids of an OpenAI `GET /v1/models` answer, or None when it is not one."""
-    try:
-        data = orjson.loads(payload).get("data")
-        return [str(m["id"]) for m in data]
-    except (orjson.JSONDecodeError, AttributeError, TypeError, KeyError):
-        return None
-
-
-def _reason(e: BaseException) -> str:
-    cause = e.__cause__ or e.__context__
-    return str(cause or e).strip().splitlines()[0] if str(cause or e).strip() else type(e).__name__
+def _stalled(endpoint: Endpoint) -> ServiceError:
+    return endpoint.server.fail("stalled", f"teacher {endpoint.url} stopped answering (its /v1/models health "
+                                "probe fails)")

@@ -1,17 +1,25 @@
 """Several teacher endpoints as one pool: least-outstanding-requests routing, a rollout sticking to
-its endpoint (so vLLM's prefix cache serves its growing conversation), a cool-down for one that failed."""
+its endpoint (so vLLM's prefix cache serves its growing conversation), a cool-down for one that failed.
+
+Servers hfdistill runs itself have a state (`lifecycle.ServerStates`): one being restarted or given up takes
+no turn while another is up. A Ray actor prefers the servers of its own node (`near`): the others are used
+only while none of those is up."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 import yarl
+
+from hfdistill.core.errors import TeacherError
+from hfdistill.edge import Server
+from hfdistill.teacher.lifecycle import GONE, RESTARTING, UP, ServerStates
 
 __all__ = ["Endpoint", "EndpointPool", "Route"]
 
@@ -27,6 +35,7 @@ class Endpoint:
     chat_url: yarl.URL  # parsed once: aiohttp would parse a string on every request
     models_url: yarl.URL
     name: str  # host:port, for statistics (never credentials)
+    server: Server  # as the HTTP edge names it in causes and messages (and its rate-limit gate)
     outstanding: int = 0
     down_until: float = 0.0
     priority: bool = True  # takes vLLM's `priority` field (--priority auto learns otherwise from a refusal)
@@ -35,12 +44,15 @@ class Endpoint:
     failed_by_watchdog: set[asyncio.Task[Any]] = field(default_factory=set)
     watchdog: asyncio.Task[None] | None = None
     stalled: bool = False  # its last health probes failed; new requests probe it before being sent
+    near: bool = False  # on this Ray actor's node: preferred
 
     @classmethod
     def at(cls, url: str) -> Endpoint:
         base = yarl.URL(url)
         name = f"{base.host}:{base.explicit_port}" if base.explicit_port else str(base.host)
-        return cls(url, base / "chat/completions", base / "models", name)
+        server = Server("teacher", url, TeacherError,
+                        fix="start vLLM (vllm serve <model>) or fix VLLM_URL / --vllm_url")
+        return cls(url, base / "chat/completions", base / "models", name, server)
 
     def healthy(self, now: float) -> bool:
         return self.down_until <= now
@@ -61,19 +73,36 @@ class Route:
 
 
 class EndpointPool:
-    """Least-outstanding-requests routing with stickiness and a cool-down for failed endpoints."""
+    """Least-outstanding-requests routing with stickiness, a cool-down for failed endpoints, the managed servers'
+    states, and a preference for near ones."""
 
-    def __init__(self, endpoints: Sequence[Endpoint]) -> None:
+    def __init__(self, endpoints: Sequence[Endpoint], states: ServerStates | None = None,
+                 near: Collection[str] = ()) -> None:
         self.endpoints = list(endpoints)
+        self.states = states
+        for endpoint in self.endpoints:
+            endpoint.near = endpoint.url in near
+
+    def state(self, endpoint: Endpoint) -> str | None:
+        """UP, RESTARTING or GONE for a server hfdistill runs; None for one it does not."""
+        return self.states.state(endpoint.url) if self.states is not None else None
+
+    def _usable(self, endpoint: Endpoint, now: float) -> bool:
+        return endpoint.healthy(now) and self.state(endpoint) in (None, UP)
 
     def pick(self, route: Route) -> Endpoint:
         now = time.monotonic()
         current = route.endpoint
-        if current is not None and current.healthy(now):
+        if current is not None and self._usable(current, now):
             return current
-        healthy = [e for e in self.endpoints if e.healthy(now)]
-        # When every endpoint is cooling down, use the one that comes back first.
-        candidates = healthy or [min(self.endpoints, key=lambda e: e.down_until)]
+        usable = [e for e in self.endpoints if self._usable(e, now)]
+        candidates = [e for e in usable if e.near] or usable
+        if not candidates:
+            # None is usable: one being restarted (its turns wait for it), else the one whose cool-down ends
+            # first (a given-up one only when every one is given up: its turns fail).
+            restarting = [e for e in self.endpoints if self.state(e) == RESTARTING]
+            alive = [e for e in self.endpoints if self.state(e) != GONE] or self.endpoints
+            candidates = restarting or [min(alive, key=lambda e: e.down_until)]
         chosen = min(candidates, key=lambda e: e.outstanding)
         route.endpoint = chosen
         return chosen

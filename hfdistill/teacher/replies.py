@@ -1,19 +1,19 @@
 """What a vLLM server answers, read where it enters: a chat completion validated field by field,
-and its refusals (HTTP errors) turned into the `TeacherError` that says what to do. Pure."""
+and the refusals (HTTP errors) whose meaning only the teacher knows, turned into the `TeacherError`
+that says what to do. Pure: hfdistill/edge.py sends, and names every other fault."""
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
 import orjson
 
-from hfdistill.core.errors import ContextLengthError, TeacherError
-from hfdistill.core.retry import is_transient, parse_retry_after
+from hfdistill.core.errors import ContextLengthError, ServiceError
 from hfdistill.core.types import TeacherReply, ToolCall, Usage
+from hfdistill.edge import Server, server_words
 
-__all__ = ["reply_of", "status_error"]
+__all__ = ["model_ids", "refusal", "reply_of"]
 
 # A prompt of exactly max-model-len tokens leaves no room for output: vLLM 0.32 answers
 # "max_tokens must be at least 1, got 0" rather than its context-length message.
@@ -23,51 +23,47 @@ _TOOLS_REFUSED_RE = re.compile(r"tool.choice|enable-auto-tool-choice|tool-call-p
 _PRIORITY_REFUSED_RE = re.compile(r"priority scheduling is not enabled", re.IGNORECASE)  # vLLM's fcfs policy
 
 
-def status_error(status: int, payload: bytes, retry_after: str | None, url: str) -> TeacherError:
-    message = _error_message(payload)
+def refusal(server: Server, status: int, payload: bytes, retry_after: str | None) -> ServiceError | None:
+    """The teacher's reading of an HTTP error, or None for the edge's (a 5xx, a 429, any other 4xx)."""
+    if status not in (400, 401, 403, 404):
+        return None
+    message, url = server_words(payload), server.url
     if status == 400 and _CONTEXT_RE.search(message):
         return ContextLengthError(f"the conversation no longer fits the teacher's context: {message}")
     if status == 400 and _PRIORITY_REFUSED_RE.search(message):
-        return TeacherError(f"teacher {url} refuses request priorities ({message}); start vLLM with "
-                            "--scheduling-policy priority, or pass --priority auto or off", cause="priority_refused")
+        return server.fail("priority_refused", f"teacher {url} refuses request priorities ({message}); start vLLM "
+                           "with --scheduling-policy priority, or pass --priority auto or off", transient=False)
     if status == 400 and _TOOLS_REFUSED_RE.search(message):
-        return TeacherError(f"teacher {url} refuses tools= ({message}); start vLLM with "
-                            "--enable-auto-tool-choice --tool-call-parser hermes, or use --tool-call-mode text",
-                            cause="tools_refused")
+        return server.fail("tools_refused", f"teacher {url} refuses tools= ({message}); start vLLM with "
+                           "--enable-auto-tool-choice --tool-call-parser hermes, or use --tool-call-mode text",
+                           transient=False)
     if status in (401, 403):
-        return TeacherError(f"teacher {url} refused the API key (HTTP {status}: {message}); set "
-                            "OPENAI_API_KEY or --api-key", cause=f"http_{status}")
+        return server.fail(f"http_{status}", f"teacher {url} refused the API key (HTTP {status}: {message}); set "
+                           "OPENAI_API_KEY or --api-key", transient=False)
     if status == 404:
-        return TeacherError(f"teacher {url} answered 404 ({message}); check that VLLM_URL ends in /v1 and "
-                            "that --model names a served model", cause="http_404")
-    transient = is_transient(status)
-    return TeacherError(f"teacher {url} answered HTTP {status}: {message}", transient=transient,
-                        cause=f"http_{status}", retry_after=parse_retry_after(retry_after) if transient else None)
+        return server.fail("http_404", f"teacher {url} answered 404 ({message}); check that VLLM_URL ends in /v1 "
+                           "and that --model names a served model", transient=False)
+    return None
 
 
-def _error_message(payload: bytes) -> str:
-    """vLLM's error text: `{"message": ...}` or `{"error": {"message": ...}}`, else the raw body."""
+def model_ids(payload: bytes) -> dict[str, int | None]:
+    """The ids of an OpenAI `GET /v1/models` answer, in order, each with the context window vLLM lists as
+    `max_model_len` (None where the server lists none); ValueError when it is not such an answer."""
     try:
-        body = json.loads(payload)
-    except ValueError:
-        return payload.decode(errors="replace").strip()[:500]
-    if isinstance(body, dict):
-        inner = body.get("error", body)
-        if isinstance(inner, dict) and inner.get("message"):
-            return str(inner["message"])
-        if isinstance(inner, str):
-            return inner
-    return str(body)[:500]
+        return {str(m["id"]): m.get("max_model_len") if isinstance(m.get("max_model_len"), int) else None
+                for m in orjson.loads(payload)["data"]}
+    except (orjson.JSONDecodeError, TypeError, KeyError, AttributeError) as e:
+        raise ValueError(f"not an OpenAI model list ({type(e).__name__}: {e}); check the URL names the "
+                         "server's /v1") from None
 
 
-def reply_of(payload: bytes, url: str, max_tokens: int) -> TeacherReply:
-    """A chat completion, validated where it enters: a reply of another shape is the server's fault
-    (a TeacherError the retry policy may retry), never an exception from deeper in our code."""
+def reply_of(payload: bytes, max_tokens: int) -> TeacherReply:
+    """A chat completion, validated where it enters; ValueError names what is missing or of another type
+    (the edge makes that a transient `teacher_bad_response`, never an exception from deeper in our code)."""
     try:
         return _completion(orjson.loads(payload), max_tokens)
     except ValueError as e:
-        raise TeacherError(f"teacher {url} answered something that is not a chat completion ({e}): "
-                           f"{payload[:200]!r}", transient=True, cause="bad_response") from None
+        raise ValueError(f"not a chat completion: {e}") from None
 
 
 def _completion(data: Any, max_tokens: int) -> TeacherReply:

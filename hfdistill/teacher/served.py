@@ -18,6 +18,7 @@ class Served:
     model: str | None = None  # --model, else the id the teacher lists (set by the probe)
     protocol: str | None = None  # "native" | "text"; None until the probe settles --tool-call-mode auto
     judge_model: str | None = None  # --judge-model, else the id the judge lists
+    max_model_len: int | None = None  # the teacher's context window, as vLLM lists it (None: not listed)
     # Teacher URLs that refuse request priorities (vLLM's default fcfs policy): they are sent none.
     no_priority: set[str] = field(default_factory=set)
 

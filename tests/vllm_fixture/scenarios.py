@@ -62,6 +62,14 @@ SCENARIOS: dict[str, list[str]] = {
     "max-turns": [_SEARCH],
     # Thinks until max_tokens: keeps requests open (the test that stops the server mid-run).
     "endless": ["<think>\n" + _LONG_THOUGHT * 10],
+    # Calls to an MCP server's tools (tests/mcp_servers.py): nested arguments, a failing tool, arguments its schema
+    # refuses (the model is told and goes on).
+    "mcp-calculate": [think("Let me add them.", call({"operation": "add", "operands": [
+        {"value": 1.5, "unit": "km"}, {"value": 2}]}, name="calculate")),
+        think("The sum is 3.5 km.", answer("3.5 km"))],
+    "mcp-fail": [think("Look it up.", call({"reason": "no page"}, name="fail")), _SEARCH, _ANSWER],
+    "mcp-bad-arguments": [think("Divide.", call({"operation": "divide", "operands": []}, name="calculate")),
+                          _ANSWER],
     # Context scenarios: the question is padded so the prompt is over, exactly at, or just under the limit.
     "overflow": [_ANSWER],
     "at-limit": [_ANSWER],

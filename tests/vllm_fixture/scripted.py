@@ -4,7 +4,8 @@ Passed to the server as ``--logits-processors scripted:ScriptedCompletions`` wit
 Per request it decodes the prompt once, picks the completion from `scenarios` (scenario named in the question,
 turn = assistant turns already in the prompt; a question with no scenario gets the generic `researcher`), and
 masks every logit but the next scripted token; after the script it forces <|im_end|>. Every decoded prompt is
-appended to the JSONL file named by `SCRIPT_PROMPT_LOG`, which is how the tests see exactly what the teacher saw.
+appended (with its time) to the JSONL file named by `SCRIPT_PROMPT_LOG`, which is how the tests see exactly what
+the teacher saw.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -57,5 +59,6 @@ class ScriptedCompletions(AdapterLogitsProcessor):
         text = steps[min(turn, len(steps) - 1)] if steps else researcher(prompt, turn) or _FALLBACK
         if self.log_path:
             with _LOG_LOCK, open(self.log_path, "a", encoding="utf-8") as fh:
-                fh.write(json.dumps({"scenario": scenario, "turn": turn, "prompt": prompt}, ensure_ascii=False) + "\n")
+                fh.write(json.dumps({"scenario": scenario, "turn": turn, "prompt": prompt, "t": time.time()},
+                                    ensure_ascii=False) + "\n")
         return self.tokenizer.encode(text, add_special_tokens=False)
