@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -23,3 +24,16 @@ def write_jsonl(path: Path, rows: list[dict[str, Any] | str]) -> Path:
         for row in rows:
             f.write((row if isinstance(row, str) else json.dumps(row, ensure_ascii=False)) + "\n")
     return path
+
+
+def tool_messages(path: Path) -> list[str]:
+    """Every tool observation of a verl-checked output file, in row order."""
+    from tests.verl_rules import check_output
+
+    return [m["content"] for r in check_output(path) for m in r["messages"] if m["role"] == "tool"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

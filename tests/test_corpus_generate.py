@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,21 +15,11 @@ import pytest
 
 from hfdistill.cli.main import main
 from tests.conftest import write_verl_parquet
-from tests.corpus_util import CITIES, write_jsonl
+from tests.corpus_util import CITIES, free_port, tool_messages, write_jsonl
 from tests.fakes import Answer, FakeTeacher, Search, Served
-from tests.verl_rules import check_output
 
 Q = "What is the capital of France?"
 
-
-def _tool_messages(path: Path) -> list[str]:
-    return [m["content"] for r in check_output(path) for m in r["messages"] if m["role"] == "tool"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_healthy(url: str, proc: subprocess.Popen[str], timeout: float = 60) -> dict:
@@ -59,7 +48,7 @@ def test_generate_with_an_embedded_corpus_needs_no_retrieval_server(scripted: tu
     rc = main(["generate", "--vllm_url", f"{scripted[1].url}/v1", "--retrieval_url", "http://127.0.0.1:9/retrieve",
                "--corpus", str(corpus), "--input_file", str(inp), "--output_file", str(out)])
     assert rc == 0
-    [observation] = _tool_messages(out)
+    [observation] = tool_messages(out)
     assert observation.startswith("Query: capital of France\n[1] Paris: Paris is the capital and largest city")
     assert "\n\nQuery: Zyzzyva weevil\n[1] Zyzzyva: Zyzzyva is a genus of weevils" in observation
     assert (tmp_path / "corpus.jsonl.bm25s").is_dir()  # the index is kept for the next run
@@ -69,7 +58,7 @@ def test_the_same_corpus_over_http_renders_identical_observations(scripted: tupl
                                                                   tmp_path: Path) -> None:
     corpus = write_jsonl(tmp_path / "corpus.jsonl", CITIES)
     inp = write_verl_parquet(tmp_path / "in.parquet", [(Q, ["Paris"])])
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "hfdistill", "serve-retriever", "--corpus", str(corpus),
                                "--port", str(port), "--index-dir", str(tmp_path / "index")],
                               stderr=subprocess.PIPE, text=True, env=os.environ.copy())
@@ -82,7 +71,7 @@ def test_the_same_corpus_over_http_renders_identical_observations(scripted: tupl
             assert main([*common, "--retrieval_url", f"http://127.0.0.1:{port}/retrieve",
                          "--output_file", str(http_out)]) == 0
             assert main([*common, "--corpus", str(corpus), "--output_file", str(local_out)]) == 0
-            assert _tool_messages(http_out) == _tool_messages(local_out)
+            assert tool_messages(http_out) == tool_messages(local_out)
     finally:
         server.send_signal(signal.SIGINT)
         _, err = server.communicate(timeout=20)

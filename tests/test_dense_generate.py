@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,10 +22,9 @@ from hfdistill.cli.main import main
 from hfdistill.core.encoders import DenseOptions
 from hfdistill.run.record import RetrievalInfo
 from tests.conftest import record_of, write_verl_parquet
-from tests.corpus_util import write_jsonl
+from tests.corpus_util import free_port, tool_messages, write_jsonl
 from tests.dense_util import QUESTIONS, corpus_rows, minilm
 from tests.fakes import Answer, FakeTeacher, Search, Served
-from tests.verl_rules import check_output
 
 ASKED = QUESTIONS[:8]  # rollouts in flight together: their searches are batched in-process and at the server
 
@@ -45,15 +43,6 @@ def scripted(teacher: tuple[FakeTeacher, Served]) -> tuple[FakeTeacher, Served]:
         teacher[0].script(question, Search([question, f"{answer} facts"]), Answer(answer))
     return teacher
 
-
-def _tool_messages(path: Path) -> list[str]:
-    return [m["content"] for r in check_output(path) for m in r["messages"] if m["role"] == "tool"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_ready(url: str, proc: subprocess.Popen[str], timeout: float = 120) -> dict:
@@ -78,7 +67,7 @@ def test_build_serve_generate_identical_observations_in_process_and_served(
         scripted: tuple[FakeTeacher, Served], built: tuple[Path, Path], tmp_path: Path) -> None:
     corpus, index = built
     inp = write_verl_parquet(tmp_path / "in.parquet", [(q, [a]) for q, a in ASKED])
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "hfdistill", "serve-retriever", "--corpus", str(corpus),
                                "--index", str(index), "--port", str(port)], stderr=subprocess.PIPE, text=True,
                               env=os.environ.copy())
@@ -94,7 +83,7 @@ def test_build_serve_generate_identical_observations_in_process_and_served(
         _, err = server.communicate(timeout=30)
     assert server.returncode == 0, err
     assert "dense retriever ready" in err and f"at http://127.0.0.1:{port}/retrieve" in err
-    served, local = _tool_messages(served_out), _tool_messages(local_out)
+    served, local = tool_messages(served_out), tool_messages(local_out)
     assert served == local and len(local) == len(ASKED)
     everest = next(m for m in local if m.startswith("Query: What is the tallest mountain on the planet?"))
     assert "[1] Mount Everest: Mount Everest is Earth's highest peak" in everest

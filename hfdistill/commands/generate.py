@@ -184,7 +184,7 @@ def _generate(config: DistillConfig, options: GenerateOptions, output: Path, sto
 
 def _run_rollouts(distiller: Distiller, source: _Input, run: Run, options: GenerateOptions,
                   stop: StopRequest) -> RunStats:
-    """Every rollout not in the journal yet, through `Distiller.map` (the API's path), into the run."""
+    """Every rollout not in the journal yet, streamed from the input (`Distiller.stream`) or on Ray, into the run."""
     log.info("distilling %d questions x %d rollouts; %d still to make", len(source.ds), distiller.config.num_rollouts,
              run.pending)
     try:
