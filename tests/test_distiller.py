@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import os
 import pickle
 import subprocess
@@ -94,6 +96,16 @@ def test_the_window_bounds_requests_in_flight_across_batches(teacher: tuple[Fake
         out = distiller.map(ds, batch_size=2)
     assert out.num_rows == 24
     assert fake.max_in_flight == 5  # used fully, never exceeded
+
+
+def test_map_closes_the_event_loop_datasets_made_for_it(teacher: tuple[FakeTeacher, Served],
+                                                        retriever: tuple[FakeRetriever, Served]) -> None:
+    ds = datasets.Dataset.from_list([{"question": f"Question number {i}?"} for i in range(4)])
+    before = {id(o) for o in gc.get_objects() if isinstance(o, asyncio.AbstractEventLoop)}
+    with Distiller(_config(teacher[1], retriever[1])) as distiller:
+        assert distiller.map(ds, batch_size=2).num_rows == 4
+        made = [o for o in gc.get_objects() if isinstance(o, asyncio.AbstractEventLoop) and id(o) not in before]
+    assert made and all(loop.is_closed() for loop in made)
 
 
 def test_no_barrier_between_map_batches(teacher: tuple[FakeTeacher, Served],

@@ -30,6 +30,11 @@ def _modules() -> list[Path]:
     return sorted(PACKAGE.rglob("*.py"))
 
 
+# Parsed once, as the tests are collected: before any test has left garbage whose finalizers a collection could
+# run inside `ast.parse` (CPython 3.11 then fails the parse with "AST constructor recursion depth mismatch").
+_TREES = {path: ast.parse(path.read_text()) for path in _modules()}
+
+
 def _unit(path: Path) -> str:
     """The name the contract places: a top-level module, or a subpackage as a whole."""
     return path.relative_to(PACKAGE).parts[0].removesuffix(".py")
@@ -44,7 +49,7 @@ def _layer(unit: str) -> int:
 
 def _imports(path: Path) -> list[str]:
     names = []
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(_TREES[path]):
         if isinstance(node, ast.Import):
             names += [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
@@ -75,7 +80,7 @@ def test_only_the_cli_reads_argv_and_the_environment(path: Path) -> None:
 def _http_imports(path: Path) -> list[str]:
     """Every name a module imports, `from m import x` as `m.x` (so `from aiohttp import web` is `aiohttp.web`)."""
     names = []
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(_TREES[path]):
         if isinstance(node, ast.Import):
             names += [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:

@@ -267,7 +267,9 @@ class Distiller:
             return mapped.with_format(ds.format["type"], **ds.format["format_kwargs"])
         finally:
             self._recorder = self._collector
+            loops = self.clients.loops()
             self.close()
+            _close_idle(loops)
 
     def stream(self, rows: Iterable[InputRow], *, recorder: Recorder, stop: StopRequest | None = None,
                batch_size: int = 16) -> None:
@@ -418,3 +420,13 @@ class Distiller:
             self._recorder.failed(job, "internal_error", 0, f"{type(e).__name__}: {e}")
             return None
         return RolloutResult.of(traj)
+
+
+def _close_idle(loops: list[asyncio.AbstractEventLoop]) -> None:
+    """Close the event loops `datasets` made for a map and left open (one per call; a caller's own running loop is
+    left alone). Left to the garbage collector, a loop and its self-pipe sockets die in one cycle whose finalizers
+    run in any order, and the loop's then fails on a socket already closed, inside whatever code the collection
+    interrupted."""
+    for loop in loops:
+        if not loop.is_running() and not loop.is_closed():
+            loop.close()

@@ -164,6 +164,10 @@ class Clients:
             self._runtimes.remove(runtime)
             await runtime.aclose()
 
+    def loops(self) -> list[asyncio.AbstractEventLoop]:
+        """The event loops these clients run in."""
+        return [r.loop for r in self._runtimes]
+
     @property
     def has_runtimes(self) -> bool:
         return bool(self._runtimes)
