@@ -46,7 +46,8 @@ def build(name: str, log: Path | None) -> MCPServer:
     def called(tool: str, arguments: dict[str, Any]) -> None:
         if log is not None:
             with log.open("a") as f:
-                f.write(json.dumps({"tool": tool, "arguments": arguments, "pid": os.getpid()}) + "\n")
+                f.write(json.dumps({"tool": tool, "arguments": arguments, "pid": os.getpid(),
+                                    "parent": os.getppid()}) + "\n")
 
     @server.tool()
     def search(query: str, topk: int = 2) -> str:

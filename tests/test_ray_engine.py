@@ -22,8 +22,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.conftest import record_of
+from tests.corpus_util import write_jsonl
 from tests.fake_judge import FakeJudge
-from tests.fakes import Served
+from tests.fakes import Answer, CallTool, FakeTeacher, Served
+from tests.mcp_servers import calls, stdio_command
 from tests.ray_cluster import ENV, Cluster
 from tests.simulators import simulators as simulators_running
 from tests.simulators import teacher_calls
@@ -242,3 +244,39 @@ def test_a_judged_ray_run_judges_in_the_actors_as_a_local_run_does(
     record = record_of(ray)
     assert record.judge is not None and record.judge.calls == ray_calls  # the actors' judge calls reach the driver
     assert record.correct_by.startswith("LLM judge")
+
+
+def test_an_mcp_servers_tools_on_ray_give_the_local_runs_rows(cluster: Cluster, tmp_path: Path) -> None:
+    """Each actor opens its own session to a stdio MCP server (started on its node); the rows are the local run's."""
+    fake = FakeTeacher()
+    fake.behaviour.stable = True  # ids from the conversation, so the two runs' rows compare
+    add = {"operation": "add", "operands": [{"value": 1.5, "unit": "km"}, {"value": 2}]}
+    questions = [f"How far is it over leg {i}?" for i in range(12)]
+    for question in questions:
+        fake.script(question, CallTool("calculate", add), Answer("3.5 km"))
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"question": q, "golden_answers": ["3.5 km"]} for q in questions])
+    served = Served(fake.app())
+    try:
+        outs = {}
+        for engine in ("local", "ray"):
+            out, log = _out(tmp_path, engine), tmp_path / f"{engine}.calls.jsonl"
+            env = {**ENV, "VLLM_URL": f"{served.url}/v1", "INPUT_FILE": str(inp), "OUTPUT_FILE": str(out),
+                   "RAY_ADDRESS": cluster.address}
+            args = ["--mcp", stdio_command("calc", log), "--tools", "calculate", "--max_assistant_turns", "5",
+                    *(["--engine", "ray", "--batch_size", "4"] if engine == "ray" else [])]
+            proc = subprocess.Popen([sys.executable, "-m", "hfdistill", "generate", "-q", *args], env=env, text=True,
+                                    stderr=subprocess.PIPE, cwd=out.parent)
+            code, err = _finish(proc)
+            assert code == 0, err
+            made = calls(log)
+            assert [c["tool"] for c in made] == ["calculate"] * len(questions)  # each call made once
+            # locally the run's own process starts the server; on Ray, the actors do
+            assert {c["parent"] == proc.pid for c in made} == {engine == "local"}
+            outs[engine] = out
+    finally:
+        served.close()
+    ray_rows, local_rows = _rows(outs["ray"]), _rows(outs["local"])
+    assert [_comparable(r) for r in ray_rows] == [_comparable(r) for r in local_rows]
+    assert all(r["tool_calls_by_name"] == [{"name": "calculate", "calls": 1}] for r in ray_rows)
+    assert all('"value": 3.5' in m["content"] for r in ray_rows for m in r["messages"] if m["role"] == "tool")
+    check_output(outs["ray"])
